@@ -1,0 +1,2 @@
+//! Storage engine benchmark (filled in below).
+fn main() {}

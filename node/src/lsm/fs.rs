@@ -1,0 +1,553 @@
+//! The filesystem seam. Every byte the engine (and later the Raft log)
+//! reads or writes goes through [`FileSystem`], so a test or the simulation
+//! can give a node a disk that loses unsynced writes when it "crashes"
+//! ([`MemFs`]) while production uses the real one ([`StdFs`]).
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+/// A file opened for appending. Data reaches durable storage only after
+/// [`WritableFile::sync`] returns.
+pub trait WritableFile: Send {
+    /// Appends `data` at the end of the file (possibly buffered).
+    fn append(&mut self, data: &[u8]) -> io::Result<()>;
+    /// Hands buffered data to the operating system (survives a process
+    /// crash, not a power loss).
+    fn flush(&mut self) -> io::Result<()>;
+    /// Makes everything appended so far durable (fdatasync).
+    fn sync(&mut self) -> io::Result<()>;
+    /// Bytes appended so far, buffered or not.
+    fn len(&self) -> u64;
+    /// True when nothing was appended.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A file opened for positional reads from many threads at once.
+pub trait RandomAccessFile: Send + Sync {
+    /// Reads exactly `len` bytes at `offset`; a short file is an
+    /// `UnexpectedEof` error.
+    fn read_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>>;
+    /// The file's length when it was opened.
+    fn len(&self) -> u64;
+    /// True for an empty file.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// An exclusive lock on a directory, released on drop.
+pub trait DirLock: Send + Sync {}
+
+/// The filesystem operations the engine needs, and nothing more.
+pub trait FileSystem: Send + Sync + 'static {
+    /// Creates (or truncates) `path` for appending.
+    fn create(&self, path: &Path) -> io::Result<Box<dyn WritableFile>>;
+    /// Opens an existing `path` for appending after its current end.
+    fn open_append(&self, path: &Path) -> io::Result<Box<dyn WritableFile>>;
+    /// Opens `path` for positional reads.
+    fn open_read(&self, path: &Path) -> io::Result<Arc<dyn RandomAccessFile>>;
+    /// Reads the whole of `path`.
+    fn read_all(&self, path: &Path) -> io::Result<Vec<u8>>;
+    /// Atomically renames `from` to `to`, replacing `to`.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Removes a file.
+    fn remove(&self, path: &Path) -> io::Result<()>;
+    /// Makes `to` a hard link to `from`.
+    fn link(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Cuts `path` to `len` bytes.
+    fn truncate(&self, path: &Path, len: u64) -> io::Result<()>;
+    /// Names of the files in `dir`, sorted.
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
+    /// Creates `dir` and its parents.
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// Makes the creations, renames and removals in `dir` durable.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// True when `path` exists.
+    fn exists(&self, path: &Path) -> bool;
+    /// Size of `path` in bytes.
+    fn file_size(&self, path: &Path) -> io::Result<u64>;
+    /// Takes an exclusive lock on `dir` so two processes never open one
+    /// database.
+    fn lock_dir(&self, dir: &Path) -> io::Result<Box<dyn DirLock>>;
+}
+
+// ---------------------------------------------------------------------------
+// The real filesystem.
+
+/// The operating system's filesystem.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StdFs;
+
+struct StdWritable {
+    file: io::BufWriter<std::fs::File>,
+    len: u64,
+}
+
+impl WritableFile for StdWritable {
+    fn append(&mut self, data: &[u8]) -> io::Result<()> {
+        self.file.write_all(data)?;
+        self.len += data.len() as u64;
+        Ok(())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        self.file.flush()?;
+        self.file.get_ref().sync_data()
+    }
+    fn len(&self) -> u64 {
+        self.len
+    }
+}
+
+struct StdReadable {
+    file: std::fs::File,
+    len: u64,
+}
+
+impl RandomAccessFile for StdReadable {
+    fn read_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; len];
+        self.file.read_exact_at(&mut buf, offset)?;
+        Ok(buf)
+    }
+    fn len(&self) -> u64 {
+        self.len
+    }
+}
+
+struct StdLock {
+    _file: std::fs::File,
+}
+impl DirLock for StdLock {}
+
+const WRITE_BUFFER_BYTES: usize = 256 * 1024;
+
+impl FileSystem for StdFs {
+    fn create(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(path)?;
+        Ok(Box::new(StdWritable {
+            file: io::BufWriter::with_capacity(WRITE_BUFFER_BYTES, file),
+            len: 0,
+        }))
+    }
+    fn open_append(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
+        let file = std::fs::OpenOptions::new().append(true).open(path)?;
+        let len = file.metadata()?.len();
+        Ok(Box::new(StdWritable {
+            file: io::BufWriter::with_capacity(WRITE_BUFFER_BYTES, file),
+            len,
+        }))
+    }
+    fn open_read(&self, path: &Path) -> io::Result<Arc<dyn RandomAccessFile>> {
+        let file = std::fs::File::open(path)?;
+        let len = file.metadata()?.len();
+        Ok(Arc::new(StdReadable { file, len }))
+    }
+    fn read_all(&self, path: &Path) -> io::Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        std::fs::File::open(path)?.read_to_end(&mut buf)?;
+        Ok(buf)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+    fn link(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::hard_link(from, to)
+    }
+    fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
+        let file = std::fs::OpenOptions::new().write(true).open(path)?;
+        file.set_len(len)?;
+        file.sync_all()
+    }
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            if let Some(name) = entry.file_name().to_str() {
+                names.push(name.to_owned());
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(dir)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        std::fs::File::open(dir)?.sync_all()
+    }
+    fn exists(&self, path: &Path) -> bool {
+        path.exists()
+    }
+    fn file_size(&self, path: &Path) -> io::Result<u64> {
+        Ok(std::fs::metadata(path)?.len())
+    }
+    fn lock_dir(&self, dir: &Path) -> io::Result<Box<dyn DirLock>> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("LOCK"))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Box::new(StdLock { _file: file })),
+            Err(std::fs::TryLockError::WouldBlock) => Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!("{} is locked by another process", dir.display()),
+            )),
+            Err(std::fs::TryLockError::Error(e)) => Err(e),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The simulated disk.
+
+/// An in-memory disk with the crash semantics of a real one: file data is
+/// durable only up to the last `sync`, and directory entries (creations,
+/// renames, removals, links) only after `sync_dir` on their directory.
+/// [`MemFs::crash`] throws away everything that was not durable; faults
+/// (a full disk after N bytes, failing fsyncs) can be switched on.
+///
+/// Cloning gives another handle to the same disk.
+#[derive(Clone, Default)]
+pub struct MemFs {
+    state: Arc<Mutex<MemState>>,
+}
+
+#[derive(Default)]
+struct Inode {
+    data: Vec<u8>,
+    /// `data[..synced]` survives a crash.
+    synced: usize,
+}
+
+type InodeRef = Arc<Mutex<Inode>>;
+
+#[derive(Default)]
+struct MemState {
+    /// The namespace as the running process sees it.
+    live: BTreeMap<PathBuf, InodeRef>,
+    /// The namespace a crash falls back to, per directory.
+    durable: BTreeMap<PathBuf, InodeRef>,
+    dirs: std::collections::BTreeSet<PathBuf>,
+    /// Bytes the disk still accepts before it reports "no space".
+    space_left: Option<u64>,
+    fail_sync: bool,
+    bytes_written: u64,
+    syncs: u64,
+}
+
+/// Faults a [`MemFs`] can inject.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Faults {
+    /// After this many more bytes, appends fail with `StorageFull` (the
+    /// write that crosses the limit is cut mid-way, as a real disk would).
+    pub space_left: Option<u64>,
+    /// Every `sync` and `sync_dir` fails.
+    pub fail_sync: bool,
+}
+
+impl MemFs {
+    /// A new, empty disk.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Switches faults on or off.
+    pub fn set_faults(&self, faults: Faults) {
+        let mut st = self.state.lock();
+        st.space_left = faults.space_left;
+        st.fail_sync = faults.fail_sync;
+    }
+
+    /// Total bytes appended since the disk was created.
+    pub fn bytes_written(&self) -> u64 {
+        self.state.lock().bytes_written
+    }
+
+    /// Number of successful file syncs.
+    pub fn syncs(&self) -> u64 {
+        self.state.lock().syncs
+    }
+
+    /// Simulates a power loss: the namespace falls back to its durable
+    /// state and every file to its synced prefix. With `keep_torn` set, a
+    /// random part of each file's unsynced tail survives too (a torn
+    /// write), chosen by `seed`. Open handles must be dropped first: the
+    /// engine that used them is gone.
+    pub fn crash(&self, keep_torn: bool, seed: u64) {
+        let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut st = self.state.lock();
+        st.live = st.durable.clone();
+        st.space_left = None;
+        st.fail_sync = false;
+        for inode in st.live.values() {
+            let mut inode = inode.lock();
+            let unsynced = inode.data.len() - inode.synced;
+            let keep = if keep_torn && unsynced > 0 {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                (rng % (unsynced as u64 + 1)) as usize
+            } else {
+                0
+            };
+            let len = inode.synced + keep;
+            inode.data.truncate(len);
+            inode.synced = len;
+        }
+    }
+
+    /// Flips one bit of `path` at `offset` (for corruption tests). The
+    /// damage is durable.
+    pub fn corrupt(&self, path: &Path, offset: u64) -> io::Result<()> {
+        let st = self.state.lock();
+        let inode = st.live.get(path).ok_or_else(|| not_found(path))?;
+        let mut inode = inode.lock();
+        let byte = inode
+            .data
+            .get_mut(offset as usize)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "offset past end"))?;
+        *byte ^= 0x10;
+        Ok(())
+    }
+
+    fn inode(&self, path: &Path) -> io::Result<InodeRef> {
+        self.state
+            .lock()
+            .live
+            .get(path)
+            .cloned()
+            .ok_or_else(|| not_found(path))
+    }
+}
+
+fn not_found(path: &Path) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("{}: no such file", path.display()),
+    )
+}
+
+struct MemWritable {
+    fs: MemFs,
+    inode: InodeRef,
+}
+
+impl WritableFile for MemWritable {
+    fn append(&mut self, data: &[u8]) -> io::Result<()> {
+        let mut st = self.fs.state.lock();
+        let (accepted, full) = match st.space_left {
+            Some(left) if (data.len() as u64) > left => (left as usize, true),
+            _ => (data.len(), false),
+        };
+        if let Some(left) = st.space_left.as_mut() {
+            *left -= accepted as u64;
+        }
+        st.bytes_written += accepted as u64;
+        self.inode.lock().data.extend_from_slice(&data[..accepted]);
+        if full {
+            return Err(io::Error::new(io::ErrorKind::StorageFull, "disk full"));
+        }
+        Ok(())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        let mut st = self.fs.state.lock();
+        if st.fail_sync {
+            return Err(io::Error::other("injected fsync failure"));
+        }
+        st.syncs += 1;
+        let mut inode = self.inode.lock();
+        inode.synced = inode.data.len();
+        Ok(())
+    }
+    fn len(&self) -> u64 {
+        self.inode.lock().data.len() as u64
+    }
+}
+
+struct MemReadable {
+    data: Vec<u8>,
+}
+
+impl RandomAccessFile for MemReadable {
+    fn read_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let start = usize::try_from(offset).map_err(|_| eof())?;
+        let end = start.checked_add(len).ok_or_else(eof)?;
+        self.data
+            .get(start..end)
+            .map(<[u8]>::to_vec)
+            .ok_or_else(eof)
+    }
+    fn len(&self) -> u64 {
+        self.data.len() as u64
+    }
+}
+
+fn eof() -> io::Error {
+    io::Error::new(io::ErrorKind::UnexpectedEof, "read past end of file")
+}
+
+struct MemLock;
+impl DirLock for MemLock {}
+
+impl FileSystem for MemFs {
+    fn create(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
+        let inode: InodeRef = Arc::default();
+        self.state
+            .lock()
+            .live
+            .insert(path.to_path_buf(), inode.clone());
+        Ok(Box::new(MemWritable {
+            fs: self.clone(),
+            inode,
+        }))
+    }
+    fn open_append(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
+        let inode = self.inode(path)?;
+        Ok(Box::new(MemWritable {
+            fs: self.clone(),
+            inode,
+        }))
+    }
+    fn open_read(&self, path: &Path) -> io::Result<Arc<dyn RandomAccessFile>> {
+        // Files the engine reads at random are immutable once written, so a
+        // copy taken at open time reads the same as the live inode.
+        let data = self.inode(path)?.lock().data.clone();
+        Ok(Arc::new(MemReadable { data }))
+    }
+    fn read_all(&self, path: &Path) -> io::Result<Vec<u8>> {
+        Ok(self.inode(path)?.lock().data.clone())
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let mut st = self.state.lock();
+        let inode = st.live.remove(from).ok_or_else(|| not_found(from))?;
+        st.live.insert(to.to_path_buf(), inode);
+        Ok(())
+    }
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        self.state
+            .lock()
+            .live
+            .remove(path)
+            .map(|_| ())
+            .ok_or_else(|| not_found(path))
+    }
+    fn link(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let mut st = self.state.lock();
+        let inode = st.live.get(from).cloned().ok_or_else(|| not_found(from))?;
+        if st.live.contains_key(to) {
+            return Err(io::Error::new(io::ErrorKind::AlreadyExists, "link exists"));
+        }
+        st.live.insert(to.to_path_buf(), inode);
+        Ok(())
+    }
+    fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
+        let inode = self.inode(path)?;
+        let mut inode = inode.lock();
+        let len = usize::try_from(len).map_err(|_| eof())?;
+        inode.data.truncate(len);
+        inode.synced = inode.synced.min(len);
+        Ok(())
+    }
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let st = self.state.lock();
+        if !st.dirs.contains(dir) {
+            return Err(not_found(dir));
+        }
+        Ok(st
+            .live
+            .keys()
+            .filter(|p| p.parent() == Some(dir))
+            .filter_map(|p| p.file_name().and_then(|n| n.to_str()).map(str::to_owned))
+            .collect())
+    }
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        let mut st = self.state.lock();
+        for ancestor in dir.ancestors() {
+            st.dirs.insert(ancestor.to_path_buf());
+        }
+        Ok(())
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        let mut st = self.state.lock();
+        if st.fail_sync {
+            return Err(io::Error::other("injected fsync failure"));
+        }
+        let st = &mut *st;
+        st.durable.retain(|p, _| p.parent() != Some(dir));
+        for (path, inode) in &st.live {
+            if path.parent() == Some(dir) {
+                st.durable.insert(path.clone(), inode.clone());
+            }
+        }
+        Ok(())
+    }
+    fn exists(&self, path: &Path) -> bool {
+        let st = self.state.lock();
+        st.live.contains_key(path) || st.dirs.contains(path)
+    }
+    fn file_size(&self, path: &Path) -> io::Result<u64> {
+        Ok(self.inode(path)?.lock().data.len() as u64)
+    }
+    fn lock_dir(&self, _dir: &Path) -> io::Result<Box<dyn DirLock>> {
+        Ok(Box::new(MemLock))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crash_keeps_only_synced_data_and_entries() {
+        let fs = MemFs::new();
+        let dir = Path::new("/db");
+        fs.create_dir_all(dir).unwrap();
+        let mut a = fs.create(&dir.join("a")).unwrap();
+        a.append(b"hello").unwrap();
+        a.sync().unwrap();
+        fs.sync_dir(dir).unwrap();
+        a.append(b" world").unwrap();
+        let mut b = fs.create(&dir.join("b")).unwrap();
+        b.append(b"lost").unwrap();
+        b.sync().unwrap(); // synced data, but the entry is not durable
+        drop((a, b));
+        fs.crash(false, 1);
+        assert_eq!(fs.read_all(&dir.join("a")).unwrap(), b"hello");
+        assert!(!fs.exists(&dir.join("b")));
+    }
+
+    #[test]
+    fn full_disk_cuts_the_write() {
+        let fs = MemFs::new();
+        fs.create_dir_all(Path::new("/d")).unwrap();
+        let mut f = fs.create(Path::new("/d/f")).unwrap();
+        fs.set_faults(Faults {
+            space_left: Some(3),
+            fail_sync: false,
+        });
+        let err = f.append(b"abcdef").unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::StorageFull);
+        assert_eq!(fs.read_all(Path::new("/d/f")).unwrap(), b"abc");
+    }
+}

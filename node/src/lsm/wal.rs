@@ -1,0 +1,77 @@
+//! The write-ahead log: one file per memtable, each record a framed
+//! [`WriteBatch`] (see `frame` and FORMAT.md).
+
+use std::path::{Path, PathBuf};
+
+use super::batch::WriteBatch;
+use super::frame::{self, Tail};
+use super::fs::{FileSystem, WritableFile};
+use super::key::SeqNo;
+use super::{Error, Result};
+
+/// The file name of WAL number `n`.
+pub(crate) fn file_name(n: u64) -> String {
+    format!("{n:06}.wal")
+}
+
+/// An open WAL being appended to.
+pub(crate) struct WalWriter {
+    file: Box<dyn WritableFile>,
+    path: PathBuf,
+    /// Bytes appended since the last sync.
+    pub unsynced_bytes: u64,
+}
+
+impl WalWriter {
+    /// Creates WAL `number` in `dir` and makes its directory entry durable.
+    pub fn create(fs: &dyn FileSystem, dir: &Path, number: u64) -> Result<Self> {
+        let path = dir.join(file_name(number));
+        let file = fs.create(&path).map_err(|e| Error::io(&path, e))?;
+        fs.sync_dir(dir).map_err(|e| Error::io(dir, e))?;
+        Ok(Self {
+            file,
+            path,
+            unsynced_bytes: 0,
+        })
+    }
+
+    /// Appends already framed records and hands them to the OS.
+    pub fn append(&mut self, framed: &[u8]) -> Result<()> {
+        self.file
+            .append(framed)
+            .and_then(|()| self.file.flush())
+            .map_err(|e| Error::io(&self.path, e))?;
+        self.unsynced_bytes += framed.len() as u64;
+        Ok(())
+    }
+
+    /// Makes every appended record durable.
+    pub fn sync(&mut self) -> Result<()> {
+        if self.unsynced_bytes == 0 {
+            return Ok(());
+        }
+        self.file.sync().map_err(|e| Error::io(&self.path, e))?;
+        self.unsynced_bytes = 0;
+        Ok(())
+    }
+}
+
+/// Reads every batch of a WAL file. A torn tail ends the log quietly;
+/// damage followed by more records is [`Error::Corruption`].
+pub(crate) fn replay(fs: &dyn FileSystem, path: &Path) -> Result<Vec<(SeqNo, WriteBatch)>> {
+    let data = fs.read_all(path).map_err(|e| Error::io(path, e))?;
+    let (records, tail) = frame::decode_all(&data);
+    if let Tail::Corrupt { offset, reason } = tail {
+        return Err(Error::corruption(path, offset, reason));
+    }
+    let mut out = Vec::with_capacity(records.len());
+    let mut offset = 0u64;
+    for rec in records {
+        let Some(decoded) = WriteBatch::decode(rec) else {
+            return Err(Error::corruption(path, offset, "malformed write batch"));
+        };
+        out.push(decoded);
+        offset += (frame::HEADER_BYTES + rec.len()) as u64;
+    }
+    Ok(out)
+}

@@ -1,0 +1,2 @@
+//! cairn's gRPC API contract. The `.proto` files and the generated Rust land
+//! here with the node issue.

@@ -1,0 +1,1 @@
+//! The deterministic simulation harness. It lands with the simulation issue.
