@@ -15,7 +15,7 @@ use super::iterator::InternalIterator;
 use super::manifest::Manifest;
 use super::memtable::MemTable;
 use super::sst::{Table, TableBuilder};
-use super::version::{NewFile, Version, VersionEdit};
+use super::version::{NewFile, Version, VersionEdit, NUM_LEVELS};
 use super::{Error, Result, SyncMode};
 
 /// A manifest past this size is rewritten as one snapshot edit.
@@ -299,6 +299,55 @@ impl Inner {
                 self.bg_cv.wait(&mut st);
             }
         }
+    }
+
+    /// Flushes, then merges every level into the one below it, down to
+    /// the deepest non-empty level: afterwards the data sits in one level
+    /// with no overwritten version or tombstone that no snapshot needs.
+    pub fn compact_all(self: &Arc<Self>) -> Result<()> {
+        self.write(super::WriteBatch::new(), true)?;
+        self.wait_for_flushes()?;
+        // Take the compaction slot so no background compaction runs beside.
+        {
+            let mut st = self.state.lock();
+            loop {
+                Inner::check_bg_error(&st)?;
+                if st.shutting_down {
+                    return Err(Error::ShuttingDown);
+                }
+                if !st.compaction_scheduled {
+                    st.compaction_scheduled = true;
+                    break;
+                }
+                self.bg_cv.wait(&mut st);
+            }
+        }
+        let result = (|| {
+            let mut level = 0;
+            loop {
+                let version = self.state.lock().version.clone();
+                let Some(bottom) = (0..NUM_LEVELS)
+                    .rev()
+                    .find(|&l| !version.levels[l].is_empty())
+                else {
+                    return Ok(());
+                };
+                if level >= bottom.max(1) {
+                    return Ok(());
+                }
+                let inputs = version.levels[level].clone();
+                if !inputs.is_empty() {
+                    let c = compaction::whole_level(&version, level);
+                    self.run_compaction(&c, &version)?;
+                }
+                level += 1;
+            }
+        })();
+        let mut st = self.state.lock();
+        st.compaction_scheduled = false;
+        self.bg_cv.notify_all();
+        self.schedule(&mut st);
+        result
     }
 
     /// Syncs the WAL now.

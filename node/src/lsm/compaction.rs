@@ -114,6 +114,27 @@ pub(crate) fn pick(version: &Version, opts: &Options, pointers: &[Vec<u8>]) -> O
     })
 }
 
+/// A compaction of every file of `level` into `level + 1`.
+pub(crate) fn whole_level(version: &Version, level: usize) -> Compaction {
+    let inputs = version.levels[level].clone();
+    let lo = inputs
+        .iter()
+        .map(|f| f.smallest_user_key())
+        .min()
+        .unwrap_or_default();
+    let hi = inputs
+        .iter()
+        .map(|f| f.largest_user_key())
+        .max()
+        .unwrap_or_default();
+    let next_inputs = version.overlapping(level + 1, lo, hi);
+    Compaction {
+        level,
+        inputs,
+        next_inputs,
+    }
+}
+
 /// Counters of one merge.
 #[derive(Debug, Default)]
 pub(crate) struct MergeOutput {

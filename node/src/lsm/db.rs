@@ -196,6 +196,13 @@ impl Db {
         self.inner.compact_until_idle()
     }
 
+    /// Merges every level down into the deepest one, dropping every
+    /// overwritten version and tombstone that no snapshot still needs, and
+    /// gives their space back (like RocksDB's full `CompactRange`).
+    pub fn compact_all(&self) -> Result<()> {
+        self.inner.compact_all()
+    }
+
     /// The metadata of the newest batch written (flushed or not).
     pub fn user_metadata(&self) -> Option<Vec<u8>> {
         let st = self.inner.state.lock();
