@@ -10,7 +10,8 @@
 //! Environment: `LSM_BENCH_KEYS` (default 1,000,000), `LSM_BENCH_ROUNDS`
 //! (default 3; medians are reported), `LSM_BENCH_DURABLE_OPS` (default
 //! 2,000 per durable workload), `LSM_BENCH_RSS_KEYS` (default 10,000,000;
-//! 0 skips the memory check), `LSM_BENCH_DIR` (default: a temp dir).
+//! 0 skips the memory check), `LSM_BENCH_DIR` (default: a temp dir),
+//! `LSM_BENCH_ONLY` (`cairn` or `fjall`: run one engine, for profiling).
 //!
 //! Prints a table and one JSON line per engine and workload:
 //! `{"engine","workload","ops_per_sec","p50_us","p99_us"}`.
@@ -434,6 +435,7 @@ fn main() {
     let rounds = env_usize("LSM_BENCH_ROUNDS", 3).max(1);
     let durable_ops = env_usize("LSM_BENCH_DURABLE_OPS", 2_000) as u64;
     let rss_keys = env_usize("LSM_BENCH_RSS_KEYS", 10_000_000) as u64;
+    let only = std::env::var("LSM_BENCH_ONLY").ok();
     let tmp = tempfile::Builder::new()
         .prefix("cairn-bench")
         .tempdir()
@@ -463,6 +465,16 @@ fn main() {
         let order: Vec<usize> = if r % 2 == 0 { vec![0, 1] } else { vec![1, 0] };
         for ei in order {
             let kind = kinds[ei];
+            if only.as_deref().is_some_and(|o| o != kind.name()) {
+                for wi in 0..WORKLOADS.len() {
+                    samples[ei][wi].push(Sample {
+                        ops: 1,
+                        secs: 1.0,
+                        hist: hist(),
+                    });
+                }
+                continue;
+            }
             eprintln!("round {}/{rounds}: {}", r + 1, kind.name());
             for (wi, s) in round(kind, &base, n, durable_ops, 1000 + r as u64)
                 .into_iter()

@@ -16,7 +16,13 @@ fn small_opts() -> Options {
 }
 
 fn collect(db: &Db) -> Vec<(Vec<u8>, Vec<u8>)> {
-    db.scan::<&[u8]>(..).unwrap().map(Result::unwrap).collect()
+    db.scan::<&[u8]>(..)
+        .unwrap()
+        .map(|kv| {
+            let (k, v) = kv.unwrap();
+            (k.to_vec(), v.to_vec())
+        })
+        .collect()
 }
 
 #[test]

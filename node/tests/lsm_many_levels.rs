@@ -83,7 +83,11 @@ fn three_levels_with_overwrites_and_deletes_reclaim_space() {
     db.compact_all().unwrap();
 
     // Every read matches the model.
-    let all: Vec<_> = db.scan::<&[u8]>(..).unwrap().map(Result::unwrap).collect();
+    let all: Vec<(Vec<u8>, Vec<u8>)> = db
+        .scan::<&[u8]>(..)
+        .unwrap()
+        .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())).unwrap())
+        .collect();
     let want: Vec<_> = model.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     assert!(
         all == want,

@@ -8,7 +8,9 @@ use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
 
-use cairn_node::lsm::{Compression, Db, InlineExecutor, MemFs, Options, Snapshot, WriteBatch};
+use cairn_node::lsm::{
+    Compression, Db, InlineExecutor, KvPair, MemFs, Options, Snapshot, WriteBatch,
+};
 use proptest::prelude::*;
 
 type Model = BTreeMap<Vec<u8>, Vec<u8>>;
@@ -69,10 +71,12 @@ fn options(fs: &MemFs) -> Options {
     }
 }
 
-fn scan_db(
-    it: impl Iterator<Item = cairn_node::lsm::Result<(Vec<u8>, Vec<u8>)>>,
-) -> Vec<(Vec<u8>, Vec<u8>)> {
-    it.map(Result::unwrap).collect()
+fn scan_db(it: impl Iterator<Item = cairn_node::lsm::Result<KvPair>>) -> Vec<(Vec<u8>, Vec<u8>)> {
+    it.map(|kv| {
+        let (k, v) = kv.unwrap();
+        (k.to_vec(), v.to_vec())
+    })
+    .collect()
 }
 
 fn scan_model(m: &Model, lo: &[u8], hi: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {

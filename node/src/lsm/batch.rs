@@ -31,6 +31,14 @@ impl WriteBatch {
         Self::default()
     }
 
+    /// An empty batch with room for `bytes` of encoded ops.
+    pub fn with_capacity(bytes: usize) -> Self {
+        Self {
+            ops: Vec::with_capacity(bytes),
+            ..Self::default()
+        }
+    }
+
     /// Adds a put of `key` to `value`.
     pub fn put(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> &mut Self {
         self.ops.push(ValueKind::Put as u8);

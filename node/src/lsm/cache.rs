@@ -14,8 +14,29 @@ const SHARDS: usize = 16;
 /// Identifies a block: the table's file number and the block's offset.
 pub(crate) type BlockKey = (u64, u64);
 
+/// A cheap multiplicative hasher for block keys (two integers); SipHash
+/// would cost more than the rest of a cache lookup.
+#[derive(Clone, Copy, Default)]
+struct BlockKeyHasher(u64);
+
+impl std::hash::Hasher for BlockKeyHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(23) ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+    fn finish(&self) -> u64 {
+        self.0 ^ (self.0 >> 29)
+    }
+}
+
+type Hasher = std::hash::BuildHasherDefault<BlockKeyHasher>;
+
 struct Shard {
-    lru: LruCache<BlockKey, Arc<Block>>,
+    lru: LruCache<BlockKey, Arc<Block>, Hasher>,
     bytes: usize,
     capacity: usize,
 }
@@ -35,7 +56,7 @@ impl BlockCache {
             shards: (0..SHARDS)
                 .map(|_| {
                     Mutex::new(Shard {
-                        lru: LruCache::unbounded(),
+                        lru: LruCache::unbounded_with_hasher(Hasher::default()),
                         bytes: 0,
                         capacity: per_shard,
                     })

@@ -136,7 +136,8 @@ impl Db {
 
     /// Stores `value` under `key`.
     pub fn put(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<SeqNo> {
-        let mut b = WriteBatch::new();
+        let (key, value) = (key.as_ref(), value.as_ref());
+        let mut b = WriteBatch::with_capacity(key.len() + value.len() + 12);
         b.put(key, value);
         self.write(b)
     }
@@ -333,23 +334,21 @@ impl Inner {
             }
         }
         let lookup = key::lookup_key(user_key, seq);
-        let found = |hit: Option<(Vec<u8>, Bytes)>| {
-            hit.map(|(ikey, value)| match key::kind(&ikey) {
-                Some(key::ValueKind::Put) => Some(value),
-                _ => None,
-            })
+        let hash = super::sst::bloom::hash(user_key);
+        let found = |hit: Option<(key::ValueKind, Bytes)>| {
+            hit.map(|(kind, value)| (kind == key::ValueKind::Put).then_some(value))
         };
         for f in &sv.version.levels[0] {
             if !f.overlaps(user_key, user_key) || f.summary.smallest_seq > seq {
                 continue;
             }
-            if let Some(v) = found(f.table.get(&lookup, user_key)?) {
+            if let Some(v) = found(f.table.get(&lookup, user_key, hash)?) {
                 return Ok(v);
             }
         }
         for level in 1..NUM_LEVELS {
             if let Some(f) = sv.version.find_file(level, user_key) {
-                if let Some(v) = found(f.table.get(&lookup, user_key)?) {
+                if let Some(v) = found(f.table.get(&lookup, user_key, hash)?) {
                     return Ok(v);
                 }
             }

@@ -18,6 +18,21 @@ pub const HEADER_BYTES: usize = 12;
 /// Largest payload one record may carry.
 pub const MAX_PAYLOAD_BYTES: usize = 1 << 30;
 
+/// Appends one framed record whose payload `write` appends to `out`
+/// (saves a copy when the payload is encoded on the spot).
+pub fn encode_with(out: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; HEADER_BYTES]);
+    write(out);
+    let len = out.len() - start - HEADER_BYTES;
+    assert!(len <= MAX_PAYLOAD_BYTES, "record too large");
+    let pcrc = crc32c::crc32c(&out[start + HEADER_BYTES..]);
+    out[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&pcrc.to_le_bytes());
+    let hcrc = crc32c::crc32c(&out[start..start + 8]);
+    out[start + 8..start + 12].copy_from_slice(&hcrc.to_le_bytes());
+}
+
 /// Appends one framed record holding `payload` to `out`.
 pub fn encode(out: &mut Vec<u8>, payload: &[u8]) {
     assert!(payload.len() <= MAX_PAYLOAD_BYTES, "record too large");

@@ -6,6 +6,8 @@
 use std::cmp::Ordering;
 use std::ops::Bound;
 
+use bytes::Bytes;
+
 use super::key::{self, SeqNo, ValueKind};
 use super::Result;
 
@@ -23,6 +25,11 @@ pub(crate) trait InternalIterator: Send {
     fn key(&self) -> &[u8];
     /// The current value. Only valid when [`Self::valid`].
     fn value(&self) -> &[u8];
+    /// The current value as shared bytes (zero-copy where the source
+    /// allows it).
+    fn value_bytes(&self) -> Bytes {
+        Bytes::copy_from_slice(self.value())
+    }
 }
 
 /// Merges several iterators into one ordered stream. Sources are few (the
@@ -95,10 +102,17 @@ impl InternalIterator for MergingIterator {
             None => &[],
         }
     }
+    fn value_bytes(&self) -> Bytes {
+        match self.current {
+            Some(i) => self.children[i].value_bytes(),
+            None => Bytes::new(),
+        }
+    }
 }
 
-/// A key-value pair returned by a scan.
-pub type KvPair = (Vec<u8>, Vec<u8>);
+/// A key-value pair returned by a scan. The value shares memory with the
+/// block or memtable it came from.
+pub type KvPair = (Bytes, Bytes);
 
 /// The user-facing scan iterator: the newest version of each user key
 /// visible at the snapshot, tombstones hidden, within the range.
@@ -112,6 +126,8 @@ pub struct DbIterator {
     end: Bound<Vec<u8>>,
     started: bool,
     done: bool,
+    /// The user key just returned or skipped (reused buffer).
+    last: Vec<u8>,
     /// Keeps the memtables and table files of the read view alive.
     _pin: Box<dyn Send + Sync>,
 }
@@ -131,6 +147,7 @@ impl DbIterator {
             end,
             started: false,
             done: false,
+            last: Vec::new(),
             _pin: pin,
         }
     }
@@ -175,13 +192,16 @@ impl DbIterator {
             }
             // The newest visible version of `ukey`.
             let out = match key::kind(ikey) {
-                Some(ValueKind::Put) => Some((ukey.to_vec(), self.inner.value().to_vec())),
+                Some(ValueKind::Put) => {
+                    Some((Bytes::copy_from_slice(ukey), self.inner.value_bytes()))
+                }
                 _ => None,
             };
-            let ukey = ukey.to_vec();
+            self.last.clear();
+            self.last.extend_from_slice(ukey);
             // Skip the older versions.
             self.inner.next()?;
-            while self.inner.valid() && key::user_key(self.inner.key()) == ukey.as_slice() {
+            while self.inner.valid() && key::user_key(self.inner.key()) == self.last.as_slice() {
                 self.inner.next()?;
             }
             if out.is_some() {

@@ -14,24 +14,95 @@ use super::iterator::InternalIterator;
 use super::key::{self, SeqNo, ValueKind};
 use super::Result;
 
-/// An encoded internal key ordered by [`key::compare`].
-#[derive(Clone, Debug)]
-pub(crate) struct IKey(pub Bytes);
+/// User keys up to this long live inside the skiplist node, so comparing
+/// them during a search costs no extra cache miss.
+const INLINE_KEY_BYTES: usize = 30;
 
-impl PartialEq for IKey {
+/// A user key, stored inline when short.
+#[derive(Clone, Debug)]
+enum KeyBuf {
+    Inline(u8, [u8; INLINE_KEY_BYTES]),
+    Heap(Box<[u8]>),
+}
+
+impl KeyBuf {
+    fn new(key: &[u8]) -> Self {
+        if key.len() <= INLINE_KEY_BYTES {
+            let mut buf = [0u8; INLINE_KEY_BYTES];
+            buf[..key.len()].copy_from_slice(key);
+            KeyBuf::Inline(key.len() as u8, buf)
+        } else {
+            KeyBuf::Heap(key.into())
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            KeyBuf::Inline(len, buf) => &buf[..*len as usize],
+            KeyBuf::Heap(b) => b,
+        }
+    }
+}
+
+/// A memtable key: the user key and its trailer (`seqno << 8 | kind`),
+/// ordered like an encoded internal key (user key ascending, trailer
+/// descending).
+#[derive(Clone, Debug)]
+pub(crate) struct MemKey {
+    user: KeyBuf,
+    trailer: u64,
+}
+
+impl MemKey {
+    fn new(user_key: &[u8], seq: SeqNo, kind: ValueKind) -> Self {
+        Self {
+            user: KeyBuf::new(user_key),
+            trailer: (seq << 8) | kind as u64,
+        }
+    }
+
+    fn from_internal(ikey: &[u8]) -> Self {
+        let user = key::user_key(ikey);
+        let mut t = [0u8; 8];
+        let tail = &ikey[user.len()..];
+        t[..tail.len()].copy_from_slice(tail);
+        Self {
+            user: KeyBuf::new(user),
+            trailer: u64::from_le_bytes(t),
+        }
+    }
+
+    fn user_key(&self) -> &[u8] {
+        self.user.as_slice()
+    }
+
+    fn kind(&self) -> Option<ValueKind> {
+        ValueKind::from_u8(self.trailer as u8)
+    }
+
+    fn encode_into(&self, out: &mut Vec<u8>) {
+        out.clear();
+        out.extend_from_slice(self.user_key());
+        out.extend_from_slice(&self.trailer.to_le_bytes());
+    }
+}
+
+impl PartialEq for MemKey {
     fn eq(&self, other: &Self) -> bool {
         self.cmp(other) == Ordering::Equal
     }
 }
-impl Eq for IKey {}
-impl PartialOrd for IKey {
+impl Eq for MemKey {}
+impl PartialOrd for MemKey {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))
     }
 }
-impl Ord for IKey {
+impl Ord for MemKey {
     fn cmp(&self, other: &Self) -> Ordering {
-        key::compare(&self.0, &other.0)
+        self.user_key()
+            .cmp(other.user_key())
+            .then_with(|| other.trailer.cmp(&self.trailer))
     }
 }
 
@@ -41,7 +112,7 @@ const ENTRY_OVERHEAD_BYTES: usize = 96;
 
 /// A sorted in-memory table of recent writes.
 pub(crate) struct MemTable {
-    map: SkipMap<IKey, Bytes>,
+    map: SkipMap<MemKey, Bytes>,
     bytes: AtomicUsize,
     /// The WAL file whose records rebuild this memtable (0 = no WAL).
     pub wal_number: u64,
@@ -74,10 +145,11 @@ impl MemTable {
     /// leader at a time) and publish the sequence number to readers only
     /// after the insert returns.
     pub fn insert(&self, user_key: &[u8], seq: SeqNo, kind: ValueKind, value: &[u8]) {
-        let ikey = key::encode(user_key, seq, kind);
-        let charge = ikey.len() + value.len() + ENTRY_OVERHEAD_BYTES;
-        self.map
-            .insert(IKey(Bytes::from(ikey)), Bytes::copy_from_slice(value));
+        let charge = user_key.len() + value.len() + ENTRY_OVERHEAD_BYTES;
+        self.map.insert(
+            MemKey::new(user_key, seq, kind),
+            Bytes::copy_from_slice(value),
+        );
         self.bytes.fetch_add(charge, AtomicOrdering::Relaxed);
     }
 
@@ -90,9 +162,12 @@ impl MemTable {
     }
 
     pub fn get(&self, user_key: &[u8], seq: SeqNo) -> Lookup {
-        let lookup = IKey(Bytes::from(key::lookup_key(user_key, seq)));
+        if self.map.is_empty() {
+            return Lookup::Absent;
+        }
+        let lookup = MemKey::new(user_key, seq, ValueKind::Put);
         match self.map.lower_bound(Bound::Included(&lookup)) {
-            Some(e) if key::user_key(&e.key().0) == user_key => match key::kind(&e.key().0) {
+            Some(e) if e.key().user_key() == user_key => match e.key().kind() {
                 Some(ValueKind::Put) => Lookup::Value(e.value().clone()),
                 _ => Lookup::Deleted,
             },
@@ -114,6 +189,7 @@ impl MemTable {
             buf: Vec::new(),
             pos: 0,
             exhausted: true,
+            current: Vec::new(),
         }
     }
 }
@@ -126,30 +202,41 @@ const ITER_BATCH: usize = 64;
 /// of the skiplist so it needs no borrow of it.
 pub(crate) struct MemTableIter {
     mem: Arc<MemTable>,
-    buf: Vec<(Bytes, Bytes)>,
+    buf: Vec<(MemKey, Bytes)>,
     pos: usize,
     exhausted: bool,
+    /// The current entry's encoded internal key.
+    current: Vec<u8>,
 }
 
 impl MemTableIter {
-    fn fill(&mut self, from: Bound<&IKey>) {
+    fn fill(&mut self, from: Bound<&MemKey>) {
         self.buf.clear();
         self.pos = 0;
-        let mut entry = self.mem.map.lower_bound(from);
-        while let Some(e) = entry {
-            self.buf.push((e.key().0.clone(), e.value().clone()));
-            if self.buf.len() == ITER_BATCH {
-                break;
+        {
+            let mut entry = self.mem.map.lower_bound(from);
+            while let Some(e) = entry {
+                self.buf.push((e.key().clone(), e.value().clone()));
+                if self.buf.len() == ITER_BATCH {
+                    break;
+                }
+                entry = e.next();
             }
-            entry = e.next();
         }
         self.exhausted = self.buf.len() < ITER_BATCH;
+        self.encode_current();
+    }
+
+    fn encode_current(&mut self) {
+        if let Some((k, _)) = self.buf.get(self.pos) {
+            k.encode_into(&mut self.current);
+        }
     }
 }
 
 impl InternalIterator for MemTableIter {
     fn seek(&mut self, target: &[u8]) -> Result<()> {
-        let t = IKey(Bytes::copy_from_slice(target));
+        let t = MemKey::from_internal(target);
         self.fill(Bound::Included(&t));
         Ok(())
     }
@@ -161,8 +248,10 @@ impl InternalIterator for MemTableIter {
         self.pos += 1;
         if self.pos >= self.buf.len() && !self.exhausted {
             if let Some((last, _)) = self.buf.last().cloned() {
-                self.fill(Bound::Excluded(&IKey(last)));
+                self.fill(Bound::Excluded(&last));
             }
+        } else {
+            self.encode_current();
         }
         Ok(())
     }
@@ -170,10 +259,13 @@ impl InternalIterator for MemTableIter {
         self.pos < self.buf.len()
     }
     fn key(&self) -> &[u8] {
-        &self.buf[self.pos].0
+        &self.current
     }
     fn value(&self) -> &[u8] {
         &self.buf[self.pos].1
+    }
+    fn value_bytes(&self) -> Bytes {
+        self.buf[self.pos].1.clone()
     }
 }
 

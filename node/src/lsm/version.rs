@@ -317,6 +317,11 @@ impl InternalIterator for LevelIter {
     fn value(&self) -> &[u8] {
         self.current.as_ref().map_or(&[], |it| it.value())
     }
+    fn value_bytes(&self) -> bytes::Bytes {
+        self.current
+            .as_ref()
+            .map_or_else(bytes::Bytes::new, |it| it.value_bytes())
+    }
 }
 
 #[cfg(test)]

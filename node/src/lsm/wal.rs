@@ -20,6 +20,8 @@ pub(crate) struct WalWriter {
     path: PathBuf,
     /// Bytes appended since the last sync.
     pub unsynced_bytes: u64,
+    /// A buffer the group-commit leader reuses to frame records.
+    pub scratch: Vec<u8>,
 }
 
 impl WalWriter {
@@ -32,6 +34,7 @@ impl WalWriter {
             file,
             path,
             unsynced_bytes: 0,
+            scratch: Vec::new(),
         })
     }
 

@@ -172,22 +172,23 @@ impl Inner {
                 .iter()
                 .any(|(_, b)| !b.is_empty() || b.user_metadata().is_some())
         {
-            let mut framed =
-                Vec::with_capacity(batches.iter().map(|(_, b)| b.approximate_size() + 32).sum());
-            let mut payload = Vec::new();
-            for (seq, b) in batches.iter() {
-                if b.is_empty() && b.user_metadata().is_none() {
-                    continue;
-                }
-                payload.clear();
-                b.encode(*seq, &mut payload);
-                frame::encode(&mut framed, &payload);
-            }
             let mut wal = self.wal.lock();
             let Some(wal) = wal.as_mut() else {
                 return Err(Error::Poisoned("the WAL is closed".into()));
             };
-            wal.append(&framed)?;
+            // The leader owns the WAL's scratch buffer while it holds the lock.
+            let mut framed = std::mem::take(&mut wal.scratch);
+            framed.clear();
+            for (seq, b) in batches.iter() {
+                if !b.is_empty() || b.user_metadata().is_some() {
+                    frame::encode_with(&mut framed, |out| b.encode(*seq, out));
+                }
+            }
+            let appended = wal.append(&framed);
+            if framed.capacity() <= MAX_GROUP_BYTES * 2 {
+                wal.scratch = framed;
+            }
+            appended?;
             self.counters.wal_writes.fetch_add(1, Ordering::Relaxed);
             if sync {
                 wal.sync()?;

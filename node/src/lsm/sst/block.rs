@@ -13,6 +13,8 @@
 use std::cmp::Ordering;
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use crate::lsm::coding::{get_u32, put_varint, Reader};
 use crate::lsm::iterator::InternalIterator;
 use crate::lsm::key;
@@ -99,7 +101,7 @@ impl BlockBuilder {
 
 /// A decoded, validated block held in memory (and in the block cache).
 pub(crate) struct Block {
-    data: Vec<u8>,
+    data: Bytes,
     restarts_offset: usize,
     num_restarts: usize,
 }
@@ -107,6 +109,7 @@ pub(crate) struct Block {
 impl Block {
     /// Validates the restart array; `corrupt` builds the error naming the block.
     pub fn new(data: Vec<u8>, corrupt: impl Fn(&str) -> Error) -> Result<Self> {
+        let data = Bytes::from(data);
         let n = data.len();
         let num_restarts = n
             .checked_sub(4)
@@ -204,7 +207,7 @@ impl BlockIter {
         }
         self.key.truncate(shared);
         self.key.extend_from_slice(delta);
-        if !key::is_valid(&self.key) {
+        if self.key.len() < key::TRAILER_BYTES {
             self.error = Some("malformed internal key in block");
             self.invalidate();
             return false;
@@ -220,17 +223,31 @@ impl BlockIter {
         self.next_offset = self.block.restart(i);
     }
 
+    /// The whole key stored at restart point `i` (restart entries share
+    /// nothing with their predecessor), borrowed from the block.
+    fn restart_key(&self, i: usize) -> Option<&[u8]> {
+        let data = &self.block.data[..self.block.restarts_offset];
+        let mut r = Reader::new(data.get(self.block.restart(i)..)?);
+        let shared = r.len()?;
+        let unshared = r.len()?;
+        r.len()?;
+        let key = r.bytes(unshared)?;
+        (shared == 0 && key.len() >= key::TRAILER_BYTES).then_some(key)
+    }
+
     /// Positions at the first entry `>= target`.
     pub fn seek_key(&mut self, target: &[u8]) {
-        // Binary search for the last restart whose key is < target.
+        // Binary search for the last restart whose key is < target,
+        // comparing keys in place.
         let (mut lo, mut hi) = (0usize, self.block.num_restarts - 1);
         while lo < hi {
             let mid = (lo + hi).div_ceil(2);
-            self.seek_to_restart(mid);
-            if !self.parse_next() {
+            let Some(k) = self.restart_key(mid) else {
+                self.error = Some("malformed restart entry");
+                self.invalidate();
                 return;
-            }
-            if key::compare(&self.key, target) == Ordering::Less {
+            };
+            if key::compare(k, target) == Ordering::Less {
                 lo = mid;
             } else {
                 hi = mid - 1;
@@ -265,6 +282,12 @@ impl BlockIter {
         let (start, len) = self.value;
         &self.block.data[start..start + len]
     }
+
+    /// The current value as a zero-copy slice of the block.
+    pub fn current_value_bytes(&self) -> Bytes {
+        let (start, len) = self.value;
+        self.block.data.slice(start..start + len)
+    }
 }
 
 impl InternalIterator for BlockIter {
@@ -288,6 +311,9 @@ impl InternalIterator for BlockIter {
     }
     fn value(&self) -> &[u8] {
         self.current_value()
+    }
+    fn value_bytes(&self) -> Bytes {
+        self.current_value_bytes()
     }
 }
 

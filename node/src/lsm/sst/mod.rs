@@ -13,6 +13,7 @@
 
 pub(crate) mod block;
 pub(crate) mod bloom;
+mod index;
 
 use std::cmp::Ordering;
 use std::path::{Path, PathBuf};
@@ -23,11 +24,12 @@ use bytes::Bytes;
 
 use self::block::{Block, BlockBuilder, BlockIter};
 use self::bloom::Bloom;
+use self::index::Index;
 use super::cache::BlockCache;
 use super::coding::{put_varint, Reader};
 use super::fs::{FileSystem, RandomAccessFile, WritableFile};
 use super::iterator::InternalIterator;
-use super::key::{self, SeqNo};
+use super::key::{self, SeqNo, ValueKind};
 use super::{Compression, Error, Result};
 
 /// Bytes after each block: compression type and checksum.
@@ -250,7 +252,7 @@ pub(crate) struct Table {
     path: PathBuf,
     file: Arc<dyn RandomAccessFile>,
     size: u64,
-    index: Arc<Block>,
+    index: Index,
     filter: Bloom,
     cache: Arc<BlockCache>,
     /// Set when compaction removed the table from the current version:
@@ -314,6 +316,7 @@ impl Table {
         };
         let index = read_raw(file.as_ref(), path, size, index_handle)?;
         let index = Arc::new(Block::new(index, |r| corrupt(i_off, r))?);
+        let index = Index::decode(&index).ok_or_else(|| corrupt(i_off, "malformed index block"))?;
         Ok(Self {
             number,
             path: path.to_path_buf(),
@@ -346,45 +349,41 @@ impl Table {
         Error::corruption(&self.path, 0, reason)
     }
 
-    /// False when the filter proves `user_key` is absent.
-    pub fn may_contain(&self, user_key: &[u8]) -> bool {
-        self.filter.may_contain(bloom::hash(user_key))
-    }
-
-    /// The first entry `>= lookup` if it belongs to `user_key`.
-    pub fn get(&self, lookup: &[u8], user_key: &[u8]) -> Result<Option<(Vec<u8>, Bytes)>> {
-        if !self.may_contain(user_key) {
+    /// The newest entry of `user_key` at or below the lookup key's
+    /// sequence number: its kind and value. `hash` is the key's filter
+    /// hash ([`bloom::hash`]), computed once per lookup.
+    pub fn get(
+        &self,
+        lookup: &[u8],
+        user_key: &[u8],
+        hash: u64,
+    ) -> Result<Option<(ValueKind, Bytes)>> {
+        if !self.filter.may_contain(hash) {
             return Ok(None);
         }
-        let mut index = self.index.iter();
-        index.seek_key(lookup);
-        if let Some(reason) = index.error() {
-            return Err(self.corrupt_entry(reason));
-        }
-        if !index.is_valid() {
+        let i = self.index.seek(lookup);
+        if i >= self.index.len() {
             return Ok(None);
         }
-        let handle = BlockHandle::decode(index.current_value())
-            .ok_or_else(|| self.corrupt_entry("malformed block handle"))?;
+        let handle = self.index.handle(i);
         let block = self.read_block(handle, true)?;
         let mut it = block.iter();
         it.seek_key(lookup);
         if let Some(reason) = it.error() {
             return Err(Error::corruption(&self.path, handle.offset, reason));
         }
-        if it.is_valid() && key::user_key(it.current_key()) == user_key {
-            return Ok(Some((
-                it.current_key().to_vec(),
-                Bytes::copy_from_slice(it.current_value()),
-            )));
+        if !it.is_valid() || key::user_key(it.current_key()) != user_key {
+            return Ok(None);
         }
-        Ok(None)
+        let kind = key::kind(it.current_key())
+            .ok_or_else(|| Error::corruption(&self.path, handle.offset, "unknown value kind"))?;
+        Ok(Some((kind, it.current_value_bytes())))
     }
 
     pub fn iter(self: &Arc<Self>, fill_cache: bool) -> TableIter {
         TableIter {
             table: self.clone(),
-            index: self.index.iter(),
+            index_pos: 0,
             data: None,
             fill_cache,
         }
@@ -433,7 +432,7 @@ fn read_raw(
         _ => return Err(corrupt("block handle out of range")),
     }
     let len = h.len as usize;
-    let buf = file
+    let mut buf = file
         .read_at(h.offset, len + BLOCK_TRAILER_BYTES)
         .map_err(|e| Error::io(path, e))?;
     let (body, trailer) = buf.split_at(len);
@@ -444,7 +443,10 @@ fn read_raw(
         return Err(corrupt("block checksum mismatch"));
     }
     match ctype {
-        COMPRESSION_NONE => Ok(body.to_vec()),
+        COMPRESSION_NONE => {
+            buf.truncate(len);
+            Ok(buf)
+        }
         COMPRESSION_LZ4 => {
             let raw_len = body
                 .get(..4)
@@ -463,7 +465,8 @@ fn read_raw(
 /// Iterates over a table: the index block picks data blocks one by one.
 pub(crate) struct TableIter {
     table: Arc<Table>,
-    index: BlockIter,
+    /// The current data block's entry in the index.
+    index_pos: usize,
     data: Option<BlockIter>,
     fill_cache: bool,
 }
@@ -471,14 +474,10 @@ pub(crate) struct TableIter {
 impl TableIter {
     fn load_block(&mut self) -> Result<()> {
         self.data = None;
-        if let Some(reason) = self.index.error() {
-            return Err(self.table.corrupt_entry(reason));
-        }
-        if !self.index.is_valid() {
+        if self.index_pos >= self.table.index.len() {
             return Ok(());
         }
-        let handle = BlockHandle::decode(self.index.current_value())
-            .ok_or_else(|| self.table.corrupt_entry("malformed block handle"))?;
+        let handle = self.table.index.handle(self.index_pos);
         let block = self.table.read_block(handle, self.fill_cache)?;
         self.data = Some(block.iter());
         Ok(())
@@ -500,7 +499,7 @@ impl TableIter {
                 None => return Ok(()),
                 Some(_) => {}
             }
-            self.index.advance();
+            self.index_pos += 1;
             self.load_block()?;
             if let Some(d) = self.data.as_mut() {
                 d.first();
@@ -511,7 +510,7 @@ impl TableIter {
 
 impl InternalIterator for TableIter {
     fn seek(&mut self, target: &[u8]) -> Result<()> {
-        self.index.seek_key(target);
+        self.index_pos = self.table.index.seek(target);
         self.load_block()?;
         if let Some(d) = self.data.as_mut() {
             d.seek_key(target);
@@ -519,7 +518,7 @@ impl InternalIterator for TableIter {
         self.skip_empty_blocks()
     }
     fn seek_to_first(&mut self) -> Result<()> {
-        self.index.first();
+        self.index_pos = 0;
         self.load_block()?;
         if let Some(d) = self.data.as_mut() {
             d.first();
@@ -540,5 +539,10 @@ impl InternalIterator for TableIter {
     }
     fn value(&self) -> &[u8] {
         self.data.as_ref().map_or(&[], BlockIter::current_value)
+    }
+    fn value_bytes(&self) -> Bytes {
+        self.data
+            .as_ref()
+            .map_or_else(Bytes::new, BlockIter::current_value_bytes)
     }
 }
