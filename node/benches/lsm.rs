@@ -91,6 +91,16 @@ trait Engine: Send + Sync {
     fn settle(&self);
 }
 
+/// Reads every pair (so the work is not optimised away); returns the count.
+fn consume<K: AsRef<[u8]>, V: AsRef<[u8]>>(it: impl Iterator<Item = (K, V)>) -> usize {
+    let mut n = 0;
+    for (k, v) in it {
+        std::hint::black_box((k.as_ref(), v.as_ref()));
+        n += 1;
+    }
+    n
+}
+
 struct Cairn(Db);
 
 impl Engine for Cairn {
@@ -101,19 +111,10 @@ impl Engine for Cairn {
         self.0.get(k).unwrap().is_some()
     }
     fn scan(&self, start: &[u8], n: usize) -> usize {
-        self.0
-            .scan(start..)
-            .unwrap()
-            .take(n)
-            .map(|r| r.unwrap())
-            .count()
+        consume(self.0.scan(start..).unwrap().take(n).map(Result::unwrap))
     }
     fn scan_all(&self) -> usize {
-        self.0
-            .scan::<&[u8]>(..)
-            .unwrap()
-            .map(|r| r.unwrap())
-            .count()
+        consume(self.0.scan::<&[u8]>(..).unwrap().map(Result::unwrap))
     }
     fn settle(&self) {
         self.0.flush().unwrap();
@@ -137,14 +138,15 @@ impl Engine for Fjall {
         self.ks.get(k).unwrap().is_some()
     }
     fn scan(&self, start: &[u8], n: usize) -> usize {
-        self.ks
-            .range(start..)
-            .take(n)
-            .map(|g| g.into_inner().unwrap())
-            .count()
+        consume(
+            self.ks
+                .range(start..)
+                .take(n)
+                .map(|g| g.into_inner().unwrap()),
+        )
     }
     fn scan_all(&self) -> usize {
-        self.ks.iter().map(|g| g.into_inner().unwrap()).count()
+        consume(self.ks.iter().map(|g| g.into_inner().unwrap()))
     }
     fn settle(&self) {
         self.ks.rotate_memtable_and_wait().unwrap();
