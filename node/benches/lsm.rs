@@ -468,8 +468,8 @@ fn main() {
         for ei in order {
             let kind = kinds[ei];
             if only.as_deref().is_some_and(|o| o != kind.name()) {
-                for wi in 0..WORKLOADS.len() {
-                    samples[ei][wi].push(Sample {
+                for ws in &mut samples[ei] {
+                    ws.push(Sample {
                         ops: 1,
                         secs: 1.0,
                         hist: hist(),
