@@ -13,7 +13,6 @@ use super::BlockHandle;
 use crate::lsm::key;
 
 struct Entry {
-    disc: u64,
     key_end: u32,
     handle: BlockHandle,
 }
@@ -24,6 +23,8 @@ pub(crate) struct Index {
     /// Length of the user-key prefix every key of the table shares.
     skip: usize,
     prefix: Vec<u8>,
+    /// Discriminators, searched first: a dense array that stays in cache.
+    discs: Vec<u64>,
     entries: Vec<Entry>,
     keys: Vec<u8>,
 }
@@ -56,6 +57,7 @@ impl Index {
         let prefix = lo[..skip].to_vec();
         let mut keys = Vec::with_capacity(raw.iter().map(|(k, _)| k.len()).sum());
         let mut entries: Vec<Entry> = Vec::with_capacity(raw.len());
+        let mut discs = Vec::with_capacity(raw.len());
         for (k, handle) in raw {
             let prev = entries.len().checked_sub(1).map(|i| {
                 let start = if i == 0 {
@@ -72,11 +74,8 @@ impl Index {
             if !uk.starts_with(&prefix) {
                 return None;
             }
-            entries.push(Entry {
-                disc: disc(uk, skip),
-                key_end: 0,
-                handle,
-            });
+            discs.push(disc(uk, skip));
+            entries.push(Entry { key_end: 0, handle });
             keys.extend_from_slice(&k);
             let end = u32::try_from(keys.len()).ok()?;
             if let Some(e) = entries.last_mut() {
@@ -86,6 +85,7 @@ impl Index {
         Some(Self {
             skip,
             prefix,
+            discs,
             entries,
             keys,
         })
@@ -118,8 +118,15 @@ impl Index {
             Ordering::Equal => {}
         }
         let d = disc(uk, self.skip);
-        let start = self.entries.partition_point(|e| e.disc < d);
-        let end = start + self.entries[start..].partition_point(|e| e.disc <= d);
+        let start = self.discs.partition_point(|&x| x < d);
+        // Equal discriminators are rare and adjacent: step, then search.
+        let mut end = start;
+        while end < self.discs.len() && end - start < 4 && self.discs[end] == d {
+            end += 1;
+        }
+        if end - start == 4 {
+            end += self.discs[end..].partition_point(|&x| x <= d);
+        }
         // Entries with an equal discriminator need the full compare.
         let (mut lo, mut hi) = (start, end);
         while lo < hi {
@@ -135,6 +142,6 @@ impl Index {
 
     /// Bytes held in memory.
     pub fn size(&self) -> usize {
-        self.entries.len() * std::mem::size_of::<Entry>() + self.keys.len()
+        self.entries.len() * (std::mem::size_of::<Entry>() + 8) + self.keys.len()
     }
 }
