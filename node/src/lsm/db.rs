@@ -56,6 +56,8 @@ pub(crate) struct State {
     pub compact_pointer: Vec<Vec<u8>>,
     /// Writers waiting for the group-commit leader, oldest first.
     pub writers: VecDeque<Arc<WriterSlot>>,
+    /// The leader's reusable list of the group's batches.
+    pub group_scratch: Vec<(SeqNo, WriteBatch)>,
 }
 
 /// Counters updated without the mutex.

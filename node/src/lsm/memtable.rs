@@ -2,16 +2,15 @@
 //! group-commit leader) inserts while any number of readers read.
 
 use std::cmp::Ordering;
-use std::ops::Bound;
 use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use crossbeam_skiplist::SkipMap;
 use parking_lot::Mutex;
 
 use super::iterator::InternalIterator;
 use super::key::{self, SeqNo, ValueKind};
+use super::skiplist::SkipList;
 use super::Result;
 
 /// User keys up to this long live inside the skiplist node, so comparing
@@ -106,13 +105,13 @@ impl Ord for MemKey {
     }
 }
 
-/// Per-entry bookkeeping charged on top of key and value bytes (skiplist
-/// node, tower, `Bytes` headers).
-const ENTRY_OVERHEAD_BYTES: usize = 96;
+/// Per-entry bookkeeping charged on top of key and value bytes: the
+/// 128-byte skiplist node and the value's allocation header.
+const ENTRY_OVERHEAD_BYTES: usize = 144;
 
 /// A sorted in-memory table of recent writes.
 pub(crate) struct MemTable {
-    map: SkipMap<MemKey, Bytes>,
+    map: SkipList<MemKey, Bytes>,
     bytes: AtomicUsize,
     /// The WAL file whose records rebuild this memtable (0 = no WAL).
     pub wal_number: u64,
@@ -134,7 +133,7 @@ pub(crate) enum Lookup {
 impl MemTable {
     pub fn new(wal_number: u64) -> Self {
         Self {
-            map: SkipMap::new(),
+            map: SkipList::new(),
             bytes: AtomicUsize::new(0),
             wal_number,
             metadata: Mutex::new(None),
@@ -162,13 +161,13 @@ impl MemTable {
     }
 
     pub fn get(&self, user_key: &[u8], seq: SeqNo) -> Lookup {
-        if self.map.is_empty() {
+        if self.is_empty() {
             return Lookup::Absent;
         }
         let lookup = MemKey::new(user_key, seq, ValueKind::Put);
-        match self.map.lower_bound(Bound::Included(&lookup)) {
-            Some(e) if e.key().user_key() == user_key => match e.key().kind() {
-                Some(ValueKind::Put) => Lookup::Value(e.value().clone()),
+        match self.map.seek(&lookup).and_then(|i| self.map.entry(i)) {
+            Some((k, v)) if k.user_key() == user_key => match k.kind() {
+                Some(ValueKind::Put) => Lookup::Value(v.clone()),
                 _ => Lookup::Deleted,
             },
             _ => Lookup::Absent,
@@ -180,92 +179,67 @@ impl MemTable {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.map.len() == 0
     }
 
     pub fn iter(self: &Arc<Self>) -> MemTableIter {
         MemTableIter {
             mem: self.clone(),
-            buf: Vec::new(),
-            pos: 0,
-            exhausted: true,
+            at: None,
             current: Vec::new(),
         }
     }
 }
 
-/// How many entries a memtable iterator copies out of the skiplist at a
-/// time (cheap: keys and values are reference-counted `Bytes`).
-const ITER_BATCH: usize = 64;
-
-/// An owning iterator over a memtable. It copies small runs of entries out
-/// of the skiplist so it needs no borrow of it.
+/// An owning iterator over a memtable: skiplist nodes never move, so it
+/// keeps a node index and the memtable alive.
 pub(crate) struct MemTableIter {
     mem: Arc<MemTable>,
-    buf: Vec<(MemKey, Bytes)>,
-    pos: usize,
-    exhausted: bool,
+    at: Option<u32>,
     /// The current entry's encoded internal key.
     current: Vec<u8>,
 }
 
 impl MemTableIter {
-    fn fill(&mut self, from: Bound<&MemKey>) {
-        self.buf.clear();
-        self.pos = 0;
-        {
-            let mut entry = self.mem.map.lower_bound(from);
-            while let Some(e) = entry {
-                self.buf.push((e.key().clone(), e.value().clone()));
-                if self.buf.len() == ITER_BATCH {
-                    break;
-                }
-                entry = e.next();
-            }
-        }
-        self.exhausted = self.buf.len() < ITER_BATCH;
-        self.encode_current();
-    }
-
-    fn encode_current(&mut self) {
-        if let Some((k, _)) = self.buf.get(self.pos) {
+    fn go(&mut self, at: Option<u32>) {
+        self.at = at;
+        if let Some((k, _)) = at.and_then(|i| self.mem.map.entry(i)) {
             k.encode_into(&mut self.current);
         }
+    }
+
+    fn value_ref(&self) -> Option<&Bytes> {
+        self.at.and_then(|i| self.mem.map.entry(i)).map(|(_, v)| v)
     }
 }
 
 impl InternalIterator for MemTableIter {
     fn seek(&mut self, target: &[u8]) -> Result<()> {
-        let t = MemKey::from_internal(target);
-        self.fill(Bound::Included(&t));
+        let at = self.mem.map.seek(&MemKey::from_internal(target));
+        self.go(at);
         Ok(())
     }
     fn seek_to_first(&mut self) -> Result<()> {
-        self.fill(Bound::Unbounded);
+        let at = self.mem.map.first();
+        self.go(at);
         Ok(())
     }
     fn next(&mut self) -> Result<()> {
-        self.pos += 1;
-        if self.pos >= self.buf.len() && !self.exhausted {
-            if let Some((last, _)) = self.buf.last().cloned() {
-                self.fill(Bound::Excluded(&last));
-            }
-        } else {
-            self.encode_current();
-        }
+        let at = self.at.and_then(|i| self.mem.map.next(i));
+        self.go(at);
         Ok(())
     }
     fn valid(&self) -> bool {
-        self.pos < self.buf.len()
+        self.at.is_some()
     }
     fn key(&self) -> &[u8] {
         &self.current
     }
     fn value(&self) -> &[u8] {
-        &self.buf[self.pos].1
+        self.value_ref().map_or(&[], |v| v.as_ref())
     }
     fn value_bytes(&self) -> Bytes {
-        self.buf[self.pos].1.clone()
+        self.value_ref().cloned().unwrap_or_default()
     }
 }
 

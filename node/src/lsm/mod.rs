@@ -36,6 +36,7 @@ mod key;
 mod manifest;
 mod memtable;
 mod recovery;
+mod skiplist;
 mod sst;
 mod version;
 mod wal;

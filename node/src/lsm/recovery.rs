@@ -204,6 +204,7 @@ pub(crate) fn open(dir: &Path, opts: Options) -> Result<Db> {
         shutting_down: false,
         compact_pointer: vec![Vec::new(); NUM_LEVELS],
         writers: VecDeque::new(),
+        group_scratch: Vec::new(),
     };
     let sv = SuperVersion {
         mem,
@@ -234,8 +235,8 @@ pub(crate) fn open(dir: &Path, opts: Options) -> Result<Db> {
 
 fn validate(opts: &Options) -> Result<()> {
     let bad = |m: &str| Err(Error::InvalidArgument(m.to_owned()));
-    if opts.memtable_bytes < 4096 {
-        return bad("memtable_bytes must be at least 4096");
+    if opts.memtable_bytes < 4096 || opts.memtable_bytes > 1 << 30 {
+        return bad("memtable_bytes must be between 4 KiB and 1 GiB");
     }
     if opts.block_bytes < 64 || opts.block_restart_interval == 0 {
         return bad("block_bytes must be at least 64 and block_restart_interval positive");

@@ -101,29 +101,29 @@ impl Inner {
         slot: &Arc<WriterSlot>,
     ) -> Result<()> {
         self.make_room_for_write(st, slot.force_rotate)?;
-        // Gather the group.
-        let mut group = Vec::new();
-        let mut bytes = 0usize;
+        // The group is a prefix of the queue: this writer and those behind
+        // it, up to a size limit.
         let limit = if slot.size <= 128 << 10 {
             slot.size + (128 << 10)
         } else {
             MAX_GROUP_BYTES
         };
+        let mut batches = std::mem::take(&mut st.group_scratch);
+        batches.clear();
+        let mut bytes = 0usize;
+        let mut seq = st.last_seq;
         for w in &st.writers {
-            if !group.is_empty() && (w.force_rotate || bytes + w.size > limit) {
+            if !batches.is_empty() && (w.force_rotate || bytes + w.size > limit) {
                 break;
             }
             bytes += w.size;
-            group.push(w.clone());
-        }
-        let mut batches: Vec<(SeqNo, WriteBatch)> = Vec::with_capacity(group.len());
-        let mut seq = st.last_seq;
-        for w in &group {
             let b = w.batch.lock().take().unwrap_or_default();
-            batches.push((seq + 1, b));
-            seq += batches.last().map_or(0, |(_, b)| b.len() as u64);
+            let first = seq + 1;
+            seq += b.len() as u64;
+            batches.push((first, b));
         }
         if seq > MAX_SEQNO {
+            st.group_scratch = batches;
             return Err(Error::InvalidArgument("sequence numbers exhausted".into()));
         }
         st.last_seq = seq;
@@ -139,16 +139,19 @@ impl Inner {
         } else {
             self.visible_seq.store(seq, Ordering::Release);
         }
-        for (i, w) in group.iter().enumerate() {
-            let popped = st.writers.pop_front();
-            debug_assert!(popped.is_some_and(|p| Arc::ptr_eq(&p, w)));
+        for (first, b) in &batches {
+            let Some(w) = st.writers.pop_front() else {
+                unreachable!("group-commit queue lost a writer");
+            };
             let r = match &result {
-                Ok(()) => Ok(batches[i].0 + (batches[i].1.len() as u64).saturating_sub(1)),
+                Ok(()) => Ok(first + (b.len() as u64).saturating_sub(1)),
                 Err(e) => Err(clone_error(e)),
             };
             *w.result.lock() = Some(r);
             w.cv.notify_one();
         }
+        batches.clear();
+        st.group_scratch = batches;
         if let Some(next) = st.writers.front() {
             next.cv.notify_one();
         }
