@@ -41,10 +41,12 @@ struct Writer {
     rng: u64,
 }
 
+type Chunk<K, V> = OnceLock<Box<[Node<K, V>]>>;
+
 /// A sorted map of unique keys with single-writer inserts and lock-free
 /// reads. Entries cannot be removed.
 pub(crate) struct SkipList<K, V> {
-    chunks: Box<[OnceLock<Box<[Node<K, V>]>>]>,
+    chunks: Box<[Chunk<K, V>]>,
     /// Height of the tallest tower in the list.
     height: AtomicUsize,
     /// Nodes allocated, the head included.
