@@ -285,3 +285,18 @@ fn inline_executor_runs_background_work_on_the_caller() {
     assert!(stats.level_files[0] < 4, "{stats:?}");
     assert_eq!(collect(&db).len(), 20_000);
 }
+
+#[test]
+fn reopen_right_after_drop_never_finds_the_directory_locked() {
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..20u32 {
+        let db = Db::open(dir.path(), small_opts()).unwrap();
+        for i in 0..500u32 {
+            db.put(format!("r{round:02}-{i:04}"), [9u8; 64]).unwrap();
+        }
+        db.flush().unwrap();
+        drop(db); // background compaction threads may still be finishing
+    }
+    let db = Db::open(dir.path(), small_opts()).unwrap();
+    assert_eq!(collect(&db).len(), 20 * 500);
+}

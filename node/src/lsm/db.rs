@@ -91,7 +91,8 @@ pub(crate) struct Inner {
     /// Live snapshots: sequence number -> count.
     pub snapshots: Mutex<BTreeMap<SeqNo, usize>>,
     pub counters: Counters,
-    pub _lock: Box<dyn DirLock>,
+    /// Held until [`Db`] is dropped (not until the last iterator is).
+    pub dir_lock: Mutex<Option<Box<dyn DirLock>>>,
 }
 
 /// A log-structured merge-tree key-value store.
@@ -549,6 +550,10 @@ impl Inner {
         while st.flush_scheduled || st.compaction_scheduled || st.wal_sync_scheduled {
             self.bg_cv.wait(&mut st);
         }
+        drop(st);
+        // Background threads may still hold the engine for an instant
+        // after their last step; the directory is free for a new open now.
+        self.dir_lock.lock().take();
     }
 
     pub fn manifest_path(&self, number: u64) -> PathBuf {

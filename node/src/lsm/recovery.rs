@@ -223,7 +223,7 @@ pub(crate) fn open(dir: &Path, opts: Options) -> Result<Db> {
         manifest: Mutex::new(manifest),
         snapshots: Mutex::new(BTreeMap::new()),
         counters: Counters::default(),
-        _lock: lock,
+        dir_lock: Mutex::new(Some(lock)),
         opts,
     });
     {

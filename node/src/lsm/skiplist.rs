@@ -23,16 +23,33 @@ const MAX_CHUNKS: usize = 4096;
 /// Node 0 is the head: it is nobody's successor, so 0 also means "none".
 const NIL: u32 = 0;
 
+/// Links of the lowest levels, where a search spends most of its steps.
+const LOW_LEVELS: usize = 4;
+
+/// A node, laid out so that a search step touches one cache line: the low
+/// links and the key come first, the value and the high links after.
+#[repr(C, align(64))]
 struct Node<K, V> {
+    low: [AtomicU32; LOW_LEVELS],
     entry: OnceLock<(K, V)>,
-    next: [AtomicU32; MAX_HEIGHT],
+    high: [AtomicU32; MAX_HEIGHT - LOW_LEVELS],
+}
+
+impl<K, V> Node<K, V> {
+    fn link(&self, level: usize) -> &AtomicU32 {
+        match level.checked_sub(LOW_LEVELS) {
+            None => &self.low[level],
+            Some(h) => &self.high[h],
+        }
+    }
 }
 
 impl<K, V> Default for Node<K, V> {
     fn default() -> Self {
         Self {
+            low: Default::default(),
             entry: OnceLock::new(),
-            next: Default::default(),
+            high: Default::default(),
         }
     }
 }
@@ -92,7 +109,7 @@ impl<K: Ord, V> SkipList<K, V> {
 
     /// The node after `index` in key order (`None` at the end).
     pub fn next(&self, index: u32) -> Option<u32> {
-        let n = self.node(index).next[0].load(Ordering::Acquire);
+        let n = self.node(index).link(0).load(Ordering::Acquire);
         (n != NIL).then_some(n)
     }
 
@@ -112,7 +129,7 @@ impl<K: Ord, V> SkipList<K, V> {
         let mut x = NIL;
         let mut level = self.height.load(Ordering::Relaxed) - 1;
         loop {
-            let next = self.node(x).next[level].load(Ordering::Acquire);
+            let next = self.node(x).link(level).load(Ordering::Acquire);
             if next != NIL && self.less(next, key) {
                 x = next;
                 continue;
@@ -171,11 +188,11 @@ impl<K: Ord, V> SkipList<K, V> {
         }
         let index = index as u32;
         for (level, p) in prev.iter().enumerate().take(height) {
-            let succ = self.node(*p).next[level].load(Ordering::Relaxed);
-            node.next[level].store(succ, Ordering::Relaxed);
+            let succ = self.node(*p).link(level).load(Ordering::Relaxed);
+            node.link(level).store(succ, Ordering::Relaxed);
         }
         for (level, p) in prev.iter().enumerate().take(height) {
-            self.node(*p).next[level].store(index, Ordering::Release);
+            self.node(*p).link(level).store(index, Ordering::Release);
         }
         self.nodes.store(index as usize + 1, Ordering::Release);
         drop(w);
@@ -206,6 +223,12 @@ mod tests {
         assert_eq!(want, 20_000);
         assert_eq!(list.entry(list.seek(&101).unwrap()).unwrap().0, 102);
         assert!(list.seek(&20_000).is_none());
+    }
+
+    #[test]
+    fn a_memtable_node_is_two_cache_lines() {
+        use crate::lsm::memtable::MemKey;
+        assert_eq!(std::mem::size_of::<Node<MemKey, bytes::Bytes>>(), 128);
     }
 
     #[test]
