@@ -15,7 +15,7 @@ use super::Result;
 
 /// User keys up to this long live inside the skiplist node, so comparing
 /// them during a search costs no extra cache miss.
-const INLINE_KEY_BYTES: usize = 30;
+const INLINE_KEY_BYTES: usize = 24;
 
 /// A user key, stored inline when short.
 #[derive(Clone, Debug)]
@@ -97,11 +97,26 @@ impl PartialOrd for MemKey {
         Some(self.cmp(other))
     }
 }
+/// Word `i` of an inline key as a big-endian integer.
+fn word(buf: &[u8; INLINE_KEY_BYTES], i: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&buf[i * 8..i * 8 + 8]);
+    u64::from_be_bytes(w)
+}
+
 impl Ord for MemKey {
     fn cmp(&self, other: &Self) -> Ordering {
-        self.user_key()
-            .cmp(other.user_key())
-            .then_with(|| other.trailer.cmp(&self.trailer))
+        let user = match (&self.user, &other.user) {
+            // Inline keys are zero-padded: comparing the padded buffers
+            // word by word, then the lengths, orders them exactly like
+            // comparing the keys, without a call to memcmp.
+            (KeyBuf::Inline(la, a), KeyBuf::Inline(lb, b)) => (0..INLINE_KEY_BYTES / 8)
+                .map(|i| word(a, i).cmp(&word(b, i)))
+                .find(|o| o.is_ne())
+                .unwrap_or_else(|| la.cmp(lb)),
+            _ => self.user_key().cmp(other.user_key()),
+        };
+        user.then_with(|| other.trailer.cmp(&self.trailer))
     }
 }
 
@@ -246,6 +261,34 @@ impl InternalIterator for MemTableIter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn inline_key_order_matches_byte_order() {
+        let keys: Vec<&[u8]> = vec![
+            b"",
+            b"\0",
+            b"\0\0",
+            b"a",
+            b"a\0",
+            b"a\x01",
+            b"ab",
+            b"abcdefgh",
+            b"abcdefgh\0",
+            b"abcdefghi",
+            b"abcdefghijklmnopqrstuvwx",
+            b"abcdefghijklmnopqrstuvwxy",
+            b"b",
+        ];
+        for a in &keys {
+            for b in &keys {
+                let (ka, kb) = (
+                    MemKey::new(a, 1, ValueKind::Put),
+                    MemKey::new(b, 1, ValueKind::Put),
+                );
+                assert_eq!(ka.cmp(&kb), a.cmp(b), "{a:?} vs {b:?}");
+            }
+        }
+    }
 
     #[test]
     fn get_sees_newest_visible_version() {
