@@ -84,11 +84,13 @@ pub fn decode_all(data: &[u8]) -> (Vec<&[u8]>, Tail) {
         let head = &rest[..8];
         let hcrc = u32::from_le_bytes([rest[8], rest[9], rest[10], rest[11]]);
         if crc32c::crc32c(head) != hcrc {
-            // A header full of zeros (preallocated, never written) or the
-            // last bytes of the file are a torn write; anything else is
-            // damage.
-            let tail_is_zero = rest.iter().all(|&b| b == 0);
-            if tail_is_zero || rest.len() <= HEADER_BYTES {
+            // Never written (a header of zeros cannot be valid: its
+            // checksum would be crc32c of eight zero bytes, which is not
+            // zero), or a header cut short with nothing after it: a torn
+            // write. Anything else is damage.
+            let header_is_zero = rest[..HEADER_BYTES].iter().all(|&b| b == 0);
+            let nothing_after = rest[HEADER_BYTES..].iter().all(|&b| b == 0);
+            if header_is_zero || nothing_after {
                 return (records, torn);
             }
             let reason = "record header checksum mismatch";
@@ -116,7 +118,8 @@ pub fn decode_all(data: &[u8]) -> (Vec<&[u8]>, Tail) {
             return (records, torn); // the header is good, the payload was cut
         };
         if crc32c::crc32c(payload) != pcrc {
-            if rest.len() == HEADER_BYTES + len {
+            // The last record, or one followed only by preallocated zeros.
+            if rest[HEADER_BYTES + len..].iter().all(|&b| b == 0) {
                 return (records, torn);
             }
             let reason = "record payload checksum mismatch";
@@ -161,6 +164,29 @@ mod tests {
                 "cut {cut}: {tail:?}"
             );
         }
+    }
+
+    #[test]
+    fn preallocated_zeros_end_the_log_quietly() {
+        let mut data = file(&[b"one", b"two"]);
+        let whole = data.len();
+        data.resize(whole + 100, 0);
+        let (recs, tail) = decode_all(&data);
+        assert_eq!(recs.len(), 2);
+        assert_eq!(
+            tail,
+            Tail::Torn {
+                offset: whole as u64
+            }
+        );
+        // A record cut mid-payload inside the zeros is torn too.
+        let mut cut = file(&[b"one", b"a longer second record"]);
+        let n = cut.len();
+        cut[n - 5..].fill(0);
+        cut.resize(n + 64, 0);
+        let (recs, tail) = decode_all(&cut);
+        assert_eq!(recs, vec![&b"one"[..]]);
+        assert!(matches!(tail, Tail::Torn { .. }));
     }
 
     #[test]

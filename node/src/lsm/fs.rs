@@ -22,6 +22,13 @@ pub trait WritableFile: Send {
     fn sync(&mut self) -> io::Result<()>;
     /// Bytes appended so far, buffered or not.
     fn len(&self) -> u64;
+    /// Grows the file with zeros to at least `len` bytes without moving
+    /// the append position, so later appends overwrite the zeros and an
+    /// `fdatasync` need not record a new file size each time.
+    fn preallocate(&mut self, len: u64) -> io::Result<()> {
+        let _ = len;
+        Ok(())
+    }
     /// True when nothing was appended.
     fn is_empty(&self) -> bool {
         self.len() == 0
@@ -104,6 +111,15 @@ impl WritableFile for StdWritable {
     }
     fn len(&self) -> u64 {
         self.len
+    }
+    fn preallocate(&mut self, len: u64) -> io::Result<()> {
+        self.file.flush()?;
+        let file = self.file.get_ref();
+        if file.metadata()?.len() < len {
+            // Sparse: set_len moves neither the cursor nor any data.
+            file.set_len(len)?;
+        }
+        Ok(())
     }
 }
 
@@ -348,6 +364,8 @@ fn not_found(path: &Path) -> io::Error {
 struct MemWritable {
     fs: MemFs,
     inode: InodeRef,
+    /// Where the next append lands (before the end after a preallocate).
+    pos: usize,
 }
 
 impl WritableFile for MemWritable {
@@ -361,7 +379,15 @@ impl WritableFile for MemWritable {
             *left -= accepted as u64;
         }
         st.bytes_written += accepted as u64;
-        self.inode.lock().data.extend_from_slice(&data[..accepted]);
+        let mut inode = self.inode.lock();
+        let end = self.pos + accepted;
+        if inode.data.len() < end {
+            inode.data.resize(end, 0);
+        }
+        inode.data[self.pos..end].copy_from_slice(&data[..accepted]);
+        // Overwritten bytes are no longer durable, nor anything after them.
+        inode.synced = inode.synced.min(self.pos);
+        self.pos = end;
         if full {
             return Err(io::Error::new(io::ErrorKind::StorageFull, "disk full"));
         }
@@ -381,7 +407,15 @@ impl WritableFile for MemWritable {
         Ok(())
     }
     fn len(&self) -> u64 {
-        self.inode.lock().data.len() as u64
+        self.pos as u64
+    }
+    fn preallocate(&mut self, len: u64) -> io::Result<()> {
+        let len = usize::try_from(len).map_err(|_| eof())?;
+        let mut inode = self.inode.lock();
+        if inode.data.len() < len {
+            inode.data.resize(len, 0);
+        }
+        Ok(())
     }
 }
 
@@ -420,13 +454,16 @@ impl FileSystem for MemFs {
         Ok(Box::new(MemWritable {
             fs: self.clone(),
             inode,
+            pos: 0,
         }))
     }
     fn open_append(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
         let inode = self.inode(path)?;
+        let pos = inode.lock().data.len();
         Ok(Box::new(MemWritable {
             fs: self.clone(),
             inode,
+            pos,
         }))
     }
     fn open_read(&self, path: &Path) -> io::Result<Arc<dyn RandomAccessFile>> {
