@@ -4,17 +4,20 @@
 //! its scheduler (an inline executor runs it on the spot).
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use parking_lot::MutexGuard;
 
+use super::cache::BlockCache;
 use super::compaction::{self, Compaction};
 use super::db::{table_file_name, Inner, State};
+use super::fs::FileSystem;
 use super::iterator::InternalIterator;
 use super::manifest::Manifest;
 use super::memtable::MemTable;
-use super::sst::{Table, TableBuilder};
+use super::sst::{Table, TableBuilder, TableOptions};
 use super::version::{NewFile, Version, VersionEdit, NUM_LEVELS};
 use super::{Error, Result, SyncMode};
 
@@ -24,6 +27,35 @@ const MANIFEST_ROLL_BYTES: u64 = 4 << 20;
 enum Job {
     Flush,
     Compact,
+}
+
+/// Writes a memtable as L0 table `number`, makes its directory entry
+/// durable and opens it. Used by flushes and by recovery of the WAL.
+pub(crate) fn write_level0(
+    mem: &Arc<MemTable>,
+    fs: &Arc<dyn FileSystem>,
+    dir: &Path,
+    number: u64,
+    table_opts: TableOptions,
+    cache: &Arc<BlockCache>,
+) -> Result<(NewFile, Arc<Table>)> {
+    let path = dir.join(table_file_name(number));
+    let mut builder = TableBuilder::create(fs.as_ref(), &path, table_opts)?;
+    let mut it = mem.iter();
+    it.seek_to_first()?;
+    while it.valid() {
+        builder.add(it.key(), it.value())?;
+        it.next()?;
+    }
+    let summary = builder.finish()?;
+    fs.sync_dir(dir).map_err(|e| Error::io(dir, e))?;
+    let table = Table::open(fs.clone(), &path, number, cache.clone())?;
+    let file = NewFile {
+        level: 0,
+        number,
+        summary,
+    };
+    Ok((file, Arc::new(table)))
 }
 
 impl Inner {
@@ -99,24 +131,16 @@ impl Inner {
         let mut opened = BTreeMap::new();
         let mut added = Vec::new();
         if !imm.is_empty() {
-            let path = self.dir.join(table_file_name(number));
-            let mut builder = TableBuilder::create(fs, &path, self.table_opts)?;
-            let mut it = imm.iter();
-            it.seek_to_first()?;
-            while it.valid() {
-                builder.add(it.key(), it.value())?;
-                it.next()?;
-            }
-            let summary = builder.finish()?;
-            fs.sync_dir(&self.dir)
-                .map_err(|e| Error::io(&self.dir, e))?;
-            let table = Table::open(self.opts.fs.clone(), &path, number, self.cache.clone())?;
-            opened.insert(number, Arc::new(table));
-            added.push(NewFile {
-                level: 0,
+            let (file, table) = write_level0(
+                imm,
+                &self.opts.fs,
+                &self.dir,
                 number,
-                summary,
-            });
+                self.table_opts,
+                &self.cache,
+            )?;
+            opened.insert(number, table);
+            added.push(file);
         }
         let metadata = imm.metadata();
         let mut manifest = self.manifest.lock();

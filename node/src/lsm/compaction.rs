@@ -104,30 +104,23 @@ pub(crate) fn pick(version: &Version, opts: &Options, pointers: &[Vec<u8>]) -> O
             .or_else(|| files.first())?;
         vec![pick.clone()]
     };
-    let lo = inputs.iter().map(|f| f.smallest_user_key()).min()?.to_vec();
-    let hi = inputs.iter().map(|f| f.largest_user_key()).max()?.to_vec();
-    let next_inputs = version.overlapping(level + 1, &lo, &hi);
-    Some(Compaction {
-        level,
-        inputs,
-        next_inputs,
-    })
+    Some(with_next_level(version, level, inputs))
 }
 
 /// A compaction of every file of `level` into `level + 1`.
 pub(crate) fn whole_level(version: &Version, level: usize) -> Compaction {
-    let inputs = version.levels[level].clone();
-    let lo = inputs
-        .iter()
-        .map(|f| f.smallest_user_key())
-        .min()
-        .unwrap_or_default();
-    let hi = inputs
-        .iter()
-        .map(|f| f.largest_user_key())
-        .max()
-        .unwrap_or_default();
-    let next_inputs = version.overlapping(level + 1, lo, hi);
+    with_next_level(version, level, version.levels[level].clone())
+}
+
+/// A compaction of `inputs` from `level` with every file of the next level
+/// that overlaps them.
+fn with_next_level(version: &Version, level: usize, inputs: Vec<Arc<FileMeta>>) -> Compaction {
+    let lo = inputs.iter().map(|f| f.smallest_user_key()).min();
+    let hi = inputs.iter().map(|f| f.largest_user_key()).max();
+    let next_inputs = match (lo, hi) {
+        (Some(lo), Some(hi)) => version.overlapping(level + 1, lo, hi),
+        _ => Vec::new(),
+    };
     Compaction {
         level,
         inputs,

@@ -35,15 +35,7 @@ pub fn encode_with(out: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) {
 
 /// Appends one framed record holding `payload` to `out`.
 pub fn encode(out: &mut Vec<u8>, payload: &[u8]) {
-    assert!(payload.len() <= MAX_PAYLOAD_BYTES, "record too large");
-    let len = (payload.len() as u32).to_le_bytes();
-    let pcrc = crc32c::crc32c(payload).to_le_bytes();
-    let mut head = [0u8; 8];
-    head[..4].copy_from_slice(&len);
-    head[4..].copy_from_slice(&pcrc);
-    out.extend_from_slice(&head);
-    out.extend_from_slice(&crc32c::crc32c(&head).to_le_bytes());
-    out.extend_from_slice(payload);
+    encode_with(out, |o| o.extend_from_slice(payload));
 }
 
 /// What reading a framed file found after its last good record.

@@ -9,13 +9,13 @@ use std::sync::Arc;
 
 use parking_lot::{Condvar, Mutex};
 
+use super::background::write_level0;
 use super::cache::BlockCache;
 use super::db::{table_file_name, Counters, Db, Inner, State, SuperVersion};
-use super::iterator::InternalIterator;
 use super::key::SeqNo;
 use super::manifest::{self, Manifest};
 use super::memtable::MemTable;
-use super::sst::{Table, TableBuilder, TableOptions};
+use super::sst::{Table, TableOptions};
 use super::version::{NewFile, Version, VersionEdit, NUM_LEVELS};
 use super::wal::{self, WalWriter};
 use super::{Error, Options, Result};
@@ -140,23 +140,9 @@ pub(crate) fn open(dir: &Path, opts: Options) -> Result<Db> {
     if !replayed.is_empty() {
         let number = next_file;
         next_file += 1;
-        let path = dir.join(table_file_name(number));
-        let mut builder = TableBuilder::create(fs.as_ref(), &path, table_opts)?;
-        let mut it = replayed.iter();
-        it.seek_to_first()?;
-        while it.valid() {
-            builder.add(it.key(), it.value())?;
-            it.next()?;
-        }
-        let summary = builder.finish()?;
-        fs.sync_dir(dir).map_err(|e| Error::io(dir, e))?;
-        let table = Table::open(fs.clone(), &path, number, cache.clone())?;
-        opened.insert(number, Arc::new(table));
-        edit.added.push(NewFile {
-            level: 0,
-            number,
-            summary,
-        });
+        let (file, table) = write_level0(&replayed, &fs, dir, number, table_opts, &cache)?;
+        opened.insert(number, table);
+        edit.added.push(file);
     }
 
     // A new WAL for new writes, then a new manifest that names it.
