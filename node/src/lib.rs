@@ -1,5 +1,8 @@
-//! cairn-node: a cairn node. Today it holds the storage engine ([`lsm`]);
-//! the Raft glue, the gRPC server and the gateway build on it.
+//! cairn-node: a cairn node. The storage engine ([`lsm`]), the Raft glue
+//! that makes it a replicated state machine ([`raft`]), and the gRPC
+//! server with its configuration, metrics and shutdown ([`server`]).
 #![forbid(unsafe_code)]
 
 pub mod lsm;
+pub mod raft;
+pub mod server;

@@ -1,2 +1,28 @@
-//! cairn's gRPC API contract. The `.proto` files and the generated Rust land
-//! here with the node issue.
+//! cairn's gRPC API contract: the Rust generated from `cairn/*.proto`.
+//!
+//! - [`kv`]: `cairn.kv.v1.KV`, the key-value API.
+//! - [`cluster`]: `cairn.cluster.v1.Cluster`, status and membership.
+//! - [`raft`]: `cairn.raft.v1.Raft`, the internal peer transport.
+//!
+//! [`FILE_DESCRIPTOR_SET`] serves gRPC reflection.
+
+#![allow(missing_docs, clippy::all, clippy::pedantic)]
+
+/// `cairn.kv.v1`.
+pub mod kv {
+    tonic::include_proto!("cairn.kv.v1");
+}
+
+/// `cairn.cluster.v1`.
+pub mod cluster {
+    tonic::include_proto!("cairn.cluster.v1");
+}
+
+/// `cairn.raft.v1`.
+pub mod raft {
+    tonic::include_proto!("cairn.raft.v1");
+}
+
+/// The encoded descriptors of every cairn service, for reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/cairn_descriptor.bin"));

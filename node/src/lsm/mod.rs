@@ -29,7 +29,7 @@ mod compaction;
 mod db;
 mod error;
 pub mod executor;
-mod frame;
+pub mod frame;
 pub mod fs;
 mod iterator;
 mod key;

@@ -1,0 +1,182 @@
+//! `cairn`: run a node (`cairn node`) or a local 3-node cluster for
+//! development (`cairn dev`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use cairn_node::server::config::{NodeArgs, NodeConfig};
+use cairn_node::server::RunningNode;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cairn", version, about = "cairn: a replicated key-value store")]
+struct Cli {
+    /// Log format: text or json.
+    #[arg(long, global = true, env = "CAIRN_LOG_FORMAT", default_value = "text")]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one node of a cluster.
+    Node(Box<NodeArgs>),
+    /// Run a 3-node cluster on localhost, data under ./cairn-data.
+    Dev {
+        /// Where the nodes keep their data.
+        #[arg(long, default_value = "cairn-data")]
+        data_dir: PathBuf,
+        /// First client port; nodes use this port and the next two.
+        #[arg(long, default_value_t = 7001)]
+        client_port: u16,
+        /// First peer port.
+        #[arg(long, default_value_t = 7101)]
+        peer_port: u16,
+        /// First metrics port.
+        #[arg(long, default_value_t = 9101)]
+        metrics_port: u16,
+    },
+}
+
+fn init_logs(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn run_node(config: NodeConfig) -> Result<(), String> {
+    let node = RunningNode::start(config)
+        .await
+        .map_err(|e| e.to_string())?;
+    wait_for_signal().await;
+    tracing::info!("signal received: shutting down");
+    node.shutdown().await;
+    Ok(())
+}
+
+async fn run_dev(
+    data_dir: PathBuf,
+    client_port: u16,
+    peer_port: u16,
+    metrics_port: u16,
+) -> Result<(), String> {
+    let ids = [1u64, 2, 3];
+    let port = |base: u16, i: usize| format!("127.0.0.1:{}", base as usize + i);
+    let initial: Vec<String> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| format!("{id}={}/{}", port(client_port, i), port(peer_port, i)))
+        .collect();
+    let initial = initial.join(",");
+    let mut nodes = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let args = NodeArgs {
+            id: Some(*id),
+            data_dir: Some(data_dir.join(format!("node-{id}"))),
+            listen_client: Some(port(client_port, i)),
+            listen_peer: Some(port(peer_port, i)),
+            listen_metrics: Some(port(metrics_port, i)),
+            initial_cluster: Some(initial.clone()),
+            ..NodeArgs::default()
+        };
+        let config = args.resolve().map_err(|e| e.to_string())?;
+        nodes.push(
+            RunningNode::start(config)
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    let endpoints: Vec<String> = nodes.iter().map(|n| n.client_addr.to_string()).collect();
+    println!(
+        "cairn dev: a 3-node cluster is running (data in {})",
+        data_dir.display()
+    );
+    for n in &nodes {
+        println!(
+            "  node {}  client {}  peer {}  metrics http://{}/metrics",
+            n.core.config.id,
+            n.client_addr,
+            n.peer_addr,
+            n.metrics_addr.map(|a| a.to_string()).unwrap_or_default()
+        );
+    }
+    println!("endpoints: {}", endpoints.join(","));
+    println!(
+        "try: cairnctl --endpoints {} put hello world",
+        endpoints.join(",")
+    );
+    println!("Ctrl-C stops the cluster; running `cairn dev` again reuses its data.");
+    wait_for_signal().await;
+    println!("stopping...");
+    for n in nodes {
+        n.shutdown().await;
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs(&cli.log_format);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cairn: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let res = rt.block_on(async {
+        cairn_node::server::http::prometheus();
+        match cli.command {
+            Command::Node(args) => {
+                let config = args.resolve().map_err(|e| e.to_string())?;
+                run_node(config).await
+            }
+            Command::Dev {
+                data_dir,
+                client_port,
+                peer_port,
+                metrics_port,
+            } => run_dev(data_dir, client_port, peer_port, metrics_port).await,
+        }
+    });
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cairn: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

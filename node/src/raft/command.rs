@@ -1,0 +1,333 @@
+//! What a Raft log entry carries, and what applying it answers. These
+//! types are stored in the log (postcard-encoded), so changing them is a
+//! format change: add variants at the end only.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// A key with its value and revisions, as the state machine keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Kv {
+    /// The user's key.
+    pub key: Vec<u8>,
+    /// Its value (empty when only keys were asked for).
+    pub value: Vec<u8>,
+    /// The revision that created the key (since its last delete).
+    pub create_revision: u64,
+    /// The revision of the last put.
+    pub mod_revision: u64,
+    /// Puts since the key was created, the creating put included.
+    pub version: u64,
+}
+
+/// A client's write id: a retried write with the same id is applied once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RequestId {
+    /// Chosen at random by the client, once per client instance.
+    pub client_id: u64,
+    /// Grows with every write the client sends.
+    pub seq: u64,
+}
+
+/// A state-machine command: one log entry, applied atomically.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    /// Set by clients that retry; duplicates get the first result.
+    pub request_id: Option<RequestId>,
+    /// What to do.
+    pub op: Op,
+}
+
+/// The write operations.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// Set `key` to `value`.
+    Put {
+        /// The key.
+        key: Vec<u8>,
+        /// The value.
+        value: Vec<u8>,
+        /// Answer with the previous pair.
+        prev_kv: bool,
+    },
+    /// Delete `key`, or every key starting with it.
+    Delete {
+        /// The key or prefix.
+        key: Vec<u8>,
+        /// Treat `key` as a prefix.
+        prefix: bool,
+        /// Answer with the deleted pairs.
+        prev_kv: bool,
+    },
+    /// Compare, then run `success` or `failure`.
+    Txn(Txn),
+}
+
+/// A transaction: all compares hold -> `success`, else `failure`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Txn {
+    /// Conditions, all of which must hold.
+    pub compares: Vec<Compare>,
+    /// Run when every compare holds.
+    pub success: Vec<TxnOp>,
+    /// Run otherwise.
+    pub failure: Vec<TxnOp>,
+}
+
+/// What a compare looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareTarget {
+    /// The value's bytes.
+    Value,
+    /// The key's version.
+    Version,
+    /// The key's create revision.
+    CreateRevision,
+    /// The key's mod revision.
+    ModRevision,
+}
+
+/// How a compare compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareOp {
+    /// `=`
+    Equal,
+    /// `!=`
+    NotEqual,
+    /// `<`
+    Less,
+    /// `>`
+    Greater,
+}
+
+/// One condition of a transaction. A missing key has an empty value and
+/// zero version and revisions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compare {
+    /// The key looked at.
+    pub key: Vec<u8>,
+    /// Which of its fields.
+    pub target: CompareTarget,
+    /// The comparison.
+    pub op: CompareOp,
+    /// The operand for [`CompareTarget::Value`].
+    pub value: Vec<u8>,
+    /// The operand for the numeric targets.
+    pub number: u64,
+}
+
+impl Compare {
+    /// Whether the compare holds for the key's current state.
+    pub fn holds(&self, current: Option<&Kv>) -> bool {
+        use std::cmp::Ordering;
+        let ord = match self.target {
+            CompareTarget::Value => {
+                let v: &[u8] = current.map_or(&[], |kv| &kv.value);
+                v.cmp(&self.value[..])
+            }
+            CompareTarget::Version => current.map_or(0, |kv| kv.version).cmp(&self.number),
+            CompareTarget::CreateRevision => {
+                current.map_or(0, |kv| kv.create_revision).cmp(&self.number)
+            }
+            CompareTarget::ModRevision => current.map_or(0, |kv| kv.mod_revision).cmp(&self.number),
+        };
+        match self.op {
+            CompareOp::Equal => ord == Ordering::Equal,
+            CompareOp::NotEqual => ord != Ordering::Equal,
+            CompareOp::Less => ord == Ordering::Less,
+            CompareOp::Greater => ord == Ordering::Greater,
+        }
+    }
+}
+
+/// An operation inside a transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnOp {
+    /// A put.
+    Put {
+        /// The key.
+        key: Vec<u8>,
+        /// The value.
+        value: Vec<u8>,
+        /// Answer with the previous pair.
+        prev_kv: bool,
+    },
+    /// A delete of a key or prefix.
+    Delete {
+        /// The key or prefix.
+        key: Vec<u8>,
+        /// Treat `key` as a prefix.
+        prefix: bool,
+        /// Answer with the deleted pairs.
+        prev_kv: bool,
+    },
+    /// A read of one key.
+    Get {
+        /// The key.
+        key: Vec<u8>,
+    },
+    /// A read of a range `[start, end)` (`end` empty: unbounded).
+    Scan(ScanSpec),
+}
+
+/// A range read.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ScanSpec {
+    /// First key, inclusive.
+    pub start: Vec<u8>,
+    /// Last key, exclusive; empty means no bound.
+    pub end: Vec<u8>,
+    /// Most pairs to return.
+    pub limit: u32,
+    /// Leave the values out.
+    pub keys_only: bool,
+}
+
+impl ScanSpec {
+    /// The range of keys with `prefix` (unbounded above when the prefix is
+    /// all 0xff bytes).
+    pub fn prefix(prefix: &[u8], limit: u32, keys_only: bool) -> Self {
+        ScanSpec {
+            start: prefix.to_vec(),
+            end: prefix_end(prefix),
+            limit,
+            keys_only,
+        }
+    }
+}
+
+/// The smallest key greater than every key starting with `prefix`, or
+/// empty (unbounded) when there is none.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    Vec::new()
+}
+
+/// A page of a scan.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ScanResult {
+    /// The pairs, in key order.
+    pub kvs: Vec<Kv>,
+    /// More keys remain after the last one returned.
+    pub more: bool,
+}
+
+/// What applying a command answered; stored in the request-id table so a
+/// duplicate gets the same answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandResponse {
+    /// The revision (log index) at which the command was applied; for a
+    /// duplicate, the revision of the first application.
+    pub revision: u64,
+    /// The outcome.
+    pub result: OpResult,
+}
+
+/// The outcome of one operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OpResult {
+    /// A log entry without a command (blank or membership).
+    None,
+    /// A put, with the previous pair when asked for.
+    Put {
+        /// The pair before the put.
+        prev: Option<Kv>,
+    },
+    /// A delete.
+    Delete {
+        /// Keys deleted.
+        deleted: u64,
+        /// The deleted pairs, when asked for.
+        prev: Vec<Kv>,
+    },
+    /// A get inside a transaction.
+    Get(Option<Kv>),
+    /// A scan inside a transaction.
+    Scan(ScanResult),
+    /// A transaction.
+    Txn {
+        /// Whether every compare held.
+        succeeded: bool,
+        /// One result per operation run.
+        results: Vec<OpResult>,
+    },
+}
+
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.op {
+            Op::Put { key, value, .. } => {
+                write!(
+                    f,
+                    "put({} key bytes, {} value bytes)",
+                    key.len(),
+                    value.len()
+                )
+            }
+            Op::Delete { key, prefix, .. } => {
+                write!(f, "delete({} key bytes, prefix={prefix})", key.len())
+            }
+            Op::Txn(t) => write!(
+                f,
+                "txn({} compares, {}/{} ops)",
+                t.compares.len(),
+                t.success.len(),
+                t.failure.len()
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_increments_the_last_byte_below_0xff() {
+        assert_eq!(prefix_end(b"ab"), b"ac");
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff\xff"), b"");
+        assert_eq!(prefix_end(b""), b"");
+    }
+
+    #[test]
+    fn compares_treat_a_missing_key_as_empty_and_zero() {
+        let c = Compare {
+            key: b"k".to_vec(),
+            target: CompareTarget::Version,
+            op: CompareOp::Equal,
+            value: vec![],
+            number: 0,
+        };
+        assert!(c.holds(None));
+        let kv = Kv {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+            create_revision: 3,
+            mod_revision: 5,
+            version: 2,
+        };
+        assert!(!c.holds(Some(&kv)));
+        let gt = Compare {
+            target: CompareTarget::ModRevision,
+            op: CompareOp::Greater,
+            number: 4,
+            ..c.clone()
+        };
+        assert!(gt.holds(Some(&kv)));
+        let val = Compare {
+            target: CompareTarget::Value,
+            op: CompareOp::Less,
+            value: b"w".to_vec(),
+            ..c
+        };
+        assert!(val.holds(Some(&kv)));
+    }
+}

@@ -1,0 +1,902 @@
+//! cairn's Raft log: a segmented, append-only log with a CRC on every
+//! record and one fsync per appended batch.
+//!
+//! ```text
+//! <dir>/00000000000000000001.log   segment: framed records, each postcard(Entry),
+//! <dir>/00000000000000052311.log   named by the index of its first entry
+//! <dir>/vote                       one framed postcard(Vote), replaced atomically, synced
+//! <dir>/purged                     one framed postcard(LogId), replaced atomically, synced
+//! <dir>/committed                  one framed postcard(LogId), a hint: written without fsync
+//! ```
+//!
+//! Records use the engine's framing (`lsm::frame`), so a torn tail left by
+//! a crash is cut at the last good record on open, while damage followed
+//! by more data is reported as corruption. Purge deletes whole segments;
+//! truncation cuts the segment holding the first removed entry and
+//! deletes the segments after it.
+//!
+//! All file writes run in order on one writer: a dedicated thread in
+//! production (fsync never blocks a tokio worker), inline on the caller in
+//! the simulation (the same [`Executor`] seam as the engine's background
+//! work). Appends queued while the writer syncs share its next fsync (group
+//! commit). After an I/O error the writer refuses everything: a log whose
+//! fsync failed must never acknowledge again.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt::Debug;
+use std::io;
+use std::ops::RangeBounds;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Instant;
+
+use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
+use openraft::{OptionalSend, RaftLogReader};
+use parking_lot::Mutex;
+
+use super::codec;
+use super::{Entry, LogId, TypeConfig, Vote};
+use crate::lsm::executor::Executor;
+use crate::lsm::frame;
+use crate::lsm::fs::{FileSystem, RandomAccessFile, WritableFile};
+
+/// A segment is closed and a new one started past this size.
+pub const SEGMENT_BYTES: u64 = 64 << 20;
+/// Entries kept in memory after they are written (replication reads them).
+const CACHE_ENTRIES: usize = 16_384;
+/// Bytes of entries kept in memory after they are written.
+const CACHE_BYTES: u64 = 64 << 20;
+/// The committed hint is rewritten after this many newly committed entries.
+const COMMITTED_HINT_EVERY: u64 = 1024;
+
+/// Counters of the log, for metrics.
+#[derive(Debug, Default)]
+pub struct LogMetrics {
+    /// fsyncs of segment files.
+    pub fsyncs: AtomicU64,
+    /// Total microseconds spent in those fsyncs.
+    pub fsync_micros: AtomicU64,
+    /// Appended batches.
+    pub appends: AtomicU64,
+    /// Bytes of all live segments.
+    pub bytes: AtomicU64,
+}
+
+/// Where an entry lives.
+#[derive(Debug, Clone)]
+struct Pos {
+    log_id: LogId,
+    segment: u64,
+    offset: u64,
+    len: u64,
+}
+
+struct Mem {
+    vote: Option<Vote>,
+    committed: Option<LogId>,
+    committed_hint_written: u64,
+    purged: Option<LogId>,
+    /// Index of `entries[0]`.
+    first_index: u64,
+    entries: VecDeque<Pos>,
+    /// Segment first index -> bytes queued for it.
+    segments: BTreeMap<u64, u64>,
+    /// Recent entries, and every entry not yet written.
+    cache: BTreeMap<u64, Entry>,
+    cache_bytes: u64,
+    readers: BTreeMap<u64, Arc<dyn RandomAccessFile>>,
+}
+
+impl Mem {
+    fn last_log_id(&self) -> Option<LogId> {
+        self.entries.back().map(|p| p.log_id).or(self.purged)
+    }
+    fn next_index(&self) -> u64 {
+        self.first_index + self.entries.len() as u64
+    }
+    fn pos(&self, index: u64) -> Option<&Pos> {
+        let i = index.checked_sub(self.first_index)?;
+        self.entries.get(usize::try_from(i).ok()?)
+    }
+}
+
+/// Entries with an index below `below` are in the OS's hands and may be
+/// read back from their segment. A truncation starts a new epoch, so a
+/// write queued before it cannot raise the mark over entries appended
+/// after it.
+#[derive(Debug, Default)]
+struct WrittenMark {
+    epoch: u64,
+    below: u64,
+}
+
+struct Shared {
+    fs: Arc<dyn FileSystem>,
+    dir: PathBuf,
+    mem: Mutex<Mem>,
+    mark: Arc<Mutex<WrittenMark>>,
+    writer: WriterHandle,
+    metrics: Arc<LogMetrics>,
+}
+
+/// The Raft log store (and, cloned, its reader).
+#[derive(Clone)]
+pub struct LogStore {
+    shared: Arc<Shared>,
+}
+
+fn segment_name(first_index: u64) -> String {
+    format!("{first_index:020}.log")
+}
+
+fn read_small_file<T: serde::de::DeserializeOwned>(
+    fs: &dyn FileSystem,
+    path: &Path,
+    must_be_intact: bool,
+) -> io::Result<Option<T>> {
+    if !fs.exists(path) {
+        return Ok(None);
+    }
+    let data = fs.read_all(path)?;
+    let (records, tail) = frame::decode_all(&data);
+    match (records.first(), tail) {
+        (Some(r), frame::Tail::Clean) if records.len() == 1 => Ok(Some(codec::decode(r)?)),
+        _ if !must_be_intact => Ok(None),
+        (_, tail) => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} is damaged ({tail:?})", path.display()),
+        )),
+    }
+}
+
+impl LogStore {
+    /// Opens the log in `dir` (created if missing), cutting a torn tail
+    /// and refusing a log damaged in the middle.
+    pub fn open(
+        fs: Arc<dyn FileSystem>,
+        executor: Arc<dyn Executor>,
+        dir: impl AsRef<Path>,
+    ) -> io::Result<Self> {
+        let dir = dir.as_ref().to_path_buf();
+        fs.create_dir_all(&dir)?;
+        let vote: Option<Vote> = read_small_file(&*fs, &dir.join("vote"), true)?;
+        let purged: Option<LogId> = read_small_file(&*fs, &dir.join("purged"), true)?;
+        let committed: Option<LogId> = read_small_file(&*fs, &dir.join("committed"), false)?;
+        let mut names: Vec<(u64, String)> = fs
+            .list(&dir)?
+            .into_iter()
+            .filter_map(|n| {
+                let first = n.strip_suffix(".log")?.parse::<u64>().ok()?;
+                Some((first, n))
+            })
+            .collect();
+        names.sort();
+        let floor = purged.as_ref().map_or(0, |p| p.index + 1);
+        let mut mem = Mem {
+            vote,
+            committed: None,
+            committed_hint_written: 0,
+            purged,
+            first_index: floor,
+            entries: VecDeque::new(),
+            segments: BTreeMap::new(),
+            cache: BTreeMap::new(),
+            cache_bytes: 0,
+            readers: BTreeMap::new(),
+        };
+        let last_segment = names.last().map(|(f, _)| *f);
+        for (first, name) in &names {
+            let path = dir.join(name);
+            let data = fs.read_all(&path)?;
+            let (records, tail) = frame::decode_all(&data);
+            let mut offset = 0u64;
+            for rec in records {
+                let len = (frame::HEADER_BYTES + rec.len()) as u64;
+                let entry: Entry = codec::decode(rec).map_err(|e| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("{} at offset {offset}: {e}", path.display()),
+                    )
+                })?;
+                let index = entry.log_id.index;
+                if index >= floor {
+                    if mem.entries.is_empty() {
+                        mem.first_index = index;
+                    } else if index != mem.next_index() {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!(
+                                "log gap in {}: entry {index} after {}",
+                                path.display(),
+                                mem.next_index() - 1
+                            ),
+                        ));
+                    }
+                    mem.entries.push_back(Pos {
+                        log_id: entry.log_id,
+                        segment: *first,
+                        offset,
+                        len,
+                    });
+                }
+                offset += len;
+            }
+            match tail {
+                frame::Tail::Clean => {}
+                frame::Tail::Torn { offset: cut } if Some(*first) == last_segment => {
+                    tracing::warn!(segment = %path.display(), cut, "cutting a torn log tail");
+                    fs.truncate(&path, cut)?;
+                }
+                frame::Tail::Torn { offset } | frame::Tail::Corrupt { offset, .. } => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "Raft log segment {} is damaged at offset {offset}",
+                            path.display()
+                        ),
+                    ))
+                }
+            }
+            mem.segments.insert(*first, offset);
+        }
+        // The committed hint can only name an entry that is present.
+        mem.committed = committed.filter(|c| mem.last_log_id().is_some_and(|l| c.index <= l.index));
+        let next = mem.next_index();
+        let metrics = Arc::new(LogMetrics::default());
+        metrics
+            .bytes
+            .store(mem.segments.values().sum(), Ordering::Relaxed);
+        let mark = Arc::new(Mutex::new(WrittenMark {
+            epoch: 0,
+            below: next,
+        }));
+        let writer = WriterHandle::start(
+            executor,
+            fs.clone(),
+            dir.clone(),
+            metrics.clone(),
+            mark.clone(),
+        );
+        Ok(LogStore {
+            shared: Arc::new(Shared {
+                fs,
+                dir,
+                mem: Mutex::new(mem),
+                mark,
+                writer,
+                metrics,
+            }),
+        })
+    }
+
+    /// The log's counters.
+    pub fn metrics(&self) -> Arc<LogMetrics> {
+        self.shared.metrics.clone()
+    }
+
+    /// The first and last index present, and the purged log id.
+    pub fn bounds(&self) -> (u64, Option<LogId>, Option<LogId>) {
+        let mem = self.shared.mem.lock();
+        (mem.first_index, mem.last_log_id(), mem.purged)
+    }
+
+    fn read_entries(&self, start: u64, end: u64) -> io::Result<Vec<Entry>> {
+        let mut mem = self.shared.mem.lock();
+        let start = start.max(mem.first_index);
+        let end = end.min(mem.next_index());
+        let mut out = Vec::with_capacity(end.saturating_sub(start) as usize);
+        for index in start..end {
+            if let Some(e) = mem.cache.get(&index) {
+                out.push(e.clone());
+                continue;
+            }
+            let pos = mem
+                .pos(index)
+                .cloned()
+                .ok_or_else(|| io::Error::other(format!("log entry {index} is missing")))?;
+            assert!(
+                index < self.shared.mark.lock().below,
+                "log entry {index} is neither cached nor written"
+            );
+            let reader = match mem.readers.get(&pos.segment) {
+                Some(r) => r.clone(),
+                None => {
+                    let r = self
+                        .shared
+                        .fs
+                        .open_read(&self.shared.dir.join(segment_name(pos.segment)))?;
+                    mem.readers.insert(pos.segment, r.clone());
+                    r
+                }
+            };
+            let len = usize::try_from(pos.len).map_err(io::Error::other)?;
+            let data = reader.read_at(pos.offset, len)?;
+            let (records, tail) = frame::decode_all(&data);
+            let entry: Entry = match (records.first(), tail) {
+                (Some(r), frame::Tail::Clean) => codec::decode(r)?,
+                (_, tail) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "Raft log segment {} is damaged at offset {} ({tail:?})",
+                            segment_name(pos.segment),
+                            pos.offset
+                        ),
+                    ))
+                }
+            };
+            assert_eq!(
+                entry.log_id, pos.log_id,
+                "log entry {index} changed on disk"
+            );
+            out.push(entry);
+        }
+        Ok(out)
+    }
+
+    fn trim_cache(&self, mem: &mut Mem) {
+        let written_below = self.shared.mark.lock().below;
+        while mem.cache.len() > CACHE_ENTRIES || mem.cache_bytes > CACHE_BYTES {
+            let Some((&index, _)) = mem.cache.first_key_value() else {
+                break;
+            };
+            if index >= written_below {
+                break;
+            }
+            mem.cache.pop_first();
+            let len = mem.pos(index).map_or(0, |p| p.len);
+            mem.cache_bytes = mem.cache_bytes.saturating_sub(len);
+        }
+    }
+
+    async fn replace_file<T: serde::Serialize>(
+        &self,
+        name: &str,
+        value: &T,
+        sync: bool,
+    ) -> io::Result<()> {
+        let mut bytes = Vec::new();
+        frame::encode(&mut bytes, &codec::encode(value)?);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.shared.writer.send(Job::Replace {
+            name: name.to_string(),
+            bytes,
+            sync,
+            done: tx,
+        });
+        rx.await
+            .map_err(|_| io::Error::other("the log writer stopped"))?
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
+        use std::ops::Bound;
+        let start = match range.start_bound() {
+            Bound::Included(&s) => s,
+            Bound::Excluded(&s) => s + 1,
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(&e) => e + 1,
+            Bound::Excluded(&e) => e,
+            Bound::Unbounded => u64::MAX,
+        };
+        self.read_entries(start, end)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        Ok(self.shared.mem.lock().vote)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
+        let mem = self.shared.mem.lock();
+        Ok(LogState {
+            last_purged_log_id: mem.purged,
+            last_log_id: mem.last_log_id(),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+        self.replace_file("vote", vote, true).await?;
+        self.shared.mem.lock().vote = Some(*vote);
+        Ok(())
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
+        let write = {
+            let mut mem = self.shared.mem.lock();
+            mem.committed = committed;
+            match &committed {
+                Some(c) if c.index >= mem.committed_hint_written + COMMITTED_HINT_EVERY => {
+                    mem.committed_hint_written = c.index;
+                    true
+                }
+                _ => false,
+            }
+        };
+        if let (true, Some(c)) = (write, committed) {
+            self.replace_file("committed", &c, false).await?;
+        }
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
+        Ok(self.shared.mem.lock().committed)
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut writes: Vec<(u64, Vec<u8>)> = Vec::new();
+        let upto;
+        let epoch;
+        {
+            let mut mem = self.shared.mem.lock();
+            for entry in entries {
+                let index = entry.log_id.index;
+                if mem.entries.is_empty() {
+                    let expected = mem.purged.as_ref().map(|p| p.index + 1);
+                    assert!(
+                        expected.is_none_or(|e| e == index),
+                        "log gap: first entry {index} after purged {expected:?}"
+                    );
+                    mem.first_index = index;
+                } else {
+                    assert_eq!(index, mem.next_index(), "log gap: appending {index}");
+                }
+                let payload = codec::encode(&entry)?;
+                let len = (frame::HEADER_BYTES + payload.len()) as u64;
+                let segment = match mem.segments.last_key_value() {
+                    Some((&first, &size)) if size < SEGMENT_BYTES => first,
+                    _ => {
+                        mem.segments.insert(index, 0);
+                        index
+                    }
+                };
+                let offset = mem.segments.get(&segment).copied().unwrap_or(0);
+                mem.segments.insert(segment, offset + len);
+                match writes.last_mut() {
+                    Some((s, buf)) if *s == segment => frame::encode(buf, &payload),
+                    _ => {
+                        let mut buf = Vec::new();
+                        frame::encode(&mut buf, &payload);
+                        writes.push((segment, buf));
+                    }
+                }
+                mem.entries.push_back(Pos {
+                    log_id: entry.log_id,
+                    segment,
+                    offset,
+                    len,
+                });
+                mem.cache_bytes += len;
+                mem.cache.insert(index, entry);
+            }
+            upto = mem.next_index();
+            epoch = self.shared.mark.lock().epoch;
+        }
+        self.shared.metrics.appends.fetch_add(1, Ordering::Relaxed);
+        let n = writes.len();
+        let mut callback = Some(callback);
+        for (i, (segment, bytes)) in writes.into_iter().enumerate() {
+            self.shared.writer.send(Job::Write {
+                segment,
+                bytes,
+                written_below: upto,
+                epoch,
+                done: if i + 1 == n { callback.take() } else { None },
+            });
+        }
+        if let Some(cb) = callback {
+            // Nothing to write: already durable.
+            cb.io_completed(Ok(()));
+        }
+        let mut mem = self.shared.mem.lock();
+        self.trim_cache(&mut mem);
+        Ok(())
+    }
+
+    async fn truncate_after(&mut self, last: Option<LogId>) -> Result<(), io::Error> {
+        let keep_below = last.as_ref().map_or(0, |l| l.index + 1);
+        let job = {
+            let mut mem = self.shared.mem.lock();
+            if keep_below >= mem.next_index() {
+                return Ok(());
+            }
+            let keep = keep_below.saturating_sub(mem.first_index);
+            let keep = usize::try_from(keep).map_err(io::Error::other)?;
+            let first_removed = mem.entries.get(keep).cloned();
+            mem.entries.truncate(keep);
+            if mem.entries.is_empty() {
+                mem.first_index = keep_below.max(mem.first_index);
+            }
+            mem.cache.retain(|&i, _| i < keep_below);
+            mem.cache_bytes = mem
+                .cache
+                .keys()
+                .filter_map(|&i| mem.pos(i).map(|p| p.len))
+                .sum();
+            let Some(cut) = first_removed else {
+                return Ok(());
+            };
+            let remove: Vec<u64> = mem
+                .segments
+                .range(cut.segment + 1..)
+                .map(|(&f, _)| f)
+                .collect();
+            for f in &remove {
+                mem.segments.remove(f);
+                mem.readers.remove(f);
+            }
+            mem.segments.insert(cut.segment, cut.offset);
+            let mut mark = self.shared.mark.lock();
+            mark.epoch += 1;
+            mark.below = mark.below.min(keep_below);
+            (cut.segment, cut.offset, remove)
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.shared.writer.send(Job::Truncate {
+            segment: job.0,
+            len: job.1,
+            remove: job.2,
+            done: tx,
+        });
+        rx.await
+            .map_err(|_| io::Error::other("the log writer stopped"))?
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        self.replace_file("purged", &log_id, true).await?;
+        let remove = {
+            let mut mem = self.shared.mem.lock();
+            mem.purged = Some(log_id);
+            while mem
+                .entries
+                .front()
+                .is_some_and(|p| p.log_id.index <= log_id.index)
+            {
+                mem.entries.pop_front();
+                mem.first_index += 1;
+            }
+            if mem.entries.is_empty() {
+                mem.first_index = mem.first_index.max(log_id.index + 1);
+            }
+            mem.cache.retain(|&i, _| i > log_id.index);
+            // A segment goes when the next one starts at or below the
+            // first entry kept; the last segment always stays.
+            let firsts: Vec<u64> = mem.segments.keys().copied().collect();
+            let mut remove = Vec::new();
+            for w in firsts.windows(2) {
+                if w[1] <= log_id.index + 1 {
+                    remove.push(w[0]);
+                }
+            }
+            for f in &remove {
+                mem.segments.remove(f);
+                mem.readers.remove(f);
+            }
+            remove
+        };
+        if remove.is_empty() {
+            return Ok(());
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.shared.writer.send(Job::Remove {
+            segments: remove,
+            done: tx,
+        });
+        rx.await
+            .map_err(|_| io::Error::other("the log writer stopped"))?
+    }
+}
+
+type Done = tokio::sync::oneshot::Sender<io::Result<()>>;
+
+enum Job {
+    Write {
+        segment: u64,
+        bytes: Vec<u8>,
+        written_below: u64,
+        epoch: u64,
+        done: Option<IOFlushed<TypeConfig>>,
+    },
+    Truncate {
+        segment: u64,
+        len: u64,
+        remove: Vec<u64>,
+        done: Done,
+    },
+    Remove {
+        segments: Vec<u64>,
+        done: Done,
+    },
+    Replace {
+        name: String,
+        bytes: Vec<u8>,
+        sync: bool,
+        done: Done,
+    },
+}
+
+/// Hands jobs to the writer: a thread's queue, or the writer itself when
+/// the executor runs jobs inline.
+enum WriterHandle {
+    Thread(Mutex<mpsc::Sender<Job>>),
+    Inline(Mutex<Writer>),
+}
+
+impl WriterHandle {
+    fn start(
+        executor: Arc<dyn Executor>,
+        fs: Arc<dyn FileSystem>,
+        dir: PathBuf,
+        metrics: Arc<LogMetrics>,
+        mark: Arc<Mutex<WrittenMark>>,
+    ) -> Self {
+        let writer = Writer {
+            fs,
+            dir,
+            file: None,
+            failed: None,
+            metrics,
+            mark,
+        };
+        if executor.is_inline() {
+            return WriterHandle::Inline(Mutex::new(writer));
+        }
+        let (tx, rx) = mpsc::channel::<Job>();
+        let mut writer = writer;
+        executor.spawn(
+            "raft-log",
+            Box::new(move || {
+                // Block for one job, then take everything queued behind it:
+                // those appends share one fsync.
+                while let Ok(first) = rx.recv() {
+                    let mut jobs = vec![first];
+                    while let Ok(more) = rx.try_recv() {
+                        jobs.push(more);
+                        if jobs.len() >= 4096 {
+                            break;
+                        }
+                    }
+                    writer.run(jobs);
+                }
+            }),
+        );
+        WriterHandle::Thread(Mutex::new(tx))
+    }
+
+    fn send(&self, job: Job) {
+        match self {
+            WriterHandle::Thread(tx) => {
+                if let Err(mpsc::SendError(job)) = tx.lock().send(job) {
+                    fail_job(job, "the log writer thread is gone");
+                }
+            }
+            WriterHandle::Inline(w) => w.lock().run(vec![job]),
+        }
+    }
+}
+
+fn fail_job(job: Job, why: &str) {
+    let err = || io::Error::other(why.to_string());
+    match job {
+        Job::Write { done, .. } => {
+            if let Some(d) = done {
+                d.io_completed(Err(err()));
+            }
+        }
+        Job::Truncate { done, .. } | Job::Remove { done, .. } | Job::Replace { done, .. } => {
+            let _ = done.send(Err(err()));
+        }
+    }
+}
+
+struct Writer {
+    fs: Arc<dyn FileSystem>,
+    dir: PathBuf,
+    /// The open segment and its first index.
+    file: Option<(u64, Box<dyn WritableFile>)>,
+    /// Set by the first I/O error; every later job fails with it.
+    failed: Option<String>,
+    metrics: Arc<LogMetrics>,
+    mark: Arc<Mutex<WrittenMark>>,
+}
+
+impl Writer {
+    fn run(&mut self, jobs: Vec<Job>) {
+        let mut pending: Vec<IOFlushed<TypeConfig>> = Vec::new();
+        let mut dirty = false;
+        let mut written = (0, 0);
+        for job in jobs {
+            if let Some(why) = self.failed.clone() {
+                fail_job(job, &why);
+                continue;
+            }
+            match job {
+                Job::Write {
+                    segment,
+                    bytes,
+                    written_below,
+                    epoch,
+                    done,
+                } => match self.write(segment, &bytes) {
+                    Ok(()) => {
+                        dirty = true;
+                        written = (epoch, written_below);
+                        if let Some(d) = done {
+                            pending.push(d);
+                        }
+                    }
+                    Err(e) => {
+                        self.fail(&e);
+                        if let Some(d) = done {
+                            d.io_completed(Err(e));
+                        }
+                    }
+                },
+                other => {
+                    // Keep order: what was written before this job is
+                    // synced before it runs.
+                    if dirty {
+                        self.sync_and_notify(&mut pending, written);
+                        dirty = false;
+                    }
+                    self.run_control(other);
+                }
+            }
+        }
+        if dirty {
+            self.sync_and_notify(&mut pending, written);
+        }
+    }
+
+    fn fail(&mut self, e: &io::Error) {
+        tracing::error!(error = %e, "Raft log I/O failed; the log refuses further writes");
+        self.failed = Some(format!("Raft log I/O failed earlier: {e}"));
+    }
+
+    fn write(&mut self, segment: u64, bytes: &[u8]) -> io::Result<()> {
+        if self.file.as_ref().map(|(s, _)| *s) != Some(segment) {
+            if let Some((_, mut old)) = self.file.take() {
+                old.sync()?;
+            }
+            let path = self.dir.join(segment_name(segment));
+            let f = if self.fs.exists(&path) {
+                self.fs.open_append(&path)?
+            } else {
+                let f = self.fs.create(&path)?;
+                self.fs.sync_dir(&self.dir)?;
+                f
+            };
+            self.file = Some((segment, f));
+        }
+        if let Some((_, f)) = self.file.as_mut() {
+            f.append(bytes)?;
+            self.metrics
+                .bytes
+                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn sync_and_notify(&mut self, pending: &mut Vec<IOFlushed<TypeConfig>>, written: (u64, u64)) {
+        let started = Instant::now();
+        let res = match self.file.as_mut() {
+            Some((_, f)) => f.flush().and_then(|()| f.sync()),
+            None => Ok(()),
+        };
+        self.metrics.fsyncs.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .fsync_micros
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        metrics::histogram!("cairn_wal_fsync_duration_seconds").record(started.elapsed());
+        match res {
+            Ok(()) => {
+                {
+                    let mut mark = self.mark.lock();
+                    if mark.epoch == written.0 {
+                        mark.below = mark.below.max(written.1);
+                    }
+                }
+                for d in pending.drain(..) {
+                    d.io_completed(Ok(()));
+                }
+            }
+            Err(e) => {
+                self.fail(&e);
+                for d in pending.drain(..) {
+                    d.io_completed(Err(io::Error::new(e.kind(), e.to_string())));
+                }
+            }
+        }
+    }
+
+    fn run_control(&mut self, job: Job) {
+        match job {
+            Job::Write { .. } => unreachable!("writes are handled by run"),
+            Job::Truncate {
+                segment,
+                len,
+                remove,
+                done,
+            } => {
+                let res = self.truncate(segment, len, &remove);
+                if let Err(e) = &res {
+                    self.fail(e);
+                }
+                let _ = done.send(res);
+            }
+            Job::Remove { segments, done } => {
+                let res = segments
+                    .iter()
+                    .try_for_each(|s| self.fs.remove(&self.dir.join(segment_name(*s))))
+                    .and_then(|()| self.fs.sync_dir(&self.dir));
+                let _ = done.send(res);
+            }
+            Job::Replace {
+                name,
+                bytes,
+                sync,
+                done,
+            } => {
+                let res = self.replace(&name, &bytes, sync);
+                if let Err(e) = &res {
+                    if sync {
+                        self.fail(e);
+                    }
+                }
+                let _ = done.send(res);
+            }
+        }
+    }
+
+    fn truncate(&mut self, segment: u64, len: u64, remove: &[u64]) -> io::Result<()> {
+        self.file = None;
+        for s in remove {
+            self.fs.remove(&self.dir.join(segment_name(*s)))?;
+        }
+        let path = self.dir.join(segment_name(segment));
+        if self.fs.exists(&path) {
+            self.fs.truncate(&path, len)?;
+            let mut f = self.fs.open_append(&path)?;
+            f.sync()?;
+        }
+        self.fs.sync_dir(&self.dir)
+    }
+
+    fn replace(&mut self, name: &str, bytes: &[u8], sync: bool) -> io::Result<()> {
+        let tmp = self.dir.join(format!("{name}.tmp"));
+        let mut f = self.fs.create(&tmp)?;
+        f.append(bytes)?;
+        f.flush()?;
+        if sync {
+            f.sync()?;
+        }
+        drop(f);
+        self.fs.rename(&tmp, &self.dir.join(name))?;
+        if sync {
+            self.fs.sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,319 @@
+//! The peer transport: openraft's RPCs over tonic to the `cairn.raft.v1`
+//! service on each peer's peer port.
+//!
+//! One lazily connected HTTP/2 channel per peer, with keep-alive pings so
+//! a connection silently cut by a partition is noticed and replaced, and a
+//! deadline on every RPC (openraft's hard TTL) so nothing waits forever.
+//! Appends are pipelined by openraft's replication stream over the one
+//! channel (HTTP/2 multiplexes them).
+
+use std::future::Future;
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_proto::raft::{self as pb, raft_client::RaftClient};
+use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
+};
+use openraft::{OptionalSend, RaftNetworkV2};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+
+use super::state_machine::SnapshotDir;
+use super::{codec, Member, NodeId, Snapshot, TypeConfig, Vote};
+use crate::lsm::fs::FileSystem;
+
+/// Bytes of snapshot data per chunk.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+/// HTTP/2 keep-alive interval on peer channels.
+const KEEPALIVE: Duration = Duration::from_secs(1);
+/// Deadline of a snapshot transfer.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Connects a tonic channel to `addr` (host:port) with keep-alive and a
+/// connect timeout. The connection is made on first use.
+pub fn lazy_channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_secs(2))
+        .http2_keep_alive_interval(KEEPALIVE)
+        .keep_alive_timeout(KEEPALIVE * 2)
+        .keep_alive_while_idle(true)
+        .tcp_nodelay(true)
+        .connect_lazy())
+}
+
+/// Makes a [`PeerClient`] per peer.
+#[derive(Clone)]
+pub struct Network {
+    fs: Arc<dyn FileSystem>,
+}
+
+impl Network {
+    /// A network whose snapshot sender reads files through `fs`.
+    pub fn new(fs: Arc<dyn FileSystem>) -> Self {
+        Network { fs }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerClient {
+        PeerClient {
+            target,
+            addr: node.peer_addr.clone(),
+            client: lazy_channel(&node.peer_addr).ok().map(RaftClient::new),
+            fs: self.fs.clone(),
+        }
+    }
+}
+
+/// The connection to one peer.
+pub struct PeerClient {
+    target: NodeId,
+    addr: String,
+    client: Option<RaftClient<Channel>>,
+    fs: Arc<dyn FileSystem>,
+}
+
+fn unreachable(msg: impl std::fmt::Display) -> Unreachable<TypeConfig> {
+    Unreachable::from_string(msg.to_string())
+}
+
+fn status_err(target: NodeId, s: &tonic::Status) -> RPCError<TypeConfig> {
+    let msg = format!("peer {target}: {}: {}", s.code(), s.message());
+    match s.code() {
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+            RPCError::Unreachable(unreachable(msg))
+        }
+        _ => RPCError::Network(NetworkError::from_string(msg)),
+    }
+}
+
+fn decode_reply<T: DeserializeOwned>(
+    target: NodeId,
+    reply: pb::RaftMessage,
+) -> Result<T, RPCError<TypeConfig>> {
+    if !reply.error.is_empty() {
+        return Err(RPCError::Unreachable(unreachable(format!(
+            "peer {target}: {}",
+            reply.error
+        ))));
+    }
+    codec::decode(&reply.payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))
+}
+
+impl PeerClient {
+    fn client(&self) -> Result<RaftClient<Channel>, RPCError<TypeConfig>> {
+        self.client.clone().ok_or_else(|| {
+            RPCError::Unreachable(unreachable(format!(
+                "peer {} has a bad address {:?}",
+                self.target, self.addr
+            )))
+        })
+    }
+
+    async fn call<Req: Serialize, Resp: DeserializeOwned, F, Fut>(
+        &mut self,
+        req: &Req,
+        option: &RPCOption,
+        f: F,
+    ) -> Result<Resp, RPCError<TypeConfig>>
+    where
+        F: FnOnce(RaftClient<Channel>, tonic::Request<pb::RaftMessage>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<pb::RaftMessage>, tonic::Status>>,
+    {
+        let payload = codec::encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let mut request = tonic::Request::new(pb::RaftMessage {
+            payload: payload.into(),
+            error: String::new(),
+        });
+        let ttl = option.hard_ttl();
+        request.set_timeout(ttl);
+        let client = self.client()?;
+        match tokio::time::timeout(ttl, f(client, request)).await {
+            Err(_) => Err(RPCError::Unreachable(unreachable(format!(
+                "peer {}: no answer within {ttl:?}",
+                self.target
+            )))),
+            Ok(Err(s)) => Err(status_err(self.target, &s)),
+            Ok(Ok(reply)) => decode_reply(self.target, reply.into_inner()),
+        }
+    }
+}
+
+/// The first message of a snapshot stream.
+#[derive(Serialize, serde::Deserialize)]
+pub struct SnapshotHeader {
+    /// The leader's vote.
+    pub vote: Vote,
+    /// What the snapshot covers.
+    pub meta: super::SnapshotMeta,
+    /// File names and sizes, in the order they are sent.
+    pub files: Vec<(String, u64)>,
+}
+
+fn snapshot_chunks(
+    fs: Arc<dyn FileSystem>,
+    dir: PathBuf,
+    header: Vec<u8>,
+    files: Vec<(String, u64)>,
+) -> impl futures::Stream<Item = pb::SnapshotChunk> + Send + 'static {
+    use pb::snapshot_chunk::Chunk;
+    let first = futures::stream::once(async move {
+        pb::SnapshotChunk {
+            chunk: Some(Chunk::Meta(header.into())),
+        }
+    });
+    // One chunk in memory at a time: the stream reads a chunk only when
+    // the transport asks for the next one.
+    let mut work: Vec<(String, u64)> = Vec::new();
+    for (name, size) in files {
+        let mut off = 0;
+        while off < size {
+            work.push((name.clone(), off));
+            off += SNAPSHOT_CHUNK_BYTES as u64;
+        }
+        if size == 0 {
+            work.push((name, 0));
+        }
+    }
+    let rest = futures::stream::iter(work).filter_map(move |(name, offset)| {
+        let fs = fs.clone();
+        let path = dir.join(&name);
+        async move {
+            let read = || -> io::Result<Vec<u8>> {
+                let f = fs.open_read(&path)?;
+                let len = (f.len() - offset).min(SNAPSHOT_CHUNK_BYTES as u64);
+                f.read_at(offset, usize::try_from(len).map_err(io::Error::other)?)
+            };
+            match read() {
+                Ok(data) => Some(pb::SnapshotChunk {
+                    chunk: Some(Chunk::File(pb::FileChunk {
+                        name,
+                        offset,
+                        crc: crc32c::crc32c(&data),
+                        data: data.into(),
+                    })),
+                }),
+                Err(e) => {
+                    // Ending the stream early makes the receiver refuse the
+                    // snapshot (sizes do not match); the leader retries.
+                    tracing::warn!(error = %e, file = %path.display(), "snapshot read failed");
+                    None
+                }
+            }
+        }
+    });
+    first.chain(rest)
+}
+
+use futures::StreamExt;
+
+impl RaftNetworkV2<TypeConfig> for PeerClient {
+    type SnapshotData = SnapshotDir;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(&rpc, &option, |mut c, r| async move {
+            c.append_entries(r).await
+        })
+        .await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(&rpc, &option, |mut c, r| async move { c.vote(r).await })
+            .await
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(&rpc, &option, |mut c, r| async move { c.pre_vote(r).await })
+            .await
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(&req, &option, |mut c, r| async move {
+            c.transfer_leader(r).await
+        })
+        .await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let dir = snapshot.snapshot.dir.clone();
+        let mut files = Vec::new();
+        let names = self
+            .fs
+            .list(&dir)
+            .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+        for name in names {
+            let size = self
+                .fs
+                .file_size(&dir.join(&name))
+                .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+            files.push((name, size));
+        }
+        files.sort();
+        let header = codec::encode(&SnapshotHeader {
+            vote,
+            meta: snapshot.meta.clone(),
+            files: files.clone(),
+        })
+        .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+        let stream = snapshot_chunks(self.fs.clone(), dir, header, files);
+        let mut client = self
+            .client()
+            .map_err(|e| StreamingError::Network(NetworkError::from_string(e)))?;
+        let mut request = tonic::Request::new(stream);
+        request.set_timeout(SNAPSHOT_TIMEOUT);
+        let target = self.target;
+        let send = async move {
+            match client.install_snapshot(request).await {
+                Ok(reply) => {
+                    decode_reply::<SnapshotResponse<TypeConfig>>(target, reply.into_inner())
+                        .map_err(|e| StreamingError::Network(NetworkError::from_string(e)))
+                }
+                Err(s) => Err(StreamingError::Unreachable(unreachable(format!(
+                    "peer {target}: snapshot: {}: {}",
+                    s.code(),
+                    s.message()
+                )))),
+            }
+        };
+        tokio::select! {
+            r = send => {
+                if r.is_ok() {
+                    metrics::counter!("cairn_snapshots_sent_total").increment(1);
+                }
+                r
+            }
+            closed = cancel => Err(StreamingError::Closed(closed)),
+        }
+    }
+}

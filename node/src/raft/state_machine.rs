@@ -1,0 +1,537 @@
+//! openraft's state machine over the LSM engine.
+//!
+//! ```text
+//! <data>/sm/CURRENT                 names the live database directory (replaced atomically)
+//! <data>/sm/db-<generation>/        the live LSM database (WAL off: the Raft log replays)
+//! <data>/snapshots/snap-<index>/    the newest snapshot: an LSM checkpoint + `meta`
+//! <data>/snapshots/incoming-<n>/    a snapshot being received from the leader
+//! ```
+//!
+//! Every applied entry is written with the applied position (log id and
+//! membership) in the batch's metadata; the engine keeps the metadata of
+//! its newest flush, so after a crash [`StateMachine::applied_state`]
+//! reports exactly what is durable, and openraft re-applies the committed
+//! entries after it. A snapshot is a checkpoint (hard links, after a
+//! flush), so everything it covers is durable, and the log is purged only
+//! behind a snapshot.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::broadcast;
+
+use super::command::{CommandResponse, OpResult};
+use super::store::{self, AppliedState, Applier, Retention, WatchEvent};
+use super::{codec, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::lsm::executor::Executor;
+use crate::lsm::fs::FileSystem;
+use crate::lsm::{self, frame, Db};
+
+/// The data of a snapshot: a directory holding an LSM checkpoint.
+#[derive(Debug, Clone)]
+pub struct SnapshotDir {
+    /// The directory.
+    pub dir: PathBuf,
+}
+
+/// The events of one revision, as broadcast to watchers.
+#[derive(Debug)]
+pub struct RevisionEvents {
+    /// The revision (log index).
+    pub revision: u64,
+    /// What changed.
+    pub events: Vec<WatchEvent>,
+}
+
+/// Capacity of the watch broadcast; a watcher that falls further behind
+/// reads the history from the engine instead.
+const WATCH_CHANNEL: usize = 4096;
+
+/// What the gRPC layer reads: the live database and the applied position.
+pub struct SmShared {
+    db: RwLock<Arc<Db>>,
+    applied: AtomicU64,
+    history_start: AtomicU64,
+    cluster_id: AtomicU64,
+    events: broadcast::Sender<Arc<RevisionEvents>>,
+}
+
+impl SmShared {
+    /// The live database (a snapshot install may swap it).
+    pub fn db(&self) -> Arc<Db> {
+        self.db.read().clone()
+    }
+    /// The revision of the last applied entry.
+    pub fn applied(&self) -> u64 {
+        self.applied.load(Ordering::Acquire)
+    }
+    /// The oldest revision the watch history still holds.
+    pub fn history_start(&self) -> u64 {
+        self.history_start.load(Ordering::Acquire)
+    }
+    /// The cluster id (0 until the first membership entry is applied).
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster_id.load(Ordering::Acquire)
+    }
+    /// Subscribes to the events of every revision applied from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<RevisionEvents>> {
+        self.events.subscribe()
+    }
+}
+
+/// Where the state machine keeps its files, and how it runs blocking work.
+#[derive(Clone)]
+pub struct SmEnv {
+    /// The filesystem seam.
+    pub fs: Arc<dyn FileSystem>,
+    /// Runs blocking work (checkpoints, opening databases) off the async
+    /// workers.
+    pub executor: Arc<dyn Executor>,
+    /// The node's data directory.
+    pub data_dir: PathBuf,
+    /// Engine options for the live database (WAL off is forced).
+    pub lsm: lsm::Options,
+    /// History and request-id retention.
+    pub retention: Retention,
+}
+
+impl SmEnv {
+    fn sm_dir(&self) -> PathBuf {
+        self.data_dir.join("sm")
+    }
+    /// Where snapshots live.
+    pub fn snapshot_dir(&self) -> PathBuf {
+        self.data_dir.join("snapshots")
+    }
+    fn open_db(&self, dir: &Path) -> lsm::Result<Db> {
+        let mut opts = self.lsm.clone();
+        opts.wal = false;
+        opts.create_if_missing = true;
+        opts.fs = self.fs.clone();
+        opts.executor = self.executor.clone();
+        Db::open(dir, opts)
+    }
+}
+
+/// Runs `f` through the executor and awaits it: on a dedicated thread in
+/// production, inline in the simulation.
+pub async fn run_blocking<T: Send + 'static>(
+    executor: &Arc<dyn Executor>,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> io::Result<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    executor.spawn(
+        "blocking",
+        Box::new(move || {
+            let _ = tx.send(f());
+        }),
+    );
+    rx.await
+        .map_err(|_| io::Error::other("blocking job dropped"))
+}
+
+fn io_err(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+fn write_small_file(fs: &dyn FileSystem, path: &Path, payload: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut bytes = Vec::new();
+    frame::encode(&mut bytes, payload);
+    let mut f = fs.create(&tmp)?;
+    f.append(&bytes)?;
+    f.flush()?;
+    f.sync()?;
+    drop(f);
+    fs.rename(&tmp, path)?;
+    if let Some(parent) = path.parent() {
+        fs.sync_dir(parent)?;
+    }
+    Ok(())
+}
+
+fn read_small_file(fs: &dyn FileSystem, path: &Path) -> io::Result<Vec<u8>> {
+    let data = fs.read_all(path)?;
+    match frame::decode_all(&data) {
+        (records, frame::Tail::Clean) if records.len() == 1 => Ok(records[0].to_vec()),
+        (_, tail) => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} is damaged ({tail:?})", path.display()),
+        )),
+    }
+}
+
+/// Removes a directory and everything in it (one level: databases and
+/// checkpoints are flat).
+pub fn remove_dir(fs: &dyn FileSystem, dir: &Path) -> io::Result<()> {
+    if !fs.exists(dir) {
+        return Ok(());
+    }
+    for name in fs.list(dir)? {
+        fs.remove(&dir.join(name))?;
+    }
+    fs.remove(dir)
+}
+
+/// The state machine handed to openraft.
+pub struct StateMachine {
+    env: SmEnv,
+    shared: Arc<SmShared>,
+    applier: Applier,
+    state: AppliedState,
+    generation: u64,
+    current: Arc<Mutex<Option<Snapshot>>>,
+}
+
+impl StateMachine {
+    /// Opens the live database (creating it on first start) and the newest
+    /// snapshot.
+    pub fn open(env: SmEnv) -> io::Result<Self> {
+        let fs = env.fs.clone();
+        fs.create_dir_all(&env.sm_dir())?;
+        fs.create_dir_all(&env.snapshot_dir())?;
+        let current_file = env.sm_dir().join("CURRENT");
+        let generation = if fs.exists(&current_file) {
+            let b = read_small_file(&*fs, &current_file)?;
+            codec::decode::<u64>(&b)?
+        } else {
+            write_small_file(&*fs, &current_file, &codec::encode(&1u64)?)?;
+            1
+        };
+        // Leftovers of interrupted installs and older generations.
+        for name in fs.list(&env.sm_dir())? {
+            if name.starts_with("db-") && name != format!("db-{generation}") {
+                remove_dir(&*fs, &env.sm_dir().join(&name))?;
+            }
+        }
+        let db = env
+            .open_db(&env.sm_dir().join(format!("db-{generation}")))
+            .map_err(io_err)?;
+        let state = match db.durable_user_metadata() {
+            Some(b) => AppliedState::decode(&b).map_err(io_err)?,
+            None => AppliedState::default(),
+        };
+        let applier = Applier::load(&db, env.retention).map_err(io_err)?;
+        let current = Self::load_snapshot(&env)?;
+        let (events, _) = broadcast::channel(WATCH_CHANNEL);
+        let shared = Arc::new(SmShared {
+            applied: AtomicU64::new(state.last_applied.as_ref().map_or(0, |l| l.index)),
+            history_start: AtomicU64::new(applier.history_start()),
+            cluster_id: AtomicU64::new(state.cluster_id),
+            db: RwLock::new(Arc::new(db)),
+            events,
+        });
+        Ok(StateMachine {
+            env,
+            shared,
+            applier,
+            state,
+            generation,
+            current: Arc::new(Mutex::new(current)),
+        })
+    }
+
+    /// The handle the gRPC layer reads through.
+    pub fn shared(&self) -> Arc<SmShared> {
+        self.shared.clone()
+    }
+
+    fn load_snapshot(env: &SmEnv) -> io::Result<Option<Snapshot>> {
+        let fs = &*env.fs;
+        let mut newest: Option<(u64, String)> = None;
+        for name in fs.list(&env.snapshot_dir())? {
+            let dir = env.snapshot_dir().join(&name);
+            if let Some(idx) = name
+                .strip_prefix("snap-")
+                .and_then(|i| i.parse::<u64>().ok())
+            {
+                if fs.exists(&dir.join("meta")) && newest.as_ref().is_none_or(|(n, _)| idx > *n) {
+                    newest = Some((idx, name));
+                    continue;
+                }
+            }
+            // Partial snapshots (no meta yet) and incoming ones are garbage.
+            if (name.starts_with("snap-")
+                || name.starts_with("incoming-")
+                || name.starts_with("tmp-"))
+                && newest.as_ref().is_none_or(|(_, n)| *n != name)
+            {
+                remove_dir(fs, &dir)?;
+            }
+        }
+        let Some((_, name)) = newest else {
+            return Ok(None);
+        };
+        let dir = env.snapshot_dir().join(name);
+        let meta: SnapshotMeta = codec::decode(&read_small_file(fs, &dir.join("meta"))?)?;
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: SnapshotDir { dir },
+        }))
+    }
+}
+
+/// Builds snapshots: checkpoints of the live database.
+pub struct SnapshotBuilder {
+    env: SmEnv,
+    shared: Arc<SmShared>,
+    current: Arc<Mutex<Option<Snapshot>>>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    type SnapshotData = SnapshotDir;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        let env = self.env.clone();
+        let db = self.shared.db();
+        let started = std::time::Instant::now();
+        let snap = run_blocking(
+            &self.env.executor.clone(),
+            move || -> io::Result<Snapshot> {
+                let fs = &*env.fs;
+                let tmp = env.snapshot_dir().join(format!("tmp-{}", db.last_seq()));
+                remove_dir(fs, &tmp)?;
+                let info = db.checkpoint(&tmp).map_err(io_err)?;
+                let state = match info.user_metadata {
+                    Some(b) => AppliedState::decode(&b).map_err(io_err)?,
+                    None => AppliedState::default(),
+                };
+                let meta = SnapshotMeta {
+                    last_log_id: state.last_applied,
+                    last_membership: state.membership.clone(),
+                };
+                write_small_file(fs, &tmp.join("meta"), &codec::encode(&meta)?)?;
+                let index = meta.last_log_id.as_ref().map_or(0, |l| l.index);
+                let dir = env.snapshot_dir().join(format!("snap-{index:020}"));
+                remove_dir(fs, &dir)?;
+                fs.rename(&tmp, &dir)?;
+                fs.sync_dir(&env.snapshot_dir())?;
+                Ok(Snapshot {
+                    meta,
+                    snapshot: SnapshotDir { dir },
+                })
+            },
+        )
+        .await??;
+        metrics::counter!("cairn_snapshots_built_total").increment(1);
+        metrics::histogram!("cairn_snapshot_build_duration_seconds").record(started.elapsed());
+        let old = self.current.lock().replace(snap.clone());
+        if let Some(old) = old {
+            if old.snapshot.dir != snap.snapshot.dir {
+                remove_dir(&*self.env.fs, &old.snapshot.dir)?;
+            }
+        }
+        tracing::info!(last_log_id = ?snap.meta.last_log_id, "snapshot built");
+        Ok(snap)
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotDir;
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<super::LogId>, StoredMembership), io::Error> {
+        Ok((self.state.last_applied, self.state.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        let db = self.shared.db();
+        while let Some(item) = entries.next().await {
+            let (entry, responder) = item?;
+            let started = std::time::Instant::now();
+            let index = entry.log_id.index;
+            self.state.last_applied = Some(entry.log_id);
+            let (response, events) = match entry.payload {
+                EntryPayload::Blank => {
+                    self.applier
+                        .apply_empty(&db, index, &self.state)
+                        .map_err(io_err)?;
+                    (None, Vec::new())
+                }
+                EntryPayload::Membership(m) => {
+                    if self.state.cluster_id == 0 {
+                        // Fixed by the first membership: equal on every
+                        // replica, different for every new cluster.
+                        let seed = codec::encode(&(&entry.log_id, &m))?;
+                        self.state.cluster_id = xxhash_rust::xxh3::xxh3_64(&seed).max(1);
+                        self.shared
+                            .cluster_id
+                            .store(self.state.cluster_id, Ordering::Release);
+                    }
+                    self.state.membership = StoredMembership::new(Some(entry.log_id), m);
+                    self.applier
+                        .apply_empty(&db, index, &self.state)
+                        .map_err(io_err)?;
+                    (None, Vec::new())
+                }
+                EntryPayload::Normal(cmd) => {
+                    let applied = self
+                        .applier
+                        .apply(&db, index, &cmd, &self.state)
+                        .map_err(io_err)?;
+                    (Some(applied.response), applied.events)
+                }
+            };
+            self.shared.applied.store(index, Ordering::Release);
+            self.shared
+                .history_start
+                .store(self.applier.history_start(), Ordering::Release);
+            if !events.is_empty() {
+                // No receivers is fine: nobody watches.
+                let _ = self.shared.events.send(Arc::new(RevisionEvents {
+                    revision: index,
+                    events,
+                }));
+            }
+            if let Some(r) = responder {
+                r.send(response.unwrap_or(CommandResponse {
+                    revision: index,
+                    result: OpResult::None,
+                }));
+            }
+            metrics::histogram!("cairn_apply_duration_seconds").record(started.elapsed());
+            metrics::counter!("cairn_proposals_applied_total").increment(1);
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder {
+            env: self.env.clone(),
+            shared: self.shared.clone(),
+            current: self.current.clone(),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: SnapshotDir,
+    ) -> Result<(), io::Error> {
+        let env = self.env.clone();
+        let generation = self.generation + 1;
+        let meta2 = meta.clone();
+        let (db, keep) = run_blocking(
+            &self.env.executor.clone(),
+            move || -> io::Result<(Db, Snapshot)> {
+                let fs = &*env.fs;
+                let live = env.sm_dir().join(format!("db-{generation}"));
+                remove_dir(fs, &live)?;
+                // Keep the received files as our newest snapshot too: link them
+                // into the live directory, then move the originals.
+                fs.create_dir_all(&live)?;
+                for name in fs.list(&snapshot.dir)? {
+                    if name != "meta" {
+                        fs.link(&snapshot.dir.join(&name), &live.join(&name))?;
+                    }
+                }
+                fs.sync_dir(&live)?;
+                write_small_file(fs, &snapshot.dir.join("meta"), &codec::encode(&meta2)?)?;
+                let index = meta2.last_log_id.as_ref().map_or(0, |l| l.index);
+                let snap_dir = env.snapshot_dir().join(format!("snap-{index:020}"));
+                if snap_dir != snapshot.dir {
+                    remove_dir(fs, &snap_dir)?;
+                    fs.rename(&snapshot.dir, &snap_dir)?;
+                    fs.sync_dir(&env.snapshot_dir())?;
+                }
+                let db = env.open_db(&live).map_err(io_err)?;
+                let state = match db.durable_user_metadata() {
+                    Some(b) => AppliedState::decode(&b).map_err(io_err)?,
+                    None => AppliedState::default(),
+                };
+                if state.last_applied != meta2.last_log_id {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "snapshot data is at {:?} but its meta says {:?}",
+                            state.last_applied, meta2.last_log_id
+                        ),
+                    ));
+                }
+                // Only now does the new generation become the live one.
+                write_small_file(
+                    fs,
+                    &env.sm_dir().join("CURRENT"),
+                    &codec::encode(&generation)?,
+                )?;
+                Ok((
+                    db,
+                    Snapshot {
+                        meta: meta2,
+                        snapshot: SnapshotDir { dir: snap_dir },
+                    },
+                ))
+            },
+        )
+        .await??;
+        let state = match db.durable_user_metadata() {
+            Some(b) => AppliedState::decode(&b).map_err(io_err)?,
+            None => AppliedState::default(),
+        };
+        self.applier = Applier::load(&db, self.env.retention).map_err(io_err)?;
+        let old_generation = self.generation;
+        self.generation = generation;
+        self.state = state;
+        *self.shared.db.write() = Arc::new(db);
+        self.shared.applied.store(
+            self.state.last_applied.as_ref().map_or(0, |l| l.index),
+            Ordering::Release,
+        );
+        self.shared
+            .history_start
+            .store(self.applier.history_start(), Ordering::Release);
+        self.shared
+            .cluster_id
+            .store(self.state.cluster_id, Ordering::Release);
+        let old = self.current.lock().replace(keep.clone());
+        if let Some(old) = old {
+            if old.snapshot.dir != keep.snapshot.dir {
+                remove_dir(&*self.env.fs, &old.snapshot.dir)?;
+            }
+        }
+        // The old database closes when its last reader lets go; its files
+        // are unlinked now (open handles keep working).
+        let old_dir = self.env.sm_dir().join(format!("db-{old_generation}"));
+        if let Err(e) = remove_dir(&*self.env.fs, &old_dir) {
+            tracing::warn!(error = %e, dir = %old_dir.display(), "old state-machine directory left behind");
+        }
+        metrics::counter!("cairn_snapshots_installed_total").increment(1);
+        tracing::info!(last_log_id = ?meta.last_log_id, "snapshot installed");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        Ok(self.current.lock().clone())
+    }
+}
+
+impl std::fmt::Debug for StateMachine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateMachine")
+            .field("applied", &self.state.last_applied)
+            .field("generation", &self.generation)
+            .finish()
+    }
+}
+
+/// Reads the events of revisions `[from, to]` for a watcher.
+pub fn history(
+    shared: &SmShared,
+    from: u64,
+    to: u64,
+    max_revisions: usize,
+    filter: impl Fn(&[u8]) -> bool,
+) -> Result<Vec<(u64, Vec<WatchEvent>)>, store::StoreError> {
+    store::history(&shared.db(), from, to, max_revisions, filter)
+}

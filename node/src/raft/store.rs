@@ -1,0 +1,586 @@
+//! The key-value model over the LSM engine.
+//!
+//! The state machine keeps everything in one LSM database, in four key
+//! spaces told apart by their first byte:
+//!
+//! ```text
+//! 'd' user_key                      -> create_rev u64 | mod_rev u64 | version u64 | value   (LE)
+//! 'e' revision u64 BE, n u32 BE     -> postcard(WatchEvent): the watch history
+//! 'r' client_id u64 BE, seq u64 BE  -> revision u64 LE | postcard(CommandResponse)
+//! 'm' name                          -> small state (the oldest revision kept in history)
+//! ```
+//!
+//! Applying is deterministic: it depends only on the entries and the
+//! state, never on time or on memory addresses, so every replica writes
+//! the same bytes. The watch history and the request-id table are trimmed
+//! by log index, so they too are equal on every replica.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::command::{
+    Command, CommandResponse, Kv, Op, OpResult, RequestId, ScanResult, ScanSpec, Txn, TxnOp,
+};
+use super::{LogId, StoredMembership};
+use crate::lsm::{self, Db, WriteBatch};
+
+const DATA: u8 = b'd';
+const EVENT: u8 = b'e';
+const REQUEST: u8 = b'r';
+const HISTORY_START: &[u8] = b"mhistory-start";
+const RECORD_HEADER: usize = 24;
+/// History is trimmed every this many revisions.
+const HISTORY_TRIM_EVERY: u64 = 1024;
+
+/// The most pairs a scan (or a prefix delete's answer) returns in one page.
+pub const MAX_PAGE: u32 = 10_000;
+
+/// Errors of the state machine's storage.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The engine failed.
+    #[error(transparent)]
+    Lsm(#[from] lsm::Error),
+    /// Stored bytes do not decode: a bug or damage the checksums missed.
+    #[error("corrupt state-machine record under key {key:?}: {reason}")]
+    Corrupt {
+        /// The LSM key.
+        key: Vec<u8>,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+/// A watch event: one key's change at one revision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchEvent {
+    /// Put or delete.
+    pub kind: EventKind,
+    /// The pair after a put; for a delete, the key with `mod_revision` set
+    /// to the delete's revision.
+    pub kv: Kv,
+}
+
+/// The kind of a [`WatchEvent`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventKind {
+    /// The key was set.
+    Put,
+    /// The key was deleted.
+    Delete,
+}
+
+/// What the state machine stores in the LSM's flush metadata: the Raft
+/// position the flushed data reflects.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AppliedState {
+    /// The last log entry applied.
+    pub last_applied: Option<LogId>,
+    /// The newest membership applied.
+    pub membership: StoredMembership,
+    /// Derived from the first membership entry: the same on every replica.
+    pub cluster_id: u64,
+}
+
+impl AppliedState {
+    /// Encodes for the LSM metadata slot.
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).unwrap_or_default()
+    }
+    /// Decodes the LSM metadata slot.
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt {
+            key: b"<flush metadata>".to_vec(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// Retention settings; equal on every replica (they decide what is
+/// trimmed, so they are part of the replicated behaviour).
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Revisions of watch history kept.
+    pub history_revisions: u64,
+    /// Log entries a request id is remembered for.
+    pub request_id_entries: u64,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            history_revisions: 100_000,
+            request_id_entries: 100_000,
+        }
+    }
+}
+
+fn data_key(key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(key.len() + 1);
+    k.push(DATA);
+    k.extend_from_slice(key);
+    k
+}
+
+fn event_key(revision: u64, n: u32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(13);
+    k.push(EVENT);
+    k.extend_from_slice(&revision.to_be_bytes());
+    k.extend_from_slice(&n.to_be_bytes());
+    k
+}
+
+fn request_key(id: RequestId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(17);
+    k.push(REQUEST);
+    k.extend_from_slice(&id.client_id.to_be_bytes());
+    k.extend_from_slice(&id.seq.to_be_bytes());
+    k
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(w)
+}
+
+fn encode_record(kv: &Kv) -> Vec<u8> {
+    let mut v = Vec::with_capacity(RECORD_HEADER + kv.value.len());
+    v.extend_from_slice(&kv.create_revision.to_le_bytes());
+    v.extend_from_slice(&kv.mod_revision.to_le_bytes());
+    v.extend_from_slice(&kv.version.to_le_bytes());
+    v.extend_from_slice(&kv.value);
+    v
+}
+
+fn decode_record(key: &[u8], rec: &[u8], keys_only: bool) -> Result<Kv> {
+    if rec.len() < RECORD_HEADER {
+        return Err(StoreError::Corrupt {
+            key: data_key(key),
+            reason: format!("record of {} bytes is shorter than its header", rec.len()),
+        });
+    }
+    Ok(Kv {
+        key: key.to_vec(),
+        value: if keys_only {
+            Vec::new()
+        } else {
+            rec[RECORD_HEADER..].to_vec()
+        },
+        create_revision: u64_at(rec, 0),
+        mod_revision: u64_at(rec, 8),
+        version: u64_at(rec, 16),
+    })
+}
+
+/// Reads one key.
+pub fn get(db: &Db, key: &[u8]) -> Result<Option<Kv>> {
+    match db.get(data_key(key))? {
+        Some(rec) => Ok(Some(decode_record(key, &rec, false)?)),
+        None => Ok(None),
+    }
+}
+
+/// Reads a page of a range.
+pub fn scan(db: &Db, spec: &ScanSpec) -> Result<ScanResult> {
+    scan_merged(db, spec, &BTreeMap::new())
+}
+
+/// A scan of the database with `overlay` (pending writes of the command
+/// being applied) laid over it.
+fn scan_merged(
+    db: &Db,
+    spec: &ScanSpec,
+    overlay: &BTreeMap<Vec<u8>, Option<Kv>>,
+) -> Result<ScanResult> {
+    let limit = if spec.limit == 0 || spec.limit > MAX_PAGE {
+        MAX_PAGE
+    } else {
+        spec.limit
+    } as usize;
+    let in_range = |k: &[u8]| k >= &spec.start[..] && (spec.end.is_empty() || k < &spec.end[..]);
+    let start = data_key(&spec.start);
+    let end = if spec.end.is_empty() {
+        vec![DATA + 1]
+    } else {
+        data_key(&spec.end)
+    };
+    // Overlay deletions can hide stored keys: read enough to fill the page.
+    let overlay_in_range: Vec<(&Vec<u8>, &Option<Kv>)> =
+        overlay.iter().filter(|(k, _)| in_range(k)).collect();
+    let want = limit + 1 + overlay_in_range.len();
+    let mut merged: BTreeMap<Vec<u8>, Kv> = BTreeMap::new();
+    let mut stored_exhausted = true;
+    for item in db.scan(start..end)? {
+        let (k, v) = item?;
+        if merged.len() >= want {
+            stored_exhausted = false;
+            break;
+        }
+        let user_key = &k[1..];
+        merged.insert(
+            user_key.to_vec(),
+            decode_record(user_key, &v, spec.keys_only)?,
+        );
+    }
+    let last_stored = merged.keys().next_back().cloned();
+    for (k, v) in overlay_in_range {
+        // Past the last stored key read, an overlay key is only certain
+        // when the stored scan reached the end of the range.
+        if !stored_exhausted && last_stored.as_ref().is_some_and(|l| k > l) {
+            continue;
+        }
+        match v {
+            Some(kv) => {
+                let mut kv = kv.clone();
+                if spec.keys_only {
+                    kv.value.clear();
+                }
+                merged.insert(k.clone(), kv);
+            }
+            None => {
+                merged.remove(k);
+            }
+        }
+    }
+    let more = merged.len() > limit || !stored_exhausted;
+    let kvs: Vec<Kv> = merged.into_values().take(limit).collect();
+    Ok(ScanResult { kvs, more })
+}
+
+/// The oldest revision the watch history still holds.
+pub fn history_start(db: &Db) -> Result<u64> {
+    Ok(match db.get(HISTORY_START)? {
+        Some(b) if b.len() == 8 => u64_at(&b, 0),
+        Some(b) => {
+            return Err(StoreError::Corrupt {
+                key: HISTORY_START.to_vec(),
+                reason: format!("{} bytes, want 8", b.len()),
+            })
+        }
+        None => 1,
+    })
+}
+
+/// The watch history from `from` (inclusive) to `to` (inclusive): one
+/// `(revision, events)` per revision with events matching `filter`, at
+/// most `max_revisions` of them.
+pub fn history(
+    db: &Db,
+    from: u64,
+    to: u64,
+    max_revisions: usize,
+    filter: impl Fn(&[u8]) -> bool,
+) -> Result<Vec<(u64, Vec<WatchEvent>)>> {
+    let mut out: Vec<(u64, Vec<WatchEvent>)> = Vec::new();
+    if from > to {
+        return Ok(out);
+    }
+    let end = event_key(to.saturating_add(1), 0);
+    for item in db.scan(event_key(from, 0)..end)? {
+        let (k, v) = item?;
+        if k.len() != 13 {
+            return Err(StoreError::Corrupt {
+                key: k.to_vec(),
+                reason: "bad event key length".into(),
+            });
+        }
+        let mut rev = [0u8; 8];
+        rev.copy_from_slice(&k[1..9]);
+        let rev = u64::from_be_bytes(rev);
+        let ev: WatchEvent = postcard::from_bytes(&v).map_err(|e| StoreError::Corrupt {
+            key: k.to_vec(),
+            reason: e.to_string(),
+        })?;
+        if !filter(&ev.kv.key) {
+            continue;
+        }
+        match out.last_mut() {
+            Some((r, evs)) if *r == rev => evs.push(ev),
+            _ => {
+                if out.len() >= max_revisions {
+                    break;
+                }
+                out.push((rev, vec![ev]));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The applier: applies commands to the database in log order. Owned by
+/// the state machine task; readers use [`get`] and [`scan`] directly.
+pub struct Applier {
+    retention: Retention,
+    /// Request ids remembered, by the index that applied them (for expiry
+    /// in log order) and by id (for lookups).
+    requests_by_index: BTreeSet<(u64, RequestId)>,
+    requests: BTreeSet<RequestId>,
+    history_start: u64,
+}
+
+/// What applying one entry produced.
+pub struct Applied {
+    /// The answer for the client.
+    pub response: CommandResponse,
+    /// The watch events of this revision.
+    pub events: Vec<WatchEvent>,
+}
+
+impl Applier {
+    /// Loads the request-id table and history bounds from `db`.
+    pub fn load(db: &Db, retention: Retention) -> Result<Self> {
+        let mut a = Applier {
+            retention,
+            requests_by_index: BTreeSet::new(),
+            requests: BTreeSet::new(),
+            history_start: history_start(db)?,
+        };
+        for item in db.scan_prefix([REQUEST])? {
+            let (k, v) = item?;
+            if k.len() != 17 || v.len() < 8 {
+                return Err(StoreError::Corrupt {
+                    key: k.to_vec(),
+                    reason: "bad request-id record".into(),
+                });
+            }
+            let mut c = [0u8; 8];
+            let mut s = [0u8; 8];
+            c.copy_from_slice(&k[1..9]);
+            s.copy_from_slice(&k[9..17]);
+            let id = RequestId {
+                client_id: u64::from_be_bytes(c),
+                seq: u64::from_be_bytes(s),
+            };
+            a.requests.insert(id);
+            a.requests_by_index.insert((u64_at(&v, 0), id));
+        }
+        Ok(a)
+    }
+
+    /// The oldest revision the history holds.
+    pub fn history_start(&self) -> u64 {
+        self.history_start
+    }
+
+    /// Applies an entry without a command (blank or membership) at
+    /// `index`, recording `state` as the applied position.
+    pub fn apply_empty(&mut self, db: &Db, index: u64, state: &AppliedState) -> Result<()> {
+        let mut batch = WriteBatch::new();
+        self.trim(db, index, &mut batch)?;
+        batch.set_user_metadata(state.encode());
+        db.write(batch)?;
+        Ok(())
+    }
+
+    /// Applies `cmd` as the entry at `index`; `state` (which must name
+    /// `index`) is stored with the write.
+    pub fn apply(
+        &mut self,
+        db: &Db,
+        index: u64,
+        cmd: &Command,
+        state: &AppliedState,
+    ) -> Result<Applied> {
+        debug_assert_eq!(state.last_applied.as_ref().map(|l| l.index), Some(index));
+        let mut batch = WriteBatch::new();
+        if let Some(id) = cmd.request_id {
+            if self.requests.contains(&id) {
+                if let Some(prev) = db.get(request_key(id))? {
+                    let response: CommandResponse =
+                        postcard::from_bytes(&prev[8..]).map_err(|e| StoreError::Corrupt {
+                            key: request_key(id),
+                            reason: e.to_string(),
+                        })?;
+                    self.trim(db, index, &mut batch)?;
+                    batch.set_user_metadata(state.encode());
+                    db.write(batch)?;
+                    return Ok(Applied {
+                        response,
+                        events: Vec::new(),
+                    });
+                }
+            }
+        }
+        let mut tx = Tx {
+            db,
+            index,
+            overlay: BTreeMap::new(),
+            batch: &mut batch,
+            events: Vec::new(),
+        };
+        let result = match &cmd.op {
+            Op::Put {
+                key,
+                value,
+                prev_kv,
+            } => tx.put(key, value, *prev_kv)?,
+            Op::Delete {
+                key,
+                prefix,
+                prev_kv,
+            } => tx.delete(key, *prefix, *prev_kv)?,
+            Op::Txn(t) => tx.txn(t)?,
+        };
+        let events = std::mem::take(&mut tx.events);
+        for (n, ev) in events.iter().enumerate() {
+            let n = u32::try_from(n).unwrap_or(u32::MAX);
+            batch.put(
+                event_key(index, n),
+                postcard::to_allocvec(ev).unwrap_or_default(),
+            );
+        }
+        let response = CommandResponse {
+            revision: index,
+            result,
+        };
+        if let Some(id) = cmd.request_id {
+            let mut v = index.to_le_bytes().to_vec();
+            v.extend_from_slice(&postcard::to_allocvec(&response).unwrap_or_default());
+            batch.put(request_key(id), v);
+            self.requests.insert(id);
+            self.requests_by_index.insert((index, id));
+        }
+        self.trim(db, index, &mut batch)?;
+        batch.set_user_metadata(state.encode());
+        db.write(batch)?;
+        Ok(Applied { response, events })
+    }
+
+    /// Forgets request ids and history older than the retention windows.
+    /// Runs at fixed log indexes, so every replica trims the same way.
+    fn trim(&mut self, db: &Db, index: u64, batch: &mut WriteBatch) -> Result<()> {
+        let floor = index.saturating_sub(self.retention.request_id_entries);
+        while let Some(&(i, id)) = self.requests_by_index.first() {
+            if i >= floor {
+                break;
+            }
+            self.requests_by_index.pop_first();
+            self.requests.remove(&id);
+            batch.delete(request_key(id));
+        }
+        if index.is_multiple_of(HISTORY_TRIM_EVERY) && index > self.retention.history_revisions {
+            let new_start = index - self.retention.history_revisions;
+            if new_start > self.history_start {
+                for item in db.scan(event_key(self.history_start, 0)..event_key(new_start, 0))? {
+                    let (k, _) = item?;
+                    batch.delete(k);
+                }
+                self.history_start = new_start;
+                batch.put(HISTORY_START, new_start.to_le_bytes());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One command being applied: its pending writes, visible to its own
+/// later reads.
+struct Tx<'a> {
+    db: &'a Db,
+    index: u64,
+    overlay: BTreeMap<Vec<u8>, Option<Kv>>,
+    batch: &'a mut WriteBatch,
+    events: Vec<WatchEvent>,
+}
+
+impl Tx<'_> {
+    fn get(&self, key: &[u8]) -> Result<Option<Kv>> {
+        match self.overlay.get(key) {
+            Some(v) => Ok(v.clone()),
+            None => get(self.db, key),
+        }
+    }
+
+    fn put(&mut self, key: &[u8], value: &[u8], prev_kv: bool) -> Result<OpResult> {
+        let prev = self.get(key)?;
+        let kv = Kv {
+            key: key.to_vec(),
+            value: value.to_vec(),
+            create_revision: prev.as_ref().map_or(self.index, |p| p.create_revision),
+            mod_revision: self.index,
+            version: prev.as_ref().map_or(1, |p| p.version + 1),
+        };
+        self.batch.put(data_key(key), encode_record(&kv));
+        self.events.push(WatchEvent {
+            kind: EventKind::Put,
+            kv: kv.clone(),
+        });
+        self.overlay.insert(key.to_vec(), Some(kv));
+        Ok(OpResult::Put {
+            prev: if prev_kv { prev } else { None },
+        })
+    }
+
+    fn delete(&mut self, key: &[u8], prefix: bool, prev_kv: bool) -> Result<OpResult> {
+        let victims: Vec<Kv> = if prefix {
+            let mut all = Vec::new();
+            let mut spec = ScanSpec::prefix(key, MAX_PAGE, !prev_kv);
+            loop {
+                let page = scan_merged(self.db, &spec, &self.overlay)?;
+                let more = page.more;
+                if let Some(last) = page.kvs.last() {
+                    spec.start = last.key.clone();
+                    spec.start.push(0);
+                }
+                all.extend(page.kvs);
+                if !more {
+                    break;
+                }
+            }
+            all
+        } else {
+            self.get(key)?.into_iter().collect()
+        };
+        for kv in &victims {
+            self.batch.delete(data_key(&kv.key));
+            self.events.push(WatchEvent {
+                kind: EventKind::Delete,
+                kv: Kv {
+                    key: kv.key.clone(),
+                    value: Vec::new(),
+                    create_revision: 0,
+                    mod_revision: self.index,
+                    version: 0,
+                },
+            });
+            self.overlay.insert(kv.key.clone(), None);
+        }
+        Ok(OpResult::Delete {
+            deleted: victims.len() as u64,
+            prev: if prev_kv { victims } else { Vec::new() },
+        })
+    }
+
+    fn txn(&mut self, t: &Txn) -> Result<OpResult> {
+        let mut succeeded = true;
+        for c in &t.compares {
+            if !c.holds(self.get(&c.key)?.as_ref()) {
+                succeeded = false;
+                break;
+            }
+        }
+        let ops = if succeeded { &t.success } else { &t.failure };
+        let mut results = Vec::with_capacity(ops.len());
+        for op in ops {
+            results.push(match op {
+                TxnOp::Put {
+                    key,
+                    value,
+                    prev_kv,
+                } => self.put(key, value, *prev_kv)?,
+                TxnOp::Delete {
+                    key,
+                    prefix,
+                    prev_kv,
+                } => self.delete(key, *prefix, *prev_kv)?,
+                TxnOp::Get { key } => OpResult::Get(self.get(key)?),
+                TxnOp::Scan(spec) => OpResult::Scan(scan_merged(self.db, spec, &self.overlay)?),
+            });
+        }
+        Ok(OpResult::Txn { succeeded, results })
+    }
+}

@@ -1,0 +1,301 @@
+//! `cairn.cluster.v1.Cluster`: status and membership.
+
+use openraft_rt::WatchReceiver;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cairn_proto::cluster as pb;
+use openraft::{ChangeMembers, ServerState};
+use tonic::{Request, Response, Status};
+
+use super::errors;
+use super::kv::observe;
+use super::NodeCore;
+use crate::raft::Member;
+
+/// The Cluster service.
+pub struct ClusterService {
+    core: Arc<NodeCore>,
+}
+
+impl ClusterService {
+    /// A service over `core`.
+    pub fn new(core: Arc<NodeCore>) -> Self {
+        ClusterService { core }
+    }
+
+    fn members(&self) -> pb::MembersResponse {
+        let m = self.core.raft.metrics().borrow_watched().clone();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        pb::MembersResponse {
+            members: membership
+                .nodes()
+                .map(|(id, n)| pb::Member {
+                    id: *id,
+                    client_addr: n.client_addr.clone(),
+                    peer_addr: n.peer_addr.clone(),
+                    is_learner: !voters.contains(id),
+                })
+                .collect(),
+            leader: m.current_leader.unwrap_or(0),
+        }
+    }
+
+    fn leader_only(&self) -> Result<(), Status> {
+        self.core.check_accepting()?;
+        if self.core.raft.metrics().borrow_watched().state == ServerState::Leader {
+            return Ok(());
+        }
+        match self.core.leader() {
+            Some((id, addr)) => Err(errors::not_leader(&openraft::error::ForwardToLeader::new(
+                id,
+                Member {
+                    client_addr: addr,
+                    peer_addr: String::new(),
+                },
+            ))),
+            None => Err(Status::unavailable(
+                "not the leader, and no leader is known yet; retry",
+            )),
+        }
+    }
+
+    async fn change(
+        &self,
+        change: ChangeMembers<u64, Member>,
+    ) -> Result<pb::MembersResponse, Status> {
+        self.leader_only()?;
+        self.core
+            .scope
+            .run(self.core.raft.change_membership(change, false))
+            .await
+            .map_err(errors::write_error)?;
+        Ok(self.members())
+    }
+}
+
+fn role(s: ServerState) -> &'static str {
+    match s {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    }
+}
+
+#[tonic::async_trait]
+impl pb::cluster_server::Cluster for ClusterService {
+    async fn status(
+        &self,
+        _req: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let m = self.core.raft.metrics().borrow_watched().clone();
+        let db = self.core.sm.db();
+        let st = db.stats();
+        let (_, last, purged) = self.core.log.bounds();
+        let log_bytes = self
+            .core
+            .log
+            .metrics()
+            .bytes
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let leader = m.current_leader.unwrap_or(0);
+        let leader_addr = self.core.leader().map(|(_, a)| a).unwrap_or_default();
+        Ok(Response::new(pb::StatusResponse {
+            cluster_id: self.core.sm.cluster_id(),
+            id: self.core.config.id,
+            client_addr: self.core.config.advertise.client_addr.clone(),
+            peer_addr: self.core.config.advertise.peer_addr.clone(),
+            role: role(m.state).into(),
+            term: m.current_term,
+            last_log_index: last.map_or(0, |l| l.index),
+            committed: m.local_committed.as_ref().map_or(0, |l| l.index),
+            applied: m.last_applied.as_ref().map_or(0, |l| l.index),
+            leader,
+            leader_addr,
+            storage: Some(pb::StorageStats {
+                memtable_bytes: st.memtable_bytes + st.immutable_memtable_bytes,
+                levels: (0..st.level_files.len())
+                    .map(|l| pb::LevelStats {
+                        level: l as u32,
+                        files: st.level_files[l] as u64,
+                        bytes: st.level_bytes[l],
+                    })
+                    .collect(),
+                compaction_bytes_in: st.compaction_bytes_read,
+                compaction_bytes_out: st.compaction_bytes_written,
+                stalls: st.write_stalls,
+                cache_hits: st.cache_hits,
+                cache_misses: st.cache_misses,
+                disk_bytes: st.total_table_bytes() + log_bytes,
+                raft_log_bytes: log_bytes,
+            }),
+            version: super::VERSION.into(),
+            snapshot_index: m.snapshot.as_ref().map_or(0, |l| l.index),
+            purged_index: purged.map_or(0, |l| l.index),
+        }))
+    }
+
+    async fn members(
+        &self,
+        _req: Request<pb::MembersRequest>,
+    ) -> Result<Response<pb::MembersResponse>, Status> {
+        Ok(Response::new(self.members()))
+    }
+
+    async fn add_learner(
+        &self,
+        req: Request<pb::AddLearnerRequest>,
+    ) -> Result<Response<pb::MembersResponse>, Status> {
+        let started = Instant::now();
+        let r = async {
+            let r = req.into_inner();
+            if r.id == 0 || r.client_addr.is_empty() || r.peer_addr.is_empty() {
+                return Err(Status::invalid_argument(
+                    "a learner needs a non-zero id, a client address and a peer address",
+                ));
+            }
+            self.leader_only()?;
+            let member = Member {
+                client_addr: r.client_addr,
+                peer_addr: r.peer_addr,
+            };
+            self.core
+                .scope
+                .run(self.core.raft.add_learner(r.id, member, r.wait_caught_up))
+                .await
+                .map_err(errors::write_error)?;
+            Ok(Response::new(self.members()))
+        }
+        .await;
+        observe("AddLearner", started, &r);
+        r
+    }
+
+    async fn promote(
+        &self,
+        req: Request<pb::PromoteRequest>,
+    ) -> Result<Response<pb::MembersResponse>, Status> {
+        let ids: BTreeSet<u64> = req.into_inner().ids.into_iter().collect();
+        if ids.is_empty() {
+            return Err(Status::invalid_argument("no ids to promote"));
+        }
+        Ok(Response::new(
+            self.change(ChangeMembers::AddVoterIds(ids)).await?,
+        ))
+    }
+
+    async fn remove(
+        &self,
+        req: Request<pb::RemoveRequest>,
+    ) -> Result<Response<pb::MembersResponse>, Status> {
+        let id = req.into_inner().id;
+        let m = self.members();
+        let Some(member) = m.members.iter().find(|x| x.id == id) else {
+            return Err(Status::not_found(format!("node {id} is not a member")));
+        };
+        if !member.is_learner {
+            self.change(ChangeMembers::RemoveVoters(BTreeSet::from([id])))
+                .await?;
+        }
+        Ok(Response::new(
+            self.change(ChangeMembers::RemoveNodes(BTreeSet::from([id])))
+                .await?,
+        ))
+    }
+
+    async fn change_membership(
+        &self,
+        req: Request<pb::ChangeMembershipRequest>,
+    ) -> Result<Response<pb::MembersResponse>, Status> {
+        let voters: BTreeSet<u64> = req.into_inner().voters.into_iter().collect();
+        if voters.is_empty() {
+            return Err(Status::invalid_argument("the voter set must not be empty"));
+        }
+        Ok(Response::new(
+            self.change(ChangeMembers::ReplaceAllVoters(voters)).await?,
+        ))
+    }
+
+    async fn transfer_leader(
+        &self,
+        req: Request<pb::TransferLeaderRequest>,
+    ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
+        let to = req.into_inner().to;
+        self.leader_only()?;
+        if to == 0 {
+            if !super::transfer_leadership_away(&self.core, Duration::from_secs(10)).await {
+                return Err(Status::unavailable("leadership did not move in time"));
+            }
+        } else {
+            let voters: BTreeMap<u64, ()> = self.core.raft.voter_ids().map(|v| (v, ())).collect();
+            if !voters.contains_key(&to) {
+                return Err(Status::invalid_argument(format!(
+                    "node {to} is not a voter"
+                )));
+            }
+            self.core
+                .scope
+                .run(self.core.raft.trigger().transfer_leader(to))
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?;
+            let mut rx = self.core.raft.metrics();
+            let done = tokio::time::timeout(Duration::from_secs(10), async {
+                loop {
+                    if rx.borrow_watched().current_leader == Some(to) {
+                        return;
+                    }
+                    if rx.changed().await.is_err() {
+                        return;
+                    }
+                }
+            })
+            .await;
+            if done.is_err() {
+                return Err(Status::unavailable(format!(
+                    "node {to} did not take over in time"
+                )));
+            }
+        }
+        Ok(Response::new(pb::TransferLeaderResponse {
+            leader: self
+                .core
+                .raft
+                .metrics()
+                .borrow_watched()
+                .current_leader
+                .unwrap_or(0),
+        }))
+    }
+
+    async fn snapshot(
+        &self,
+        _req: Request<pb::SnapshotRequest>,
+    ) -> Result<Response<pb::SnapshotResponse>, Status> {
+        self.core.check_accepting()?;
+        let applied = self.core.sm.applied();
+        self.core
+            .scope
+            .run(self.core.raft.trigger().snapshot())
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let mut rx = self.core.raft.metrics();
+        let done = tokio::time::timeout(Duration::from_secs(60), async {
+            loop {
+                let idx = rx.borrow_watched().snapshot.as_ref().map_or(0, |l| l.index);
+                if idx >= applied {
+                    return idx;
+                }
+                if rx.changed().await.is_err() {
+                    return idx;
+                }
+            }
+        })
+        .await
+        .map_err(|_| Status::deadline_exceeded("snapshot did not finish in 60 s"))?;
+        Ok(Response::new(pb::SnapshotResponse { index: done }))
+    }
+}

@@ -1,0 +1,359 @@
+//! Node configuration: flags, `CAIRN_*` environment variables, or a TOML
+//! file, in that order of precedence, over safe defaults.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use clap::Args;
+use serde::Deserialize;
+
+use crate::raft::{Member, NodeId};
+
+/// Limits on requests; over a limit a request gets INVALID_ARGUMENT naming
+/// it, and nothing changes.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest key.
+    pub max_key_bytes: usize,
+    /// Largest value.
+    pub max_value_bytes: usize,
+    /// Most operations in one transaction (compares plus both branches).
+    pub max_txn_ops: usize,
+    /// Largest encoded request.
+    pub max_request_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_key_bytes: 4096,
+            max_value_bytes: 1 << 20,
+            max_txn_ops: 128,
+            max_request_bytes: (1 << 20) + (64 << 10),
+        }
+    }
+}
+
+/// `cairn node` options as given (every field optional, so flags, the
+/// environment and the file can be layered).
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct NodeArgs {
+    /// TOML file with any of these options (kebab-case keys).
+    #[arg(long, env = "CAIRN_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// This node's id: a non-zero number, unique in the cluster.
+    #[arg(long, env = "CAIRN_ID")]
+    pub id: Option<u64>,
+    /// Where the node keeps its data.
+    #[arg(long, env = "CAIRN_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address for clients (KV, Cluster, health, reflection).
+    #[arg(long, env = "CAIRN_LISTEN_CLIENT")]
+    pub listen_client: Option<String>,
+    /// Address for peers (the internal Raft service).
+    #[arg(long, env = "CAIRN_LISTEN_PEER")]
+    pub listen_peer: Option<String>,
+    /// Client address other nodes and clients use (default: listen-client).
+    #[arg(long, env = "CAIRN_ADVERTISE_CLIENT")]
+    pub advertise_client: Option<String>,
+    /// Peer address other nodes use (default: listen-peer).
+    #[arg(long, env = "CAIRN_ADVERTISE_PEER")]
+    pub advertise_peer: Option<String>,
+    /// Address of the HTTP endpoint with /metrics, /healthz, /readyz.
+    #[arg(long, env = "CAIRN_LISTEN_METRICS")]
+    pub listen_metrics: Option<String>,
+    /// The founding members, "ID=CLIENT_ADDR/PEER_ADDR,..." With empty data
+    /// the lowest id initializes the cluster; with data it is ignored.
+    #[arg(long, env = "CAIRN_INITIAL_CLUSTER")]
+    pub initial_cluster: Option<String>,
+    /// A running cluster's client address: join it as a learner and be
+    /// promoted to voter once caught up.
+    #[arg(long, env = "CAIRN_JOIN")]
+    pub join: Option<String>,
+    /// Largest key in bytes.
+    #[arg(long, env = "CAIRN_MAX_KEY_BYTES")]
+    pub max_key_bytes: Option<usize>,
+    /// Largest value in bytes.
+    #[arg(long, env = "CAIRN_MAX_VALUE_BYTES")]
+    pub max_value_bytes: Option<usize>,
+    /// Most operations in one transaction.
+    #[arg(long, env = "CAIRN_MAX_TXN_OPS")]
+    pub max_txn_ops: Option<usize>,
+    /// Largest request in bytes.
+    #[arg(long, env = "CAIRN_MAX_REQUEST_BYTES")]
+    pub max_request_bytes: Option<usize>,
+    /// Raft heartbeat interval in milliseconds.
+    #[arg(long, env = "CAIRN_HEARTBEAT_MS")]
+    pub heartbeat_ms: Option<u64>,
+    /// Lower bound of the election timeout in milliseconds (the upper
+    /// bound is twice it).
+    #[arg(long, env = "CAIRN_ELECTION_TIMEOUT_MS")]
+    pub election_timeout_ms: Option<u64>,
+    /// Build a snapshot (and purge the log behind it) every this many
+    /// entries.
+    #[arg(long, env = "CAIRN_SNAPSHOT_ENTRIES")]
+    pub snapshot_entries: Option<u64>,
+    /// Revisions of watch history kept.
+    #[arg(long, env = "CAIRN_HISTORY_REVISIONS")]
+    pub history_revisions: Option<u64>,
+    /// Memtable size of the state machine's engine in MiB.
+    #[arg(long, env = "CAIRN_MEMTABLE_MIB")]
+    pub memtable_mib: Option<usize>,
+    /// Block cache size in MiB.
+    #[arg(long, env = "CAIRN_BLOCK_CACHE_MIB")]
+    pub block_cache_mib: Option<usize>,
+}
+
+/// A complete, checked node configuration.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// This node's id.
+    pub id: NodeId,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// Client listen address.
+    pub listen_client: String,
+    /// Peer listen address.
+    pub listen_peer: String,
+    /// Advertised addresses of this node.
+    pub advertise: Member,
+    /// Metrics listen address (empty: none).
+    pub listen_metrics: String,
+    /// The founding members (empty: none given).
+    pub initial_cluster: BTreeMap<NodeId, Member>,
+    /// A cluster to join.
+    pub join: Option<String>,
+    /// Request limits.
+    pub limits: Limits,
+    /// Raft heartbeat interval (ms).
+    pub heartbeat_ms: u64,
+    /// Election timeout lower bound (ms).
+    pub election_timeout_ms: u64,
+    /// Snapshot every this many entries.
+    pub snapshot_entries: u64,
+    /// Watch history kept, in revisions.
+    pub history_revisions: u64,
+    /// Memtable bytes.
+    pub memtable_bytes: usize,
+    /// Block cache bytes.
+    pub block_cache_bytes: usize,
+}
+
+/// A configuration error, for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A required option is missing.
+    #[error("missing option --{0} (or CAIRN_{1}, or `{0}` in the config file)")]
+    Missing(&'static str, String),
+    /// An option's value is wrong.
+    #[error("bad --{option}: {reason}")]
+    Bad {
+        /// The option.
+        option: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The config file cannot be read.
+    #[error("config file {path}: {reason}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
+}
+
+/// Parses "ID=CLIENT_ADDR/PEER_ADDR,...".
+pub fn parse_initial_cluster(s: &str) -> Result<BTreeMap<NodeId, Member>, ConfigError> {
+    let bad = |reason: String| ConfigError::Bad {
+        option: "initial-cluster",
+        reason,
+    };
+    let mut out = BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addrs) = part
+            .split_once('=')
+            .ok_or_else(|| bad(format!("{part:?} is not ID=CLIENT_ADDR/PEER_ADDR")))?;
+        let id: NodeId = id
+            .trim()
+            .parse()
+            .ok()
+            .filter(|&i| i > 0)
+            .ok_or_else(|| bad(format!("{id:?} is not a non-zero node id")))?;
+        let (client, peer) = addrs
+            .split_once('/')
+            .ok_or_else(|| bad(format!("{addrs:?} is not CLIENT_ADDR/PEER_ADDR")))?;
+        if client.is_empty() || peer.is_empty() {
+            return Err(bad(format!("{part:?} has an empty address")));
+        }
+        if out
+            .insert(
+                id,
+                Member {
+                    client_addr: client.to_string(),
+                    peer_addr: peer.to_string(),
+                },
+            )
+            .is_some()
+        {
+            return Err(bad(format!("node {id} appears twice")));
+        }
+    }
+    Ok(out)
+}
+
+impl NodeArgs {
+    /// Fills the options not given here from `other`.
+    fn or(self, other: NodeArgs) -> NodeArgs {
+        macro_rules! pick {
+            ($($f:ident),*) => { NodeArgs { config: self.config, $($f: self.$f.or(other.$f)),* } };
+        }
+        pick!(
+            id,
+            data_dir,
+            listen_client,
+            listen_peer,
+            advertise_client,
+            advertise_peer,
+            listen_metrics,
+            initial_cluster,
+            join,
+            max_key_bytes,
+            max_value_bytes,
+            max_txn_ops,
+            max_request_bytes,
+            heartbeat_ms,
+            election_timeout_ms,
+            snapshot_entries,
+            history_revisions,
+            memtable_mib,
+            block_cache_mib
+        )
+    }
+
+    /// Layers the config file (if any) under these options and checks the
+    /// result.
+    pub fn resolve(self) -> Result<NodeConfig, ConfigError> {
+        let args = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
+                let file: NodeArgs = toml::from_str(&text).map_err(|e| ConfigError::File {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
+                self.or(file)
+            }
+            None => self,
+        };
+        let id = args
+            .id
+            .ok_or_else(|| ConfigError::Missing("id", "ID".into()))?;
+        if id == 0 {
+            return Err(ConfigError::Bad {
+                option: "id",
+                reason: "0 is reserved (it means \"no node\")".into(),
+            });
+        }
+        let listen_client = args
+            .listen_client
+            .unwrap_or_else(|| "127.0.0.1:7000".into());
+        let listen_peer = args.listen_peer.unwrap_or_else(|| "127.0.0.1:7100".into());
+        let advertise = Member {
+            client_addr: args
+                .advertise_client
+                .unwrap_or_else(|| listen_client.clone()),
+            peer_addr: args.advertise_peer.unwrap_or_else(|| listen_peer.clone()),
+        };
+        let initial_cluster = match &args.initial_cluster {
+            Some(s) => parse_initial_cluster(s)?,
+            None => BTreeMap::new(),
+        };
+        if !initial_cluster.is_empty() && !initial_cluster.contains_key(&id) && args.join.is_none()
+        {
+            return Err(ConfigError::Bad {
+                option: "initial-cluster",
+                reason: format!("node {id} is not in it (use --join to add a node later)"),
+            });
+        }
+        let defaults = Limits::default();
+        let limits = Limits {
+            max_key_bytes: args.max_key_bytes.unwrap_or(defaults.max_key_bytes),
+            max_value_bytes: args.max_value_bytes.unwrap_or(defaults.max_value_bytes),
+            max_txn_ops: args.max_txn_ops.unwrap_or(defaults.max_txn_ops),
+            max_request_bytes: args.max_request_bytes.unwrap_or(defaults.max_request_bytes),
+        };
+        if limits.max_key_bytes == 0 || limits.max_key_bytes > 64 << 10 {
+            return Err(ConfigError::Bad {
+                option: "max-key-bytes",
+                reason: "must be between 1 and 65536".into(),
+            });
+        }
+        let heartbeat_ms = args.heartbeat_ms.unwrap_or(100);
+        let election_timeout_ms = args.election_timeout_ms.unwrap_or(1000);
+        if election_timeout_ms <= heartbeat_ms * 2 {
+            return Err(ConfigError::Bad {
+                option: "election-timeout-ms",
+                reason: format!("must exceed twice the heartbeat ({heartbeat_ms} ms)"),
+            });
+        }
+        Ok(NodeConfig {
+            id,
+            data_dir: args
+                .data_dir
+                .unwrap_or_else(|| PathBuf::from(format!("cairn-data/{id}"))),
+            listen_client,
+            listen_peer,
+            advertise,
+            listen_metrics: args.listen_metrics.unwrap_or_default(),
+            initial_cluster,
+            join: args.join,
+            limits,
+            heartbeat_ms,
+            election_timeout_ms,
+            snapshot_entries: args.snapshot_entries.unwrap_or(20_000),
+            history_revisions: args.history_revisions.unwrap_or(100_000),
+            memtable_bytes: args.memtable_mib.unwrap_or(64) << 20,
+            block_cache_bytes: args.block_cache_mib.unwrap_or(256) << 20,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn initial_cluster_parses_and_rejects_nonsense() {
+        let m = parse_initial_cluster("1=a:1/a:2, 2=b:1/b:2").unwrap();
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[&2].peer_addr, "b:2");
+        assert!(parse_initial_cluster("0=a:1/a:2").is_err());
+        assert!(parse_initial_cluster("1=a:1").is_err());
+        assert!(parse_initial_cluster("1=a:1/a:2,1=b:1/b:2").is_err());
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cairn.toml");
+        std::fs::write(
+            &path,
+            "id = 3\nlisten-client = \"1.2.3.4:5\"\nmax-txn-ops = 7\n",
+        )
+        .unwrap();
+        let args = NodeArgs {
+            config: Some(path),
+            listen_client: Some("127.0.0.1:9".into()),
+            ..NodeArgs::default()
+        };
+        let c = args.resolve().unwrap();
+        assert_eq!(c.id, 3);
+        assert_eq!(c.listen_client, "127.0.0.1:9");
+        assert_eq!(c.limits.max_txn_ops, 7);
+    }
+}

@@ -1,0 +1,80 @@
+//! How failures become gRPC statuses. Deliberate codes: INVALID_ARGUMENT
+//! for bad input (naming the limit), UNAVAILABLE with the leader hint for
+//! a call that must go to the leader, UNAVAILABLE for an unknown outcome
+//! (retry with the same request id), INTERNAL for storage failures.
+
+use openraft::error::{ClientWriteError, ForwardToLeader, LinearizableReadError, RaftError};
+use tonic::metadata::MetadataValue;
+use tonic::Status;
+
+use crate::raft::store::StoreError;
+use crate::raft::TypeConfig;
+
+/// Trailer naming the leader's node id.
+pub const LEADER_ID: &str = "cairn-leader-id";
+/// Trailer naming the leader's client address.
+pub const LEADER_ADDR: &str = "cairn-leader-addr";
+/// Trailer naming the oldest revision the watch history holds.
+pub const COMPACT_REVISION: &str = "cairn-compact-revision";
+
+/// UNAVAILABLE naming the leader, so the caller redirects in one hop.
+pub fn not_leader(f: &ForwardToLeader<TypeConfig>) -> Status {
+    let (id, addr) = (
+        f.leader_id.unwrap_or(0),
+        f.leader_node
+            .as_ref()
+            .map(|n| n.client_addr.clone())
+            .unwrap_or_default(),
+    );
+    let msg = if id == 0 {
+        "not the leader, and no leader is known yet; retry".to_string()
+    } else {
+        format!("not the leader; the leader is node {id} at {addr}")
+    };
+    let mut s = Status::unavailable(msg);
+    if id != 0 {
+        s.metadata_mut().insert(LEADER_ID, MetadataValue::from(id));
+        if let Ok(v) = addr.parse() {
+            s.metadata_mut().insert(LEADER_ADDR, v);
+        }
+    }
+    s
+}
+
+/// Maps a failed write.
+pub fn write_error(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> Status {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => not_leader(&f),
+        RaftError::APIError(ClientWriteError::LogEntryDiscarded(f)) => {
+            let hint = not_leader(&f);
+            Status::with_metadata(
+                tonic::Code::Unavailable,
+                format!(
+                    "leader changed before the write committed; its outcome is unknown, retry with the same request id ({})",
+                    hint.message()
+                ),
+                hint.metadata().clone(),
+            )
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            Status::failed_precondition(e.to_string())
+        }
+        RaftError::APIError(e) => Status::failed_precondition(e.to_string()),
+        RaftError::Fatal(f) => Status::unavailable(format!("this node's Raft stopped: {f}")),
+    }
+}
+
+/// Maps a failed linearizable read barrier.
+pub fn read_error(e: RaftError<TypeConfig, LinearizableReadError<TypeConfig>>) -> Status {
+    match e {
+        RaftError::APIError(LinearizableReadError::ForwardToLeader(f)) => not_leader(&f),
+        RaftError::APIError(e) => Status::unavailable(format!("cannot confirm leadership: {e}")),
+        RaftError::Fatal(f) => Status::unavailable(format!("this node's Raft stopped: {f}")),
+    }
+}
+
+/// Maps a storage failure.
+pub fn store_error(e: StoreError) -> Status {
+    tracing::error!(error = %e, "state machine read failed");
+    Status::internal(format!("storage error: {e}"))
+}

@@ -1,0 +1,157 @@
+//! The HTTP side of a node: Prometheus metrics on /metrics, /healthz
+//! (the process answers) and /readyz (a leader is known and this node has
+//! applied what it knows to be committed); and the gRPC health statuses.
+
+use openraft_rt::WatchReceiver;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use openraft::ServerState;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
+
+use super::NodeCore;
+
+static PROMETHEUS: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder (once).
+pub fn prometheus() -> Option<PrometheusHandle> {
+    PROMETHEUS
+        .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
+            Ok(h) => Some(h),
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics recorder not installed");
+                None
+            }
+        })
+        .clone()
+}
+
+/// Serves /metrics, /healthz and /readyz until `stop`.
+pub async fn serve(core: Arc<NodeCore>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+    let handle = prometheus();
+    let ready_core = core.clone();
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let h = handle.clone();
+                async move { h.map(|h| h.render()).unwrap_or_default() }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let core = ready_core.clone();
+                async move {
+                    if core.ready() {
+                        (StatusCode::OK, "ready\n")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                    }
+                }
+            }),
+        );
+    let res = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await;
+    if let Err(e) = res {
+        tracing::error!(error = %e, "metrics server stopped");
+    }
+}
+
+/// Keeps the gRPC health statuses current: "" and "liveness" serve while
+/// the process runs; "readiness" follows [`NodeCore::ready`].
+pub async fn report_health(
+    core: Arc<NodeCore>,
+    reporter: HealthReporter,
+    mut stop: watch::Receiver<bool>,
+) {
+    reporter
+        .set_service_status("", ServingStatus::Serving)
+        .await;
+    reporter
+        .set_service_status("liveness", ServingStatus::Serving)
+        .await;
+    loop {
+        let status = if core.ready() {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        reporter.set_service_status("readiness", status).await;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            _ = stop.wait_for(|s| *s) => break,
+        }
+    }
+    reporter
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    reporter
+        .set_service_status("readiness", ServingStatus::NotServing)
+        .await;
+}
+
+/// Mirrors openraft's and the engine's state into gauges and counters.
+pub async fn export_raft_metrics(core: Arc<NodeCore>, mut stop: watch::Receiver<bool>) {
+    let mut rx = core.raft.metrics();
+    let mut last_leader = None;
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    let log_metrics = core.log.metrics();
+    loop {
+        {
+            let m = rx.borrow_and_update().clone();
+            metrics::gauge!("cairn_has_leader").set(if m.current_leader.is_some() {
+                1.0
+            } else {
+                0.0
+            });
+            metrics::gauge!("cairn_is_leader").set(if m.state == ServerState::Leader {
+                1.0
+            } else {
+                0.0
+            });
+            metrics::gauge!("cairn_raft_term").set(m.current_term as f64);
+            metrics::gauge!("cairn_raft_committed_index")
+                .set(m.local_committed.as_ref().map_or(0, |l| l.index) as f64);
+            metrics::gauge!("cairn_raft_applied_index")
+                .set(m.last_applied.as_ref().map_or(0, |l| l.index) as f64);
+            metrics::gauge!("cairn_raft_last_log_index").set(m.last_log_index.unwrap_or(0) as f64);
+            if m.current_leader.is_some() && m.current_leader != last_leader {
+                if last_leader.is_some() {
+                    metrics::counter!("cairn_leader_changes_seen_total").increment(1);
+                }
+                last_leader = m.current_leader;
+            }
+        }
+        tokio::select! {
+            r = rx.changed() => if r.is_err() { break },
+            _ = tick.tick() => {
+                let st = core.sm.db().stats();
+                metrics::gauge!("cairn_lsm_memtable_bytes").set((st.memtable_bytes + st.immutable_memtable_bytes) as f64);
+                for (l, (files, bytes)) in st.level_files.iter().zip(st.level_bytes.iter()).enumerate() {
+                    let level = l.to_string();
+                    metrics::gauge!("cairn_lsm_level_files", "level" => level.clone()).set(*files as f64);
+                    metrics::gauge!("cairn_lsm_level_bytes", "level" => level).set(*bytes as f64);
+                }
+                metrics::gauge!("cairn_lsm_compaction_bytes_read").set(st.compaction_bytes_read as f64);
+                metrics::gauge!("cairn_lsm_compaction_bytes_written").set(st.compaction_bytes_written as f64);
+                metrics::gauge!("cairn_lsm_write_stalls").set(st.write_stalls as f64);
+                metrics::gauge!("cairn_lsm_cache_hits").set(st.cache_hits as f64);
+                metrics::gauge!("cairn_lsm_cache_misses").set(st.cache_misses as f64);
+                metrics::gauge!("cairn_raft_log_bytes").set(log_metrics.bytes.load(std::sync::atomic::Ordering::Relaxed) as f64);
+            }
+            _ = stop.wait_for(|s| *s) => break,
+        }
+    }
+}

@@ -1,0 +1,599 @@
+//! `cairn.kv.v1.KV`: the key-value service.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use cairn_proto::kv as pb;
+use futures::Stream;
+use openraft::ReadPolicy;
+use tokio::sync::{broadcast, mpsc};
+use tonic::{Request, Response, Status};
+
+use super::errors::{self, store_error};
+use super::NodeCore;
+use crate::raft::command::{
+    self, Command, Compare, CompareOp, CompareTarget, Kv, Op, OpResult, RequestId, ScanSpec, Txn,
+    TxnOp,
+};
+use crate::raft::state_machine;
+use crate::raft::store::{self, EventKind, WatchEvent};
+
+/// The KV service.
+pub struct KvService {
+    core: Arc<NodeCore>,
+}
+
+impl KvService {
+    /// A service over `core`.
+    pub fn new(core: Arc<NodeCore>) -> Self {
+        KvService { core }
+    }
+}
+
+/// Records a request's duration and outcome.
+pub fn observe<T>(method: &'static str, started: Instant, r: &Result<T, Status>) {
+    let code = match r {
+        Ok(_) => "OK".to_string(),
+        Err(s) => format!("{:?}", s.code()),
+    };
+    metrics::histogram!("cairn_grpc_request_duration_seconds", "method" => method, "code" => code)
+        .record(started.elapsed());
+}
+
+fn invalid(limit: &str, detail: String) -> Status {
+    Status::invalid_argument(format!("{detail} (limit {limit})"))
+}
+
+impl KvService {
+    fn check_key(&self, key: &[u8], what: &str) -> Result<(), Status> {
+        let max = self.core.config.limits.max_key_bytes;
+        if key.is_empty() {
+            return Err(Status::invalid_argument(format!(
+                "{what} must not be empty"
+            )));
+        }
+        if key.len() > max {
+            return Err(invalid(
+                &format!("max-key-bytes = {max}"),
+                format!("{what} is {} bytes", key.len()),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_value(&self, value: &[u8]) -> Result<(), Status> {
+        let max = self.core.config.limits.max_value_bytes;
+        if value.len() > max {
+            return Err(invalid(
+                &format!("max-value-bytes = {max}"),
+                format!("value is {} bytes", value.len()),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_range_key(&self, key: &[u8], what: &str) -> Result<(), Status> {
+        let max = self.core.config.limits.max_key_bytes;
+        if key.len() > max {
+            return Err(invalid(
+                &format!("max-key-bytes = {max}"),
+                format!("{what} is {} bytes", key.len()),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn propose(&self, cmd: Command) -> Result<command::CommandResponse, Status> {
+        self.core.check_accepting()?;
+        let r = self.core.scope.run(self.core.raft.client_write(cmd)).await;
+        match r {
+            Ok(resp) => {
+                metrics::counter!("cairn_proposals_committed_total").increment(1);
+                Ok(resp.data)
+            }
+            Err(e) => {
+                metrics::counter!("cairn_proposals_failed_total").increment(1);
+                Err(errors::write_error(e))
+            }
+        }
+    }
+
+    /// Waits until this node may serve a read of the given consistency.
+    async fn read_barrier(&self, consistency: i32) -> Result<(), Status> {
+        self.core.check_accepting()?;
+        if consistency == pb::ReadConsistency::Serializable as i32 {
+            return Ok(());
+        }
+        self.core
+            .scope
+            .run(self.core.raft.ensure_linearizable(ReadPolicy::ReadIndex))
+            .await
+            .map(|_| ())
+            .map_err(errors::read_error)
+    }
+
+    fn scan_spec(&self, r: &pb::ScanRequest) -> Result<ScanSpec, Status> {
+        self.check_range_key(&r.start, "start")?;
+        self.check_range_key(&r.end, "end")?;
+        self.check_range_key(&r.prefix, "prefix")?;
+        let mut spec = if r.prefix.is_empty() {
+            ScanSpec {
+                start: r.start.to_vec(),
+                end: r.end.to_vec(),
+                limit: r.limit,
+                keys_only: r.keys_only,
+            }
+        } else {
+            ScanSpec::prefix(&r.prefix, r.limit, r.keys_only)
+        };
+        if !r.continuation.is_empty() {
+            if r.continuation < spec.start {
+                return Err(Status::invalid_argument("continuation is before the range"));
+            }
+            spec.start = r.continuation.to_vec();
+        }
+        Ok(spec)
+    }
+}
+
+fn request_id(r: Option<&pb::RequestId>) -> Option<RequestId> {
+    r.filter(|r| r.client_id != 0).map(|r| RequestId {
+        client_id: r.client_id,
+        seq: r.seq,
+    })
+}
+
+/// The proto form of a pair.
+pub fn kv_to_pb(kv: Kv) -> pb::KeyValue {
+    pb::KeyValue {
+        key: kv.key.into(),
+        value: kv.value.into(),
+        create_revision: kv.create_revision,
+        mod_revision: kv.mod_revision,
+        version: kv.version,
+    }
+}
+
+fn scan_to_pb(core: &NodeCore, res: command::ScanResult, revision: u64) -> pb::ScanResponse {
+    let continuation = match (res.more, res.kvs.last()) {
+        (true, Some(last)) => {
+            let mut c = last.key.clone();
+            c.push(0);
+            c
+        }
+        _ => Vec::new(),
+    };
+    pb::ScanResponse {
+        header: Some(core.header(revision)),
+        kvs: res.kvs.into_iter().map(kv_to_pb).collect(),
+        more: res.more,
+        continuation: continuation.into(),
+    }
+}
+
+fn result_to_pb(core: &NodeCore, r: OpResult, revision: u64) -> pb::ResponseOp {
+    use pb::response_op::Response as R;
+    let header = Some(core.header(revision));
+    let response = match r {
+        OpResult::Put { prev } => R::Put(pb::PutResponse {
+            header,
+            prev_kv: prev.map(kv_to_pb),
+        }),
+        OpResult::Delete { deleted, prev } => R::Delete(pb::DeleteResponse {
+            header,
+            deleted,
+            prev_kvs: prev.into_iter().map(kv_to_pb).collect(),
+        }),
+        OpResult::Get(kv) => R::Get(pb::GetResponse {
+            header,
+            kv: kv.map(kv_to_pb),
+        }),
+        OpResult::Scan(s) => R::Scan(scan_to_pb(core, s, revision)),
+        OpResult::None | OpResult::Txn { .. } => {
+            return pb::ResponseOp { response: None };
+        }
+    };
+    pb::ResponseOp {
+        response: Some(response),
+    }
+}
+
+fn unexpected(r: &OpResult) -> Status {
+    Status::internal(format!(
+        "state machine answered with an unexpected result {r:?}"
+    ))
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::kv_server::Kv for KvService {
+    async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+        let started = Instant::now();
+        let r = async {
+            let r = req.into_inner();
+            self.check_key(&r.key, "key")?;
+            self.check_value(&r.value)?;
+            let resp = self
+                .propose(Command {
+                    request_id: request_id(r.request_id.as_ref()),
+                    op: Op::Put {
+                        key: r.key.to_vec(),
+                        value: r.value.to_vec(),
+                        prev_kv: r.prev_kv,
+                    },
+                })
+                .await?;
+            match resp.result {
+                OpResult::Put { prev } => Ok(Response::new(pb::PutResponse {
+                    header: Some(self.core.header(resp.revision)),
+                    prev_kv: prev.map(kv_to_pb),
+                })),
+                other => Err(unexpected(&other)),
+            }
+        }
+        .await;
+        observe("Put", started, &r);
+        r
+    }
+
+    async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        let started = Instant::now();
+        let r = async {
+            let r = req.into_inner();
+            self.check_key(&r.key, "key")?;
+            self.read_barrier(r.consistency).await?;
+            let revision = self.core.sm.applied();
+            let kv = store::get(&self.core.sm.db(), &r.key).map_err(store_error)?;
+            Ok(Response::new(pb::GetResponse {
+                header: Some(self.core.header(revision)),
+                kv: kv.map(kv_to_pb),
+            }))
+        }
+        .await;
+        observe("Get", started, &r);
+        r
+    }
+
+    async fn delete(
+        &self,
+        req: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        let started = Instant::now();
+        let r = async {
+            let r = req.into_inner();
+            self.check_key(&r.key, if r.prefix { "prefix" } else { "key" })?;
+            let resp = self
+                .propose(Command {
+                    request_id: request_id(r.request_id.as_ref()),
+                    op: Op::Delete {
+                        key: r.key.to_vec(),
+                        prefix: r.prefix,
+                        prev_kv: r.prev_kv,
+                    },
+                })
+                .await?;
+            match resp.result {
+                OpResult::Delete { deleted, prev } => Ok(Response::new(pb::DeleteResponse {
+                    header: Some(self.core.header(resp.revision)),
+                    deleted,
+                    prev_kvs: prev.into_iter().map(kv_to_pb).collect(),
+                })),
+                other => Err(unexpected(&other)),
+            }
+        }
+        .await;
+        observe("Delete", started, &r);
+        r
+    }
+
+    async fn scan(
+        &self,
+        req: Request<pb::ScanRequest>,
+    ) -> Result<Response<pb::ScanResponse>, Status> {
+        let started = Instant::now();
+        let r = async {
+            let r = req.into_inner();
+            let spec = self.scan_spec(&r)?;
+            self.read_barrier(r.consistency).await?;
+            let revision = self.core.sm.applied();
+            let res = store::scan(&self.core.sm.db(), &spec).map_err(store_error)?;
+            Ok(Response::new(scan_to_pb(&self.core, res, revision)))
+        }
+        .await;
+        observe("Scan", started, &r);
+        r
+    }
+
+    async fn txn(&self, req: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
+        let started = Instant::now();
+        let r = async {
+            let r = req.into_inner();
+            let n = r.compares.len() + r.success.len() + r.failure.len();
+            let max = self.core.config.limits.max_txn_ops;
+            if n > max {
+                return Err(invalid(
+                    &format!("max-txn-ops = {max}"),
+                    format!("transaction has {n} compares and operations"),
+                ));
+            }
+            let mut compares = Vec::with_capacity(r.compares.len());
+            for c in &r.compares {
+                self.check_key(&c.key, "compare key")?;
+                self.check_value(&c.value)?;
+                compares.push(Compare {
+                    key: c.key.to_vec(),
+                    target: match pb::compare::Target::try_from(c.target) {
+                        Ok(pb::compare::Target::Value) => CompareTarget::Value,
+                        Ok(pb::compare::Target::Version) => CompareTarget::Version,
+                        Ok(pb::compare::Target::CreateRevision) => CompareTarget::CreateRevision,
+                        Ok(pb::compare::Target::ModRevision) => CompareTarget::ModRevision,
+                        Err(_) => {
+                            return Err(Status::invalid_argument(format!(
+                                "unknown compare target {}",
+                                c.target
+                            )))
+                        }
+                    },
+                    op: match pb::compare::Op::try_from(c.op) {
+                        Ok(pb::compare::Op::Equal) => CompareOp::Equal,
+                        Ok(pb::compare::Op::NotEqual) => CompareOp::NotEqual,
+                        Ok(pb::compare::Op::Less) => CompareOp::Less,
+                        Ok(pb::compare::Op::Greater) => CompareOp::Greater,
+                        Err(_) => {
+                            return Err(Status::invalid_argument(format!(
+                                "unknown compare op {}",
+                                c.op
+                            )))
+                        }
+                    },
+                    value: c.value.to_vec(),
+                    number: c.number,
+                });
+            }
+            let success = self.txn_ops(&r.success)?;
+            let failure = self.txn_ops(&r.failure)?;
+            let resp = self
+                .propose(Command {
+                    request_id: request_id(r.request_id.as_ref()),
+                    op: Op::Txn(Txn {
+                        compares,
+                        success,
+                        failure,
+                    }),
+                })
+                .await?;
+            match resp.result {
+                OpResult::Txn { succeeded, results } => Ok(Response::new(pb::TxnResponse {
+                    header: Some(self.core.header(resp.revision)),
+                    succeeded,
+                    responses: results
+                        .into_iter()
+                        .map(|r| result_to_pb(&self.core, r, resp.revision))
+                        .collect(),
+                })),
+                other => Err(unexpected(&other)),
+            }
+        }
+        .await;
+        observe("Txn", started, &r);
+        r
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        req: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        self.core.check_accepting()?;
+        let r = req.into_inner();
+        self.check_range_key(&r.key, "key")?;
+        if !r.prefix && r.key.is_empty() {
+            return Err(Status::invalid_argument(
+                "key must not be empty (use prefix=true with an empty key to watch everything)",
+            ));
+        }
+        let core = self.core.clone();
+        // Subscribe before reading the applied revision: nothing applied
+        // after this point is missed.
+        let live = core.sm.subscribe();
+        let applied = core.sm.applied();
+        let start = if r.start_revision == 0 {
+            applied + 1
+        } else {
+            r.start_revision
+        };
+        let oldest = core.sm.history_start();
+        if start < oldest {
+            return Err(compacted(start, oldest));
+        }
+        let (tx, rx) = mpsc::channel(64);
+        let key = r.key.to_vec();
+        let prefix = r.prefix;
+        tokio::spawn(async move {
+            let filter = move |k: &[u8]| {
+                if prefix {
+                    k.starts_with(&key)
+                } else {
+                    k == key
+                }
+            };
+            let _ = tx
+                .send(Ok(pb::WatchResponse {
+                    header: Some(core.header(applied)),
+                    events: Vec::new(),
+                }))
+                .await;
+            if let Err(s) = run_watch(&core, start, live, &filter, &tx).await {
+                let _ = tx.send(Err(s)).await;
+            }
+        });
+        metrics::gauge!("cairn_watchers").increment(1.0);
+        let stream = WatchGuard {
+            inner: tokio_stream::wrappers::ReceiverStream::new(rx),
+        };
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// Counts live watch streams.
+struct WatchGuard<S> {
+    inner: S,
+}
+
+impl<S: Stream + Unpin> Stream for WatchGuard<S> {
+    type Item = S::Item;
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        Pin::new(&mut self.inner).poll_next(cx)
+    }
+}
+
+impl<S> Drop for WatchGuard<S> {
+    fn drop(&mut self) {
+        metrics::gauge!("cairn_watchers").decrement(1.0);
+    }
+}
+
+fn compacted(start: u64, oldest: u64) -> Status {
+    let mut s = Status::out_of_range(format!(
+        "compacted: revision {start} is no longer in the history; the oldest available revision is {oldest}"
+    ));
+    s.metadata_mut().insert(
+        errors::COMPACT_REVISION,
+        tonic::metadata::MetadataValue::from(oldest),
+    );
+    s
+}
+
+fn events_to_pb(events: Vec<WatchEvent>) -> Vec<pb::Event> {
+    events
+        .into_iter()
+        .map(|e| pb::Event {
+            r#type: match e.kind {
+                EventKind::Put => pb::event::EventType::Put as i32,
+                EventKind::Delete => pb::event::EventType::Delete as i32,
+            },
+            kv: Some(kv_to_pb(e.kv)),
+        })
+        .collect()
+}
+
+/// Delivers every revision from `next` on, in order, without gaps or
+/// duplicates: from the stored history while behind, from the live
+/// broadcast once caught up, and back to the history after lagging.
+async fn run_watch(
+    core: &NodeCore,
+    mut next: u64,
+    mut live: broadcast::Receiver<Arc<state_machine::RevisionEvents>>,
+    filter: &(impl Fn(&[u8]) -> bool + Send + Sync),
+    tx: &mpsc::Sender<Result<pb::WatchResponse, Status>>,
+) -> Result<(), Status> {
+    const HISTORY_BATCH: usize = 256;
+    loop {
+        // Catch up from the history.
+        loop {
+            let applied = core.sm.applied();
+            if next > applied {
+                break;
+            }
+            let oldest = core.sm.history_start();
+            if next < oldest {
+                return Err(compacted(next, oldest));
+            }
+            let batch = state_machine::history(&core.sm, next, applied, HISTORY_BATCH, filter)
+                .map_err(store_error)?;
+            let full = batch.len() == HISTORY_BATCH;
+            let mut last = None;
+            for (rev, events) in batch {
+                last = Some(rev);
+                let msg = pb::WatchResponse {
+                    header: Some(core.header(rev)),
+                    events: events_to_pb(events),
+                };
+                if tx.send(Ok(msg)).await.is_err() {
+                    return Ok(());
+                }
+            }
+            next = match (full, last) {
+                (true, Some(rev)) => rev + 1,
+                _ => applied + 1,
+            };
+        }
+        // Follow the live broadcast.
+        loop {
+            match live.recv().await {
+                Ok(rev) => {
+                    if rev.revision < next {
+                        continue;
+                    }
+                    // A jump past `next` means the revisions between had
+                    // no events: the broadcast loses nothing unless it
+                    // reports a lag.
+                    let events: Vec<WatchEvent> = rev
+                        .events
+                        .iter()
+                        .filter(|e| filter(&e.kv.key))
+                        .cloned()
+                        .collect();
+                    next = rev.revision + 1;
+                    if events.is_empty() {
+                        continue;
+                    }
+                    let msg = pb::WatchResponse {
+                        header: Some(core.header(rev.revision)),
+                        events: events_to_pb(events),
+                    };
+                    if tx.send(Ok(msg)).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => break,
+                Err(broadcast::error::RecvError::Closed) => {
+                    return Err(Status::unavailable("node is shutting down"))
+                }
+            }
+        }
+    }
+}
+
+impl KvService {
+    fn txn_ops(&self, ops: &[pb::RequestOp]) -> Result<Vec<TxnOp>, Status> {
+        use pb::request_op::Request as Rq;
+        let mut out = Vec::with_capacity(ops.len());
+        for op in ops {
+            out.push(match &op.request {
+                Some(Rq::Put(p)) => {
+                    self.check_key(&p.key, "key")?;
+                    self.check_value(&p.value)?;
+                    TxnOp::Put {
+                        key: p.key.to_vec(),
+                        value: p.value.to_vec(),
+                        prev_kv: p.prev_kv,
+                    }
+                }
+                Some(Rq::Get(g)) => {
+                    self.check_key(&g.key, "key")?;
+                    TxnOp::Get {
+                        key: g.key.to_vec(),
+                    }
+                }
+                Some(Rq::Delete(d)) => {
+                    self.check_key(&d.key, if d.prefix { "prefix" } else { "key" })?;
+                    TxnOp::Delete {
+                        key: d.key.to_vec(),
+                        prefix: d.prefix,
+                        prev_kv: d.prev_kv,
+                    }
+                }
+                Some(Rq::Scan(s)) => TxnOp::Scan(self.scan_spec(s)?),
+                None => return Err(Status::invalid_argument("empty transaction operation")),
+            });
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,512 @@
+//! The node process: gRPC services over the Raft group, health, metrics,
+//! configuration and shutdown.
+//!
+//! - [`config`]: flags, environment and TOML.
+//! - [`kv`]: the `cairn.kv.v1.KV` service.
+//! - [`cluster`]: the `cairn.cluster.v1.Cluster` service.
+//! - [`peer`]: `cairn.raft.v1.Raft`, the internal transport's server side.
+//! - [`http`]: /metrics, /healthz, /readyz.
+//! - [`errors`]: failures to gRPC statuses.
+
+pub mod cluster;
+pub mod config;
+pub mod errors;
+pub mod http;
+pub mod kv;
+pub mod peer;
+
+use openraft_rt::WatchReceiver;
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::{Config, ServerState, SnapshotPolicy};
+use openraft_rt::deterministic_rng::DeterministicRng;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::lsm::{self, Executor, FileSystem, StdFs, ThreadExecutor};
+use crate::raft::log_store::LogStore;
+use crate::raft::network::Network;
+use crate::raft::state_machine::{SmEnv, SmShared, StateMachine};
+use crate::raft::store::Retention;
+use crate::raft::{Member, NodeId, Raft};
+pub use config::{Limits, NodeArgs, NodeConfig};
+
+/// The cairn version, reported by Status.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+type Rt = DeterministicRng<openraft::impls::TokioRuntime>;
+
+/// Runs futures that call into openraft inside its deterministic-RNG
+/// scope. Production seeds from the node id and a counter; the simulation
+/// chooses the seed.
+#[derive(Debug)]
+pub struct RaftScope {
+    seed: u64,
+    counter: AtomicU64,
+}
+
+impl RaftScope {
+    /// A scope whose sub-seeds derive from `seed`.
+    pub fn new(seed: u64) -> Self {
+        RaftScope {
+            seed,
+            counter: AtomicU64::new(0),
+        }
+    }
+    /// Runs `f` with a fresh seed.
+    pub fn run<F: std::future::Future>(
+        &self,
+        f: F,
+    ) -> impl std::future::Future<Output = F::Output> {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let seed = xxhash_rust::xxh3::xxh3_64(&[self.seed.to_le_bytes(), n.to_le_bytes()].concat());
+        Rt::scope(seed, f)
+    }
+}
+
+/// Everything the services share.
+pub struct NodeCore {
+    /// This node's configuration.
+    pub config: NodeConfig,
+    /// The Raft handle.
+    pub raft: Raft,
+    /// The state machine's readable side.
+    pub sm: Arc<SmShared>,
+    /// The Raft log (for sizes).
+    pub log: LogStore,
+    /// The openraft RNG scope.
+    pub scope: RaftScope,
+    /// The filesystem seam.
+    pub fs: Arc<dyn FileSystem>,
+    /// Set while shutting down: new requests are refused.
+    pub draining: AtomicBool,
+}
+
+impl NodeCore {
+    /// The current term.
+    pub fn term(&self) -> u64 {
+        self.raft.metrics().borrow_watched().current_term
+    }
+
+    /// The response header for a request served at `revision`.
+    pub fn header(&self, revision: u64) -> cairn_proto::kv::ResponseHeader {
+        cairn_proto::kv::ResponseHeader {
+            cluster_id: self.sm.cluster_id(),
+            member_id: self.config.id,
+            revision,
+            raft_term: self.term(),
+        }
+    }
+
+    /// The known leader and its client address.
+    pub fn leader(&self) -> Option<(NodeId, String)> {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let id = m.current_leader?;
+        let addr = m
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .map(|n| n.client_addr.clone())
+            .unwrap_or_default();
+        Some((id, addr))
+    }
+
+    /// Ready: a leader is known and this node has applied what it knows
+    /// to be committed.
+    pub fn ready(&self) -> bool {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let committed = m.local_committed.as_ref().map_or(0, |l| l.index);
+        let applied = m.last_applied.as_ref().map_or(0, |l| l.index);
+        m.current_leader.is_some() && applied >= committed && !self.draining.load(Ordering::Relaxed)
+    }
+
+    /// The filesystem seam.
+    pub fn log_fs(&self) -> Arc<dyn FileSystem> {
+        self.fs.clone()
+    }
+
+    /// Refuses new requests while draining.
+    pub fn check_accepting(&self) -> Result<(), tonic::Status> {
+        if self.draining.load(Ordering::Relaxed) {
+            return Err(tonic::Status::unavailable("node is shutting down"));
+        }
+        Ok(())
+    }
+}
+
+/// A running node.
+pub struct RunningNode {
+    /// The shared core.
+    pub core: Arc<NodeCore>,
+    /// Bound client address.
+    pub client_addr: std::net::SocketAddr,
+    /// Bound peer address.
+    pub peer_addr: std::net::SocketAddr,
+    /// Bound metrics address, if any.
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Errors starting a node.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Storage could not be opened.
+    #[error("opening storage in {dir}: {source}")]
+    Storage {
+        /// The directory.
+        dir: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// A listener could not be bound.
+    #[error("binding {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// openraft refused to start.
+    #[error("starting Raft: {0}")]
+    Raft(String),
+}
+
+fn raft_config(c: &NodeConfig) -> Result<Arc<Config>, StartError> {
+    let config = Config {
+        cluster_name: "cairn".into(),
+        heartbeat_interval: c.heartbeat_ms,
+        election_timeout_min: c.election_timeout_ms,
+        election_timeout_max: c.election_timeout_ms * 2,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(c.snapshot_entries),
+        max_in_snapshot_log_to_keep: 1000,
+        max_payload_entries: 512,
+        install_snapshot_timeout: 60_000,
+        enable_pre_vote: Some(true),
+        ..Default::default()
+    };
+    config
+        .validate()
+        .map(Arc::new)
+        .map_err(|e| StartError::Raft(e.to_string()))
+}
+
+async fn bind(addr: &str) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: addr.to_string(),
+            source,
+        })
+}
+
+impl RunningNode {
+    /// Opens storage, starts Raft and serves. Returns once listening.
+    pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
+        let fs: Arc<dyn FileSystem> = Arc::new(StdFs);
+        let executor: Arc<dyn Executor> = Arc::new(ThreadExecutor);
+        Self::start_with(config, fs, executor).await
+    }
+
+    /// [`RunningNode::start`] with injected filesystem and executor.
+    pub async fn start_with(
+        config: NodeConfig,
+        fs: Arc<dyn FileSystem>,
+        executor: Arc<dyn Executor>,
+    ) -> Result<RunningNode, StartError> {
+        let data_dir = config.data_dir.display().to_string();
+        let storage = |source| StartError::Storage {
+            dir: data_dir.clone(),
+            source,
+        };
+        fs.create_dir_all(&config.data_dir).map_err(storage)?;
+        let log = LogStore::open(fs.clone(), executor.clone(), config.data_dir.join("raft"))
+            .map_err(storage)?;
+        let lsm_opts = lsm::Options {
+            memtable_bytes: config.memtable_bytes,
+            block_cache_bytes: config.block_cache_bytes,
+            ..lsm::Options::default()
+        };
+        let sm = StateMachine::open(SmEnv {
+            fs: fs.clone(),
+            executor: executor.clone(),
+            data_dir: config.data_dir.clone(),
+            lsm: lsm_opts,
+            retention: Retention {
+                history_revisions: config.history_revisions,
+                ..Retention::default()
+            },
+        })
+        .map_err(storage)?;
+        let shared = sm.shared();
+        let client_listener = bind(&config.listen_client).await?;
+        let peer_listener = bind(&config.listen_peer).await?;
+        let client_addr = client_listener.local_addr().map_err(storage)?;
+        let peer_addr = peer_listener.local_addr().map_err(storage)?;
+        let scope = RaftScope::new(config.id ^ rand::random::<u64>());
+        let raft = scope
+            .run(Raft::new(
+                config.id,
+                raft_config(&config)?,
+                Network::new(fs.clone()),
+                log.clone(),
+                sm,
+            ))
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+        let core = Arc::new(NodeCore {
+            config,
+            raft,
+            sm: shared,
+            log,
+            scope,
+            fs: fs.clone(),
+            draining: AtomicBool::new(false),
+        });
+        let (stop, stop_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(peer::serve(
+            core.clone(),
+            TcpListenerStream::new(peer_listener),
+            stop_rx.clone(),
+        )));
+        tasks.push(tokio::spawn(serve_client(
+            core.clone(),
+            TcpListenerStream::new(client_listener),
+            stop_rx.clone(),
+        )));
+        let metrics_addr = if core.config.listen_metrics.is_empty() {
+            None
+        } else {
+            let l = bind(&core.config.listen_metrics).await?;
+            let a = l.local_addr().map_err(storage)?;
+            tasks.push(tokio::spawn(http::serve(core.clone(), l, stop_rx.clone())));
+            Some(a)
+        };
+        tasks.push(tokio::spawn(http::export_raft_metrics(
+            core.clone(),
+            stop_rx.clone(),
+        )));
+        tasks.push(tokio::spawn(bootstrap(core.clone())));
+        tracing::info!(
+            id = core.config.id,
+            client = %client_addr,
+            peer = %peer_addr,
+            data = %core.config.data_dir.display(),
+            "node started"
+        );
+        Ok(RunningNode {
+            core,
+            client_addr,
+            peer_addr,
+            metrics_addr,
+            stop,
+            tasks,
+        })
+    }
+
+    /// Graceful shutdown: refuse new requests, hand leadership to another
+    /// voter if this node leads, let in-flight requests finish, stop Raft
+    /// and flush the state machine.
+    pub async fn shutdown(self) {
+        let core = self.core.clone();
+        core.draining.store(true, Ordering::SeqCst);
+        if core.raft.metrics().borrow_watched().state == ServerState::Leader {
+            transfer_leadership_away(&core, Duration::from_secs(5)).await;
+        }
+        // In-flight requests get a moment to finish.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+        if let Err(e) = core.scope.run(core.raft.shutdown()).await {
+            tracing::warn!(error = %e, "Raft shutdown");
+        }
+        let db = core.sm.db();
+        if let Err(e) = db.flush() {
+            tracing::warn!(error = %e, "final flush failed; the log replays on restart");
+        }
+        tracing::info!(id = core.config.id, "node stopped");
+    }
+}
+
+/// Hands leadership to the most caught-up other voter and waits (bounded)
+/// until this node is no longer leader. Returns whether it moved.
+pub async fn transfer_leadership_away(core: &NodeCore, wait: Duration) -> bool {
+    let m = core.raft.metrics().borrow_watched().clone();
+    let me = core.config.id;
+    let target = m
+        .membership_config
+        .membership()
+        .voter_ids()
+        .filter(|&v| v != me)
+        .max_by_key(|v| {
+            m.replication
+                .as_ref()
+                .and_then(|r| r.get(v).cloned().flatten())
+                .map_or(0, |l| l.index)
+        });
+    let Some(to) = target else {
+        return false;
+    };
+    tracing::info!(to, "transferring leadership");
+    if let Err(e) = core
+        .scope
+        .run(core.raft.trigger().transfer_leader(to))
+        .await
+    {
+        tracing::warn!(error = %e, "leader transfer failed");
+        return false;
+    }
+    let mut rx = core.raft.metrics();
+    let moved = tokio::time::timeout(wait, async {
+        loop {
+            {
+                let m = rx.borrow_watched();
+                if m.current_leader.is_some_and(|l| l != me) {
+                    return;
+                }
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await
+    .is_ok();
+    moved
+}
+
+async fn serve_client(
+    core: Arc<NodeCore>,
+    incoming: TcpListenerStream,
+    mut stop: watch::Receiver<bool>,
+) {
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    let reflection = match tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(cairn_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+    {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::error!(error = %e, "reflection disabled");
+            None
+        }
+    };
+    tokio::spawn(http::report_health(
+        core.clone(),
+        health_reporter,
+        stop.clone(),
+    ));
+    let max = core.config.limits.max_request_bytes;
+    let kv = cairn_proto::kv::kv_server::KvServer::new(kv::KvService::new(core.clone()))
+        .max_decoding_message_size(max);
+    let cluster = cairn_proto::cluster::cluster_server::ClusterServer::new(
+        cluster::ClusterService::new(core.clone()),
+    )
+    .max_decoding_message_size(max);
+    let router = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .add_service(health)
+        .add_service(kv)
+        .add_service(cluster)
+        .add_optional_service(reflection);
+    let res = router
+        .serve_with_incoming_shutdown(incoming, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await;
+    if let Err(e) = res {
+        tracing::error!(error = %e, "client server stopped");
+    }
+}
+
+/// Initializes a new cluster (lowest id of --initial-cluster, empty data)
+/// or joins a running one (--join).
+async fn bootstrap(core: Arc<NodeCore>) {
+    let initialized = core
+        .scope
+        .run(core.raft.is_initialized())
+        .await
+        .unwrap_or(true);
+    if initialized {
+        return;
+    }
+    let c = &core.config;
+    if let Some(join) = c.join.clone() {
+        join_cluster(core.clone(), join).await;
+        return;
+    }
+    if c.initial_cluster.keys().next() == Some(&c.id) {
+        let members: BTreeMap<NodeId, Member> = c.initial_cluster.clone();
+        match core.scope.run(core.raft.initialize(members)).await {
+            Ok(()) => tracing::info!("initialized a new cluster"),
+            Err(e) => tracing::warn!(error = %e, "initialize"),
+        }
+    }
+}
+
+/// Asks the cluster at `endpoint` to add this node as a learner, waits
+/// until it has caught up, then asks for promotion. Retries until done.
+async fn join_cluster(core: Arc<NodeCore>, endpoint: String) {
+    use cairn_proto::cluster::{cluster_client::ClusterClient, AddLearnerRequest, PromoteRequest};
+    let me = core.config.advertise.clone();
+    let id = core.config.id;
+    let mut target = endpoint.clone();
+    let mut delay = Duration::from_millis(200);
+    let mut added = false;
+    loop {
+        if core.draining.load(Ordering::Relaxed) {
+            return;
+        }
+        let attempt = async {
+            let ch = crate::raft::network::lazy_channel(&target)
+                .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+            let mut c = ClusterClient::new(ch);
+            if !added {
+                let mut req = tonic::Request::new(AddLearnerRequest {
+                    id,
+                    client_addr: me.client_addr.clone(),
+                    peer_addr: me.peer_addr.clone(),
+                    wait_caught_up: true,
+                });
+                req.set_timeout(Duration::from_secs(600));
+                c.add_learner(req).await?;
+                added = true;
+            }
+            let mut req = tonic::Request::new(PromoteRequest { ids: vec![id] });
+            req.set_timeout(Duration::from_secs(30));
+            c.promote(req).await?;
+            Ok::<(), tonic::Status>(())
+        };
+        match attempt.await {
+            Ok(()) => {
+                tracing::info!(id, "joined the cluster as a voter");
+                return;
+            }
+            Err(s) => {
+                if let Some(addr) = s
+                    .metadata()
+                    .get(errors::LEADER_ADDR)
+                    .and_then(|v| v.to_str().ok())
+                {
+                    target = addr.to_string();
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+                tracing::info!(error = %s.message(), "joining: retrying");
+                target = endpoint.clone();
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! The server side of the peer transport: `cairn.raft.v1.Raft` on the
+//! peer port. Requests are openraft messages in postcard; anything that
+//! does not decode is refused with INVALID_ARGUMENT and changes nothing.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_proto::raft as pb;
+use futures::StreamExt;
+use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::NodeCore;
+use crate::raft::network::SnapshotHeader;
+use crate::raft::state_machine::{remove_dir, SnapshotDir};
+use crate::raft::{codec, Snapshot, TypeConfig};
+
+/// Largest peer message (a batch of appended entries).
+const MAX_PEER_MESSAGE: usize = 256 << 20;
+
+/// Serves the peer port until `stop`.
+pub async fn serve(
+    core: Arc<NodeCore>,
+    incoming: TcpListenerStream,
+    mut stop: watch::Receiver<bool>,
+) {
+    let svc = pb::raft_server::RaftServer::new(PeerService { core })
+        .max_decoding_message_size(MAX_PEER_MESSAGE)
+        .max_encoding_message_size(MAX_PEER_MESSAGE);
+    let res = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(1)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(2)))
+        .add_service(svc)
+        .serve_with_incoming_shutdown(incoming, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await;
+    if let Err(e) = res {
+        tracing::error!(error = %e, "peer server stopped");
+    }
+}
+
+struct PeerService {
+    core: Arc<NodeCore>,
+}
+
+fn decode<T: DeserializeOwned>(m: &pb::RaftMessage) -> Result<T, Status> {
+    codec::decode(&m.payload)
+        .map_err(|e| Status::invalid_argument(format!("undecodable Raft message: {e}")))
+}
+
+fn reply<T: Serialize, E: std::fmt::Display>(
+    r: Result<T, E>,
+) -> Result<Response<pb::RaftMessage>, Status> {
+    Ok(Response::new(match r {
+        Ok(v) => pb::RaftMessage {
+            payload: codec::encode(&v)
+                .map_err(|e| Status::internal(e.to_string()))?
+                .into(),
+            error: String::new(),
+        },
+        Err(e) => pb::RaftMessage {
+            payload: Default::default(),
+            error: e.to_string(),
+        },
+    }))
+}
+
+#[tonic::async_trait]
+impl pb::raft_server::Raft for PeerService {
+    async fn append_entries(
+        &self,
+        req: Request<pb::RaftMessage>,
+    ) -> Result<Response<pb::RaftMessage>, Status> {
+        let rpc: AppendEntriesRequest<TypeConfig> = decode(req.get_ref())?;
+        reply(
+            self.core
+                .scope
+                .run(self.core.raft.append_entries(rpc))
+                .await,
+        )
+    }
+
+    async fn vote(
+        &self,
+        req: Request<pb::RaftMessage>,
+    ) -> Result<Response<pb::RaftMessage>, Status> {
+        let rpc: VoteRequest<TypeConfig> = decode(req.get_ref())?;
+        reply(self.core.scope.run(self.core.raft.vote(rpc)).await)
+    }
+
+    async fn pre_vote(
+        &self,
+        req: Request<pb::RaftMessage>,
+    ) -> Result<Response<pb::RaftMessage>, Status> {
+        let rpc: VoteRequest<TypeConfig> = decode(req.get_ref())?;
+        reply(self.core.scope.run(self.core.raft.pre_vote(rpc)).await)
+    }
+
+    async fn transfer_leader(
+        &self,
+        req: Request<pb::RaftMessage>,
+    ) -> Result<Response<pb::RaftMessage>, Status> {
+        let rpc: TransferLeaderRequest<TypeConfig> = decode(req.get_ref())?;
+        reply(
+            self.core
+                .scope
+                .run(self.core.raft.handle_transfer_leader(rpc))
+                .await,
+        )
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: Request<Streaming<pb::SnapshotChunk>>,
+    ) -> Result<Response<pb::RaftMessage>, Status> {
+        let mut stream = req.into_inner();
+        let core = &self.core;
+        let fs = core.log_fs();
+        let first = stream
+            .next()
+            .await
+            .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
+        let header: SnapshotHeader = match first.chunk {
+            Some(pb::snapshot_chunk::Chunk::Meta(m)) => codec::decode(&m)
+                .map_err(|e| Status::invalid_argument(format!("bad snapshot header: {e}")))?,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "a snapshot stream starts with its meta",
+                ))
+            }
+        };
+        let expected: BTreeMap<String, u64> = header.files.iter().cloned().collect();
+        for name in expected.keys() {
+            if name.is_empty() || name.contains('/') || name.contains("..") {
+                return Err(Status::invalid_argument(format!(
+                    "bad snapshot file name {name:?}"
+                )));
+            }
+        }
+        let index = header.meta.last_log_id.as_ref().map_or(0, |l| l.index);
+        let dir = core
+            .config
+            .data_dir
+            .join("snapshots")
+            .join(format!("incoming-{index:020}"));
+        remove_dir(&*fs, &dir).map_err(|e| Status::internal(e.to_string()))?;
+        fs.create_dir_all(&dir)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let result = async {
+            let mut files: BTreeMap<String, (Box<dyn crate::lsm::fs::WritableFile>, u64)> =
+                BTreeMap::new();
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk?;
+                let Some(pb::snapshot_chunk::Chunk::File(f)) = chunk.chunk else {
+                    return Err(Status::invalid_argument(
+                        "a second meta in a snapshot stream",
+                    ));
+                };
+                let Some(&size) = expected.get(&f.name) else {
+                    return Err(Status::invalid_argument(format!(
+                        "unexpected file {:?}",
+                        f.name
+                    )));
+                };
+                if crc32c::crc32c(&f.data) != f.crc {
+                    return Err(Status::data_loss(format!(
+                        "checksum mismatch in {} at {}",
+                        f.name, f.offset
+                    )));
+                }
+                if !files.contains_key(&f.name) {
+                    let w = fs
+                        .create(&dir.join(&f.name))
+                        .map_err(|e| Status::internal(e.to_string()))?;
+                    files.insert(f.name.clone(), (w, 0));
+                }
+                let Some((w, written)) = files.get_mut(&f.name) else {
+                    return Err(Status::internal("file vanished"));
+                };
+                if f.offset != *written || *written + f.data.len() as u64 > size {
+                    return Err(Status::invalid_argument(format!(
+                        "out-of-order chunk of {}",
+                        f.name
+                    )));
+                }
+                w.append(&f.data)
+                    .map_err(|e| Status::internal(e.to_string()))?;
+                *written += f.data.len() as u64;
+            }
+            for (name, size) in &expected {
+                let Some((w, written)) = files.get_mut(name) else {
+                    return Err(Status::invalid_argument(format!(
+                        "snapshot is missing {name}"
+                    )));
+                };
+                if written != size {
+                    return Err(Status::invalid_argument(format!(
+                        "{name}: {written} of {size} bytes arrived"
+                    )));
+                }
+                w.flush()
+                    .and_then(|()| w.sync())
+                    .map_err(|e| Status::internal(e.to_string()))?;
+            }
+            fs.sync_dir(&dir)
+                .map_err(|e| Status::internal(e.to_string()))?;
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            let _ = remove_dir(&*fs, &dir);
+            return Err(e);
+        }
+        let snapshot = Snapshot {
+            meta: header.meta,
+            snapshot: SnapshotDir { dir },
+        };
+        reply(
+            core.scope
+                .run(core.raft.install_full_snapshot(header.vote, snapshot))
+                .await,
+        )
+    }
+}
