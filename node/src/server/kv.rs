@@ -46,6 +46,21 @@ fn invalid(limit: &str, detail: String) -> Status {
 }
 
 impl KvService {
+    /// Requests up to twice the limit reach the handler (the transport cuts
+    /// off anything larger), so most oversized requests get this clear
+    /// answer.
+    fn check_size(&self, msg: &impl prost::Message) -> Result<(), Status> {
+        let max = self.core.config.limits.max_request_bytes;
+        let len = msg.encoded_len();
+        if len > max {
+            return Err(invalid(
+                &format!("max-request-bytes = {max}"),
+                format!("request is {len} bytes"),
+            ));
+        }
+        Ok(())
+    }
+
     fn check_key(&self, key: &[u8], what: &str) -> Result<(), Status> {
         let max = self.core.config.limits.max_key_bytes;
         if key.is_empty() {
@@ -213,6 +228,7 @@ impl pb::kv_server::Kv for KvService {
         let started = Instant::now();
         let r = async {
             let r = req.into_inner();
+            self.check_size(&r)?;
             self.check_key(&r.key, "key")?;
             self.check_value(&r.value)?;
             let resp = self
@@ -310,6 +326,7 @@ impl pb::kv_server::Kv for KvService {
         let started = Instant::now();
         let r = async {
             let r = req.into_inner();
+            self.check_size(&r)?;
             let n = r.compares.len() + r.success.len() + r.failure.len();
             let max = self.core.config.limits.max_txn_ops;
             if n > max {

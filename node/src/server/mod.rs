@@ -405,7 +405,9 @@ async fn serve_client(
         health_reporter,
         stop.clone(),
     ));
-    let max = core.config.limits.max_request_bytes;
+    // The handlers refuse requests over the limit with a clear error; the
+    // transport only cuts off what is far beyond it.
+    let max = core.config.limits.max_request_bytes.saturating_mul(2);
     let kv = cairn_proto::kv::kv_server::KvServer::new(kv::KvService::new(core.clone()))
         .max_decoding_message_size(max);
     let cluster = cairn_proto::cluster::cluster_server::ClusterServer::new(

@@ -1,0 +1,268 @@
+//! Test 5: transaction compare-and-swap semantics; a watch from a past
+//! revision delivers ordered events with no gap or duplicate; a start
+//! revision older than the kept history gets a clear "compacted" error.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use cairn_proto::kv as pb;
+use common::*;
+use futures::StreamExt;
+
+fn cmp(
+    key: &str,
+    target: pb::compare::Target,
+    op: pb::compare::Op,
+    value: &str,
+    number: u64,
+) -> pb::Compare {
+    pb::Compare {
+        key: key.as_bytes().to_vec().into(),
+        target: target as i32,
+        op: op as i32,
+        value: value.as_bytes().to_vec().into(),
+        number,
+    }
+}
+
+fn put_op(key: &str, value: &str) -> pb::RequestOp {
+    pb::RequestOp {
+        request: Some(pb::request_op::Request::Put(put_req(key, value))),
+    }
+}
+
+fn get_op(key: &str) -> pb::RequestOp {
+    pb::RequestOp {
+        request: Some(pb::request_op::Request::Get(get_req(key, false))),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn txn_compare_and_swap() {
+    use pb::compare::{Op, Target};
+    let c = TestCluster::start(3, &[]).await;
+    let leader = c.wait_leader(Duration::from_secs(10)).await;
+    let mut k = kv(&c.addr(leader)).await;
+
+    // Create-if-absent: version == 0.
+    let t = k
+        .txn(pb::TxnRequest {
+            compares: vec![cmp("lock", Target::Version, Op::Equal, "", 0)],
+            success: vec![put_op("lock", "owner-a")],
+            failure: vec![get_op("lock")],
+            request_id: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(t.succeeded);
+    let created_at = t.header.unwrap().revision;
+    // A second create-if-absent fails and runs the failure branch.
+    let t = k
+        .txn(pb::TxnRequest {
+            compares: vec![cmp("lock", Target::Version, Op::Equal, "", 0)],
+            success: vec![put_op("lock", "owner-b")],
+            failure: vec![get_op("lock")],
+            request_id: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!t.succeeded);
+    let Some(pb::response_op::Response::Get(g)) = &t.responses[0].response else {
+        panic!("want a get response, got {:?}", t.responses);
+    };
+    assert_eq!(&g.kv.as_ref().unwrap().value[..], b"owner-a");
+
+    // CAS on value, on mod_revision, with != < >.
+    let cases = [
+        (cmp("lock", Target::Value, Op::Equal, "owner-a", 0), true),
+        (
+            cmp("lock", Target::Value, Op::NotEqual, "owner-a", 0),
+            false,
+        ),
+        (
+            cmp("lock", Target::ModRevision, Op::Equal, "", created_at),
+            true,
+        ),
+        (
+            cmp("lock", Target::CreateRevision, Op::Less, "", created_at + 1),
+            true,
+        ),
+        (cmp("lock", Target::Version, Op::Greater, "", 5), false),
+        (cmp("absent", Target::Value, Op::Equal, "", 0), true),
+    ];
+    for (i, (compare, want)) in cases.into_iter().enumerate() {
+        let t = k
+            .txn(pb::TxnRequest {
+                compares: vec![compare.clone()],
+                success: vec![],
+                failure: vec![],
+                request_id: None,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(t.succeeded, want, "case {i}: {compare:?}");
+    }
+
+    // Ops in one transaction see each other and share one revision.
+    let t = k
+        .txn(pb::TxnRequest {
+            compares: vec![cmp("lock", Target::Value, Op::Equal, "owner-a", 0)],
+            success: vec![put_op("x", "1"), put_op("y", "2"), get_op("x")],
+            failure: vec![],
+            request_id: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(t.succeeded);
+    let rev = t.header.unwrap().revision;
+    let Some(pb::response_op::Response::Get(g)) = &t.responses[2].response else {
+        panic!("want a get");
+    };
+    assert_eq!(&g.kv.as_ref().unwrap().value[..], b"1");
+    for key in ["x", "y"] {
+        let kv = k
+            .get(get_req(key, false))
+            .await
+            .unwrap()
+            .into_inner()
+            .kv
+            .unwrap();
+        assert_eq!(kv.mod_revision, rev);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_from_a_past_revision_is_ordered_without_gaps() {
+    let c = TestCluster::start(3, &[]).await;
+    let leader = c.wait_leader(Duration::from_secs(10)).await;
+    let mut k = kv(&c.addr(leader)).await;
+    let mut revs = Vec::new();
+    for i in 0..50 {
+        let key = if i % 2 == 0 {
+            format!("w/{i}")
+        } else {
+            format!("other/{i}")
+        };
+        let r = k
+            .put(put_req(&key, &i.to_string()))
+            .await
+            .unwrap()
+            .into_inner();
+        revs.push((key, r.header.unwrap().revision));
+    }
+    let del = k
+        .delete(pb::DeleteRequest {
+            key: b"w/0".to_vec().into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let del_rev = del.header.unwrap().revision;
+
+    // Watch the prefix from the first revision, on a follower (watches are
+    // served by any replica).
+    let follower = c.running().into_iter().find(|&i| i != leader).unwrap();
+    c.wait_applied(follower, del_rev, Duration::from_secs(10))
+        .await;
+    let mut fk = kv(&c.addr(follower)).await;
+    let mut stream = fk
+        .watch(pb::WatchRequest {
+            key: b"w/".to_vec().into(),
+            prefix: true,
+            start_revision: revs[0].1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // Then write more while the watch runs.
+    let mut live = Vec::new();
+    for i in 0..20 {
+        let r = k
+            .put(put_req(&format!("w/live{i}"), "x"))
+            .await
+            .unwrap()
+            .into_inner();
+        live.push(r.header.unwrap().revision);
+    }
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(
+        first.events.is_empty(),
+        "the first message confirms the watch"
+    );
+    let want: Vec<u64> = revs
+        .iter()
+        .filter(|(k, _)| k.starts_with("w/"))
+        .map(|(_, r)| *r)
+        .chain(std::iter::once(del_rev))
+        .chain(live.iter().copied())
+        .collect();
+    let mut got = Vec::new();
+    let mut kinds = Vec::new();
+    while got.len() < want.len() {
+        let msg = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("watch stalled")
+            .unwrap()
+            .unwrap();
+        for ev in msg.events {
+            let kv = ev.kv.unwrap();
+            assert!(kv.key.starts_with(b"w/"), "only the prefix: {:?}", kv.key);
+            got.push(kv.mod_revision);
+            kinds.push(ev.r#type);
+        }
+    }
+    assert_eq!(got, want, "every revision once, in order");
+    let del_pos = want.iter().position(|&r| r == del_rev).unwrap();
+    assert_eq!(kinds[del_pos], pb::event::EventType::Delete as i32);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compacted_start_revision_gets_a_clear_error() {
+    // Keep only 100 revisions of history; trimming happens every 1024.
+    let c = TestCluster::start(1, &["--history-revisions", "100"]).await;
+    let leader = c.wait_leader(Duration::from_secs(10)).await;
+    let mut k = kv(&c.addr(leader)).await;
+    for i in 0..1100 {
+        k.put(put_req(&format!("k{}", i % 10), "v")).await.unwrap();
+    }
+    let e = k
+        .watch(pb::WatchRequest {
+            key: b"k1".to_vec().into(),
+            prefix: false,
+            start_revision: 2,
+        })
+        .await
+        .err()
+        .expect("a compacted revision must be refused");
+    assert_eq!(e.code(), tonic::Code::OutOfRange, "{e:?}");
+    assert!(e.message().contains("compacted"), "{}", e.message());
+    let oldest: u64 = e
+        .metadata()
+        .get("cairn-compact-revision")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(oldest, 1024 - 100);
+    // From the oldest available revision it works.
+    let mut s = k
+        .watch(pb::WatchRequest {
+            key: b"k".to_vec().into(),
+            prefix: true,
+            start_revision: oldest,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let _confirm = s.next().await.unwrap().unwrap();
+    let msg = s.next().await.unwrap().unwrap();
+    assert_eq!(msg.events[0].kv.as_ref().unwrap().mod_revision, oldest);
+}
