@@ -239,8 +239,7 @@ async fn a_compacted_start_revision_gets_a_clear_error() {
             start_revision: 2,
         })
         .await
-        .err()
-        .expect("a compacted revision must be refused");
+        .expect_err("a compacted revision must be refused");
     assert_eq!(e.code(), tonic::Code::OutOfRange, "{e:?}");
     assert!(e.message().contains("compacted"), "{}", e.message());
     let oldest: u64 = e

@@ -65,6 +65,8 @@ pub trait FileSystem: Send + Sync + 'static {
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Removes a file.
     fn remove(&self, path: &Path) -> io::Result<()>;
+    /// Removes an empty directory.
+    fn remove_dir(&self, dir: &Path) -> io::Result<()>;
     /// Makes `to` a hard link to `from`.
     fn link(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Cuts `path` to `len` bytes.
@@ -182,6 +184,9 @@ impl FileSystem for StdFs {
     }
     fn remove(&self, path: &Path) -> io::Result<()> {
         std::fs::remove_file(path)
+    }
+    fn remove_dir(&self, dir: &Path) -> io::Result<()> {
+        std::fs::remove_dir(dir)
     }
     fn link(&self, from: &Path, to: &Path) -> io::Result<()> {
         std::fs::hard_link(from, to)
@@ -477,6 +482,23 @@ impl FileSystem for MemFs {
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let mut st = self.state.lock();
+        if st.dirs.contains(from) {
+            // A directory of files (no subdirectories): move its entries.
+            let moved: Vec<PathBuf> = st
+                .live
+                .keys()
+                .filter(|p| p.parent() == Some(from))
+                .cloned()
+                .collect();
+            for p in moved {
+                if let (Some(inode), Some(name)) = (st.live.remove(&p), p.file_name()) {
+                    st.live.insert(to.join(name), inode);
+                }
+            }
+            st.dirs.remove(from);
+            st.dirs.insert(to.to_path_buf());
+            return Ok(());
+        }
         let inode = st.live.remove(from).ok_or_else(|| not_found(from))?;
         st.live.insert(to.to_path_buf(), inode);
         Ok(())
@@ -488,6 +510,22 @@ impl FileSystem for MemFs {
             .remove(path)
             .map(|_| ())
             .ok_or_else(|| not_found(path))
+    }
+    fn remove_dir(&self, dir: &Path) -> io::Result<()> {
+        let mut st = self.state.lock();
+        if !st.dirs.contains(dir) {
+            return Err(not_found(dir));
+        }
+        if st.live.keys().any(|p| p.starts_with(dir))
+            || st.dirs.iter().any(|d| d != dir && d.starts_with(dir))
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::DirectoryNotEmpty,
+                "directory not empty",
+            ));
+        }
+        st.dirs.remove(dir);
+        Ok(())
     }
     fn link(&self, from: &Path, to: &Path) -> io::Result<()> {
         let mut st = self.state.lock();

@@ -299,9 +299,11 @@ impl LogStore {
                 index < self.shared.mark.lock().below,
                 "log entry {index} is neither cached nor written"
             );
+            // A reader opened before later appends may not see them (an
+            // in-memory filesystem copies at open): reopen when short.
             let reader = match mem.readers.get(&pos.segment) {
-                Some(r) => r.clone(),
-                None => {
+                Some(r) if r.len() >= pos.offset + pos.len => r.clone(),
+                _ => {
                     let r = self
                         .shared
                         .fs

@@ -176,7 +176,7 @@ pub fn remove_dir(fs: &dyn FileSystem, dir: &Path) -> io::Result<()> {
     for name in fs.list(dir)? {
         fs.remove(&dir.join(name))?;
     }
-    fs.remove(dir)
+    fs.remove_dir(dir)
 }
 
 /// The state machine handed to openraft.
