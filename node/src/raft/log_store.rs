@@ -86,6 +86,7 @@ struct Mem {
     cache: BTreeMap<u64, Entry>,
     cache_bytes: u64,
     readers: BTreeMap<u64, Arc<dyn RandomAccessFile>>,
+    segment_bytes: u64,
 }
 
 impl Mem {
@@ -158,6 +159,17 @@ impl LogStore {
         executor: Arc<dyn Executor>,
         dir: impl AsRef<Path>,
     ) -> io::Result<Self> {
+        Self::open_with(fs, executor, dir, SEGMENT_BYTES)
+    }
+
+    /// [`LogStore::open`] with a chosen segment size (tests use small
+    /// segments to exercise rotation and purge).
+    pub fn open_with(
+        fs: Arc<dyn FileSystem>,
+        executor: Arc<dyn Executor>,
+        dir: impl AsRef<Path>,
+        segment_bytes: u64,
+    ) -> io::Result<Self> {
         let dir = dir.as_ref().to_path_buf();
         fs.create_dir_all(&dir)?;
         let vote: Option<Vote> = read_small_file(&*fs, &dir.join("vote"), true)?;
@@ -184,6 +196,7 @@ impl LogStore {
             cache: BTreeMap::new(),
             cache_bytes: 0,
             readers: BTreeMap::new(),
+            segment_bytes,
         };
         let last_segment = names.last().map(|(f, _)| *f);
         for (first, name) in &names {
@@ -273,6 +286,11 @@ impl LogStore {
     /// The log's counters.
     pub fn metrics(&self) -> Arc<LogMetrics> {
         self.shared.metrics.clone()
+    }
+
+    /// Number of segment files.
+    pub fn segments(&self) -> usize {
+        self.shared.mem.lock().segments.len()
     }
 
     /// The first and last index present, and the purged log id.
@@ -468,7 +486,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 let payload = codec::encode(&entry)?;
                 let len = (frame::HEADER_BYTES + payload.len()) as u64;
                 let segment = match mem.segments.last_key_value() {
-                    Some((&first, &size)) if size < SEGMENT_BYTES => first,
+                    Some((&first, &size)) if size < mem.segment_bytes => first,
                     _ => {
                         mem.segments.insert(index, 0);
                         index
