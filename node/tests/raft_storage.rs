@@ -111,8 +111,7 @@ async fn synced_entries_survive_a_crash_and_a_torn_tail_is_cut() {
                 .list(&PathBuf::from("/raft"))
                 .unwrap()
                 .into_iter()
-                .filter(|n| n.ends_with(".log"))
-                .next_back()
+                .rfind(|n| n.ends_with(".log"))
                 .unwrap();
             let mut record = Vec::new();
             lsm::frame::encode(
