@@ -10,8 +10,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Kv {
     /// The user's key.
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     /// Its value (empty when only keys were asked for).
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     /// The revision that created the key (since its last delete).
     pub create_revision: u64,
@@ -45,8 +47,10 @@ pub enum Op {
     /// Set `key` to `value`.
     Put {
         /// The key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// The value.
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
         /// Answer with the previous pair.
         prev_kv: bool,
@@ -54,6 +58,7 @@ pub enum Op {
     /// Delete `key`, or every key starting with it.
     Delete {
         /// The key or prefix.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// Treat `key` as a prefix.
         prefix: bool,
@@ -106,12 +111,14 @@ pub enum CompareOp {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Compare {
     /// The key looked at.
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     /// Which of its fields.
     pub target: CompareTarget,
     /// The comparison.
     pub op: CompareOp,
     /// The operand for [`CompareTarget::Value`].
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     /// The operand for the numeric targets.
     pub number: u64,
@@ -147,8 +154,10 @@ pub enum TxnOp {
     /// A put.
     Put {
         /// The key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// The value.
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
         /// Answer with the previous pair.
         prev_kv: bool,
@@ -156,6 +165,7 @@ pub enum TxnOp {
     /// A delete of a key or prefix.
     Delete {
         /// The key or prefix.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// Treat `key` as a prefix.
         prefix: bool,
@@ -165,6 +175,7 @@ pub enum TxnOp {
     /// A read of one key.
     Get {
         /// The key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
     /// A read of a range `[start, end)` (`end` empty: unbounded).
@@ -175,8 +186,10 @@ pub enum TxnOp {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct ScanSpec {
     /// First key, inclusive.
+    #[serde(with = "serde_bytes")]
     pub start: Vec<u8>,
     /// Last key, exclusive; empty means no bound.
+    #[serde(with = "serde_bytes")]
     pub end: Vec<u8>,
     /// Most pairs to return.
     pub limit: u32,

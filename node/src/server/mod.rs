@@ -272,12 +272,12 @@ impl RunningNode {
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(peer::serve(
             core.clone(),
-            TcpListenerStream::new(peer_listener),
+            incoming(peer_listener),
             stop_rx.clone(),
         )));
         tasks.push(tokio::spawn(serve_client(
             core.clone(),
-            TcpListenerStream::new(client_listener),
+            incoming(client_listener),
             stop_rx.clone(),
         )));
         let metrics_addr = if core.config.listen_metrics.is_empty() {
@@ -383,11 +383,23 @@ pub async fn transfer_leadership_away(core: &NodeCore, wait: Duration) -> bool {
     moved
 }
 
-async fn serve_client(
-    core: Arc<NodeCore>,
-    incoming: TcpListenerStream,
-    mut stop: watch::Receiver<bool>,
-) {
+/// Accepted connections, with Nagle's algorithm off: small gRPC frames
+/// must not wait for the peer's delayed ACK (40 ms on Linux).
+pub type Incoming =
+    std::pin::Pin<Box<dyn futures::Stream<Item = io::Result<tokio::net::TcpStream>> + Send>>;
+
+fn incoming(listener: TcpListener) -> Incoming {
+    use futures::StreamExt;
+    Box::pin(TcpListenerStream::new(listener).map(|r| {
+        r.inspect(|s| {
+            if let Err(e) = s.set_nodelay(true) {
+                tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+            }
+        })
+    }))
+}
+
+async fn serve_client(core: Arc<NodeCore>, incoming: Incoming, mut stop: watch::Receiver<bool>) {
     let (health_reporter, health) = tonic_health::server::health_reporter();
     let reflection = match tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(cairn_proto::FILE_DESCRIPTOR_SET)

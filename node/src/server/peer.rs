@@ -12,7 +12,6 @@ use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::NodeCore;
@@ -26,7 +25,7 @@ const MAX_PEER_MESSAGE: usize = 256 << 20;
 /// Serves the peer port until `stop`.
 pub async fn serve(
     core: Arc<NodeCore>,
-    incoming: TcpListenerStream,
+    incoming: super::Incoming,
     mut stop: watch::Receiver<bool>,
 ) {
     let svc = pb::raft_server::RaftServer::new(PeerService { core })
