@@ -218,4 +218,24 @@ async fn three_nodes_serve_every_call_through_every_node() {
     assert!(line.contains("200"), "{line} {body}");
     assert_eq!(metric(&c.nodes[&leader].metrics, "cairn_is_leader"), 1.0);
     assert!(metric(&c.nodes[&leader].metrics, "cairn_proposals_committed_total") >= 30.0);
+
+    // Snapshot on demand, then hand leadership to a chosen follower.
+    let mut admin = cluster(&c.addr(leader)).await;
+    let applied = status(&c.addr(leader)).await.unwrap().applied;
+    let snap = admin
+        .snapshot(cairn_proto::cluster::SnapshotRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(snap.index >= applied, "{} < {applied}", snap.index);
+    let to = followers[0];
+    let moved = admin
+        .transfer_leader(cairn_proto::cluster::TransferLeaderRequest { to })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(moved.leader, to);
+    assert_eq!(c.wait_leader(Duration::from_secs(10)).await, to);
+    let r = kv(&c.addr(to)).await.put(put_req("after-transfer", "v")).await.unwrap();
+    assert_eq!(r.into_inner().header.unwrap().member_id, to);
 }

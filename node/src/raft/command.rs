@@ -41,30 +41,38 @@ pub struct Command {
     pub op: Op,
 }
 
+/// Set `key` to `value`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutOp {
+    /// The key.
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    /// The value.
+    #[serde(with = "serde_bytes")]
+    pub value: Vec<u8>,
+    /// Answer with the previous pair.
+    pub prev_kv: bool,
+}
+
+/// Delete `key`, or every key starting with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteOp {
+    /// The key or prefix.
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    /// Treat `key` as a prefix.
+    pub prefix: bool,
+    /// Answer with the deleted pairs.
+    pub prev_kv: bool,
+}
+
 /// The write operations.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
-    /// Set `key` to `value`.
-    Put {
-        /// The key.
-        #[serde(with = "serde_bytes")]
-        key: Vec<u8>,
-        /// The value.
-        #[serde(with = "serde_bytes")]
-        value: Vec<u8>,
-        /// Answer with the previous pair.
-        prev_kv: bool,
-    },
-    /// Delete `key`, or every key starting with it.
-    Delete {
-        /// The key or prefix.
-        #[serde(with = "serde_bytes")]
-        key: Vec<u8>,
-        /// Treat `key` as a prefix.
-        prefix: bool,
-        /// Answer with the deleted pairs.
-        prev_kv: bool,
-    },
+    /// A put.
+    Put(PutOp),
+    /// A delete of a key or prefix.
+    Delete(DeleteOp),
     /// Compare, then run `success` or `failure`.
     Txn(Txn),
 }
@@ -152,26 +160,9 @@ impl Compare {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TxnOp {
     /// A put.
-    Put {
-        /// The key.
-        #[serde(with = "serde_bytes")]
-        key: Vec<u8>,
-        /// The value.
-        #[serde(with = "serde_bytes")]
-        value: Vec<u8>,
-        /// Answer with the previous pair.
-        prev_kv: bool,
-    },
+    Put(PutOp),
     /// A delete of a key or prefix.
-    Delete {
-        /// The key or prefix.
-        #[serde(with = "serde_bytes")]
-        key: Vec<u8>,
-        /// Treat `key` as a prefix.
-        prefix: bool,
-        /// Answer with the deleted pairs.
-        prev_kv: bool,
-    },
+    Delete(DeleteOp),
     /// A read of one key.
     Get {
         /// The key.
@@ -276,7 +267,7 @@ pub enum OpResult {
 impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.op {
-            Op::Put { key, value, .. } => {
+            Op::Put(PutOp { key, value, .. }) => {
                 write!(
                     f,
                     "put({} key bytes, {} value bytes)",
@@ -284,7 +275,7 @@ impl fmt::Display for Command {
                     value.len()
                 )
             }
-            Op::Delete { key, prefix, .. } => {
+            Op::Delete(DeleteOp { key, prefix, .. }) => {
                 write!(f, "delete({} key bytes, prefix={prefix})", key.len())
             }
             Op::Txn(t) => write!(

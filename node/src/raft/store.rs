@@ -20,7 +20,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use super::command::{
-    Command, CommandResponse, Kv, Op, OpResult, RequestId, ScanResult, ScanSpec, Txn, TxnOp,
+    Command, CommandResponse, DeleteOp, Kv, Op, OpResult, PutOp, RequestId, ScanResult, ScanSpec,
+    Txn, TxnOp,
 };
 use super::{LogId, StoredMembership};
 use crate::lsm::{self, Db, WriteBatch};
@@ -413,16 +414,8 @@ impl Applier {
             events: Vec::new(),
         };
         let result = match &cmd.op {
-            Op::Put {
-                key,
-                value,
-                prev_kv,
-            } => tx.put(key, value, *prev_kv)?,
-            Op::Delete {
-                key,
-                prefix,
-                prev_kv,
-            } => tx.delete(key, *prefix, *prev_kv)?,
+            Op::Put(p) => tx.put(p)?,
+            Op::Delete(d) => tx.delete(d)?,
             Op::Txn(t) => tx.txn(t)?,
         };
         let events = std::mem::take(&mut tx.events);
@@ -495,7 +488,8 @@ impl Tx<'_> {
         }
     }
 
-    fn put(&mut self, key: &[u8], value: &[u8], prev_kv: bool) -> Result<OpResult> {
+    fn put(&mut self, op: &PutOp) -> Result<OpResult> {
+        let (key, value, prev_kv) = (&op.key[..], &op.value[..], op.prev_kv);
         let prev = self.get(key)?;
         let kv = Kv {
             key: key.to_vec(),
@@ -515,7 +509,8 @@ impl Tx<'_> {
         })
     }
 
-    fn delete(&mut self, key: &[u8], prefix: bool, prev_kv: bool) -> Result<OpResult> {
+    fn delete(&mut self, op: &DeleteOp) -> Result<OpResult> {
+        let (key, prefix, prev_kv) = (&op.key[..], op.prefix, op.prev_kv);
         let victims: Vec<Kv> = if prefix {
             let mut all = Vec::new();
             let mut spec = ScanSpec::prefix(key, MAX_PAGE, !prev_kv);
@@ -567,16 +562,8 @@ impl Tx<'_> {
         let mut results = Vec::with_capacity(ops.len());
         for op in ops {
             results.push(match op {
-                TxnOp::Put {
-                    key,
-                    value,
-                    prev_kv,
-                } => self.put(key, value, *prev_kv)?,
-                TxnOp::Delete {
-                    key,
-                    prefix,
-                    prev_kv,
-                } => self.delete(key, *prefix, *prev_kv)?,
+                TxnOp::Put(p) => self.put(p)?,
+                TxnOp::Delete(d) => self.delete(d)?,
                 TxnOp::Get { key } => OpResult::Get(self.get(key)?),
                 TxnOp::Scan(spec) => OpResult::Scan(scan_merged(self.db, spec, &self.overlay)?),
             });

@@ -242,19 +242,11 @@ impl pb::cluster_server::Cluster for ClusterService {
                 .run(self.core.raft.trigger().transfer_leader(to))
                 .await
                 .map_err(|e| Status::unavailable(e.to_string()))?;
-            let mut rx = self.core.raft.metrics();
-            let done = tokio::time::timeout(Duration::from_secs(10), async {
-                loop {
-                    if rx.borrow_watched().current_leader == Some(to) {
-                        return;
-                    }
-                    if rx.changed().await.is_err() {
-                        return;
-                    }
-                }
-            })
-            .await;
-            if done.is_err() {
+            let done = self
+                .core
+                .wait_metrics(Duration::from_secs(10), |m| m.current_leader == Some(to))
+                .await;
+            if !done {
                 return Err(Status::unavailable(format!(
                     "node {to} did not take over in time"
                 )));
@@ -282,20 +274,17 @@ impl pb::cluster_server::Cluster for ClusterService {
             .run(self.core.raft.trigger().snapshot())
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
-        let mut rx = self.core.raft.metrics();
-        let done = tokio::time::timeout(Duration::from_secs(60), async {
-            loop {
-                let idx = rx.borrow_watched().snapshot.as_ref().map_or(0, |l| l.index);
-                if idx >= applied {
-                    return idx;
-                }
-                if rx.changed().await.is_err() {
-                    return idx;
-                }
-            }
-        })
-        .await
-        .map_err(|_| Status::deadline_exceeded("snapshot did not finish in 60 s"))?;
+        let snapshot_index = |m: &openraft::RaftMetrics<crate::raft::TypeConfig>| {
+            m.snapshot.as_ref().map_or(0, |l| l.index)
+        };
+        if !self
+            .core
+            .wait_metrics(Duration::from_secs(60), |m| snapshot_index(m) >= applied)
+            .await
+        {
+            return Err(Status::deadline_exceeded("snapshot did not finish in 60 s"));
+        }
+        let done = snapshot_index(&self.core.raft.metrics().borrow_watched());
         Ok(Response::new(pb::SnapshotResponse { index: done }))
     }
 }

@@ -13,8 +13,8 @@ use tonic::{Request, Response, Status};
 use super::errors::{self, store_error};
 use super::NodeCore;
 use crate::raft::command::{
-    self, Command, Compare, CompareOp, CompareTarget, Kv, Op, OpResult, RequestId, ScanSpec, Txn,
-    TxnOp,
+    self, Command, Compare, CompareOp, CompareTarget, DeleteOp, Kv, Op, OpResult, PutOp, RequestId,
+    ScanSpec, Txn, TxnOp,
 };
 use crate::raft::state_machine;
 use crate::raft::store::{self, EventKind, WatchEvent};
@@ -229,16 +229,10 @@ impl pb::kv_server::Kv for KvService {
         let r = async {
             let r = req.into_inner();
             self.check_size(&r)?;
-            self.check_key(&r.key, "key")?;
-            self.check_value(&r.value)?;
             let resp = self
                 .propose(Command {
                     request_id: request_id(r.request_id.as_ref()),
-                    op: Op::Put {
-                        key: r.key.to_vec(),
-                        value: r.value.to_vec(),
-                        prev_kv: r.prev_kv,
-                    },
+                    op: Op::Put(self.put_op(&r)?),
                 })
                 .await?;
             match resp.result {
@@ -279,15 +273,10 @@ impl pb::kv_server::Kv for KvService {
         let started = Instant::now();
         let r = async {
             let r = req.into_inner();
-            self.check_key(&r.key, if r.prefix { "prefix" } else { "key" })?;
             let resp = self
                 .propose(Command {
                     request_id: request_id(r.request_id.as_ref()),
-                    op: Op::Delete {
-                        key: r.key.to_vec(),
-                        prefix: r.prefix,
-                        prev_kv: r.prev_kv,
-                    },
+                    op: Op::Delete(self.delete_op(&r)?),
                 })
                 .await?;
             match resp.result {
@@ -579,34 +568,40 @@ async fn run_watch(
 }
 
 impl KvService {
+    /// Checks a put against the limits and converts it.
+    fn put_op(&self, p: &pb::PutRequest) -> Result<PutOp, Status> {
+        self.check_key(&p.key, "key")?;
+        self.check_value(&p.value)?;
+        Ok(PutOp {
+            key: p.key.to_vec(),
+            value: p.value.to_vec(),
+            prev_kv: p.prev_kv,
+        })
+    }
+
+    /// Checks a delete against the limits and converts it.
+    fn delete_op(&self, d: &pb::DeleteRequest) -> Result<DeleteOp, Status> {
+        self.check_key(&d.key, if d.prefix { "prefix" } else { "key" })?;
+        Ok(DeleteOp {
+            key: d.key.to_vec(),
+            prefix: d.prefix,
+            prev_kv: d.prev_kv,
+        })
+    }
+
     fn txn_ops(&self, ops: &[pb::RequestOp]) -> Result<Vec<TxnOp>, Status> {
         use pb::request_op::Request as Rq;
         let mut out = Vec::with_capacity(ops.len());
         for op in ops {
             out.push(match &op.request {
-                Some(Rq::Put(p)) => {
-                    self.check_key(&p.key, "key")?;
-                    self.check_value(&p.value)?;
-                    TxnOp::Put {
-                        key: p.key.to_vec(),
-                        value: p.value.to_vec(),
-                        prev_kv: p.prev_kv,
-                    }
-                }
+                Some(Rq::Put(p)) => TxnOp::Put(self.put_op(p)?),
                 Some(Rq::Get(g)) => {
                     self.check_key(&g.key, "key")?;
                     TxnOp::Get {
                         key: g.key.to_vec(),
                     }
                 }
-                Some(Rq::Delete(d)) => {
-                    self.check_key(&d.key, if d.prefix { "prefix" } else { "key" })?;
-                    TxnOp::Delete {
-                        key: d.key.to_vec(),
-                        prefix: d.prefix,
-                        prev_kv: d.prev_kv,
-                    }
-                }
+                Some(Rq::Delete(d)) => TxnOp::Delete(self.delete_op(d)?),
                 Some(Rq::Scan(s)) => TxnOp::Scan(self.scan_spec(s)?),
                 None => return Err(Status::invalid_argument("empty transaction operation")),
             });

@@ -130,6 +130,28 @@ impl NodeCore {
         self.fs.clone()
     }
 
+    /// Waits until openraft's metrics satisfy `done`, at most `timeout`.
+    /// Returns whether they did.
+    pub async fn wait_metrics(
+        &self,
+        timeout: Duration,
+        done: impl Fn(&openraft::RaftMetrics<crate::raft::TypeConfig>) -> bool,
+    ) -> bool {
+        let mut rx = self.raft.metrics();
+        tokio::time::timeout(timeout, async {
+            loop {
+                if done(&rx.borrow_watched()) {
+                    return true;
+                }
+                if rx.changed().await.is_err() {
+                    return false;
+                }
+            }
+        })
+        .await
+        .unwrap_or(false)
+    }
+
     /// Refuses new requests while draining.
     pub fn check_accepting(&self) -> Result<(), tonic::Status> {
         if self.draining.load(Ordering::Relaxed) {
@@ -364,23 +386,8 @@ pub async fn transfer_leadership_away(core: &NodeCore, wait: Duration) -> bool {
         tracing::warn!(error = %e, "leader transfer failed");
         return false;
     }
-    let mut rx = core.raft.metrics();
-    let moved = tokio::time::timeout(wait, async {
-        loop {
-            {
-                let m = rx.borrow_watched();
-                if m.current_leader.is_some_and(|l| l != me) {
-                    return;
-                }
-            }
-            if rx.changed().await.is_err() {
-                return;
-            }
-        }
-    })
-    .await
-    .is_ok();
-    moved
+    core.wait_metrics(wait, |m| m.current_leader.is_some_and(|l| l != me))
+        .await
 }
 
 /// Accepted connections, with Nagle's algorithm off: small gRPC frames
