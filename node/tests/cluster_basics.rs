@@ -236,6 +236,10 @@ async fn three_nodes_serve_every_call_through_every_node() {
         .into_inner();
     assert_eq!(moved.leader, to);
     assert_eq!(c.wait_leader(Duration::from_secs(10)).await, to);
-    let r = kv(&c.addr(to)).await.put(put_req("after-transfer", "v")).await.unwrap();
+    let r = kv(&c.addr(to))
+        .await
+        .put(put_req("after-transfer", "v"))
+        .await
+        .unwrap();
     assert_eq!(r.into_inner().header.unwrap().member_id, to);
 }

@@ -31,13 +31,7 @@ async fn a_retried_write_is_applied_once() {
         "the duplicate answers with the first revision"
     );
     assert_eq!(first.prev_kv, second.prev_kv);
-    let kv = k
-        .get(get_req("counter", false))
-        .await
-        .unwrap()
-        .into_inner()
-        .kv
-        .unwrap();
+    let kv = get_kv(&mut k, "counter").await.unwrap();
     assert_eq!(kv.version, 1, "applied once");
 
     // A different sequence number is a new write.
@@ -52,13 +46,7 @@ async fn a_retried_write_is_applied_once() {
         .await
         .unwrap()
         .into_inner();
-    let kv = k
-        .get(get_req("counter", false))
-        .await
-        .unwrap()
-        .into_inner()
-        .kv
-        .unwrap();
+    let kv = get_kv(&mut k, "counter").await.unwrap();
     assert_eq!(kv.version, 2);
     assert_eq!(kv.mod_revision, third.header.unwrap().revision);
 
@@ -86,13 +74,7 @@ async fn a_retried_write_is_applied_once() {
         a.succeeded && b.succeeded,
         "the retry reports the first outcome"
     );
-    let kv = k
-        .get(get_req("counter", false))
-        .await
-        .unwrap()
-        .into_inner()
-        .kv
-        .unwrap();
+    let kv = get_kv(&mut k, "counter").await.unwrap();
     assert_eq!(kv.version, 3);
 
     // The table survives a restart of every node (it is part of the data).
@@ -116,12 +98,6 @@ async fn a_retried_write_is_applied_once() {
         again.header.unwrap().revision,
         first.header.unwrap().revision
     );
-    let kv = k
-        .get(get_req("counter", false))
-        .await
-        .unwrap()
-        .into_inner()
-        .kv
-        .unwrap();
+    let kv = get_kv(&mut k, "counter").await.unwrap();
     assert_eq!(kv.version, 3);
 }

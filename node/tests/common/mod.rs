@@ -304,6 +304,11 @@ pub fn get_req(key: &str, serializable: bool) -> pb::GetRequest {
     }
 }
 
+/// A linearizable get of `key` (None when absent).
+pub async fn get_kv(k: &mut KvClient<Channel>, key: &str) -> Option<pb::KeyValue> {
+    k.get(get_req(key, false)).await.unwrap().into_inner().kv
+}
+
 /// Every pair on node `addr`, read serializably (its own state).
 pub async fn dump(addr: &str) -> Vec<(Vec<u8>, Vec<u8>, u64, u64, u64)> {
     let mut out = Vec::new();
