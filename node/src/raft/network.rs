@@ -14,11 +14,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_proto::raft::{self as pb, raft_client::RaftClient};
+use openraft::base::{BoxFuture, BoxStream};
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
-    TransferLeaderResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult,
+    TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::{OptionalSend, RaftNetworkV2};
 use serde::de::DeserializeOwned;
@@ -218,6 +219,48 @@ use futures::StreamExt;
 
 impl RaftNetworkV2<TypeConfig> for PeerClient {
     type SnapshotData = SnapshotDir;
+
+    /// Pipelined appends over one bidirectional gRPC stream: openraft
+    /// sends the next batch without waiting for the previous answer.
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        _option: RPCOption,
+    ) -> BoxFuture<
+        's,
+        Result<
+            BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>,
+            RPCError<TypeConfig>,
+        >,
+    >
+    where
+        S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>>
+            + OptionalSend
+            + Unpin
+            + 'static,
+    {
+        let target = self.target;
+        let client = self.client();
+        Box::pin(async move {
+            let mut client = client?;
+            let requests = input.map(|r| pb::RaftMessage {
+                // Our own types always encode; an empty payload would be
+                // refused by the peer and end the stream.
+                payload: codec::encode(&r).unwrap_or_default().into(),
+                error: String::new(),
+            });
+            let replies = client
+                .stream_append(requests)
+                .await
+                .map_err(|s| status_err(target, &s))?
+                .into_inner();
+            let out = replies.map(move |r| match r {
+                Ok(m) => decode_reply::<StreamAppendResult<TypeConfig>>(target, m),
+                Err(s) => Err(status_err(target, &s)),
+            });
+            Ok(Box::pin(out) as BoxStream<'s, _>)
+        })
+    }
 
     async fn append_entries(
         &mut self,

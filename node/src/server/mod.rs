@@ -291,6 +291,7 @@ impl RunningNode {
             draining: AtomicBool::new(false),
         });
         let (stop, stop_rx) = watch::channel(false);
+        // tasks[0] is the peer server (shutdown relies on the order).
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(peer::serve(
             core.clone(),
@@ -343,12 +344,25 @@ impl RunningNode {
         }
         // In-flight requests get a moment to finish.
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let _ = self.stop.send(true);
-        for t in self.tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
-        }
+        // Raft first: that ends the peers' replication streams, which the
+        // peer server would otherwise wait for.
         if let Err(e) = core.scope.run(core.raft.shutdown()).await {
             tracing::warn!(error = %e, "Raft shutdown");
+        }
+        let _ = self.stop.send(true);
+        // Peers keep their connections open (and Raft is already down),
+        // so the peer server gets a short grace; the client server a
+        // longer one for in-flight requests and watches. Then both stop.
+        for (i, mut t) in self.tasks.into_iter().enumerate() {
+            let grace = if i == 0 {
+                Duration::from_millis(500)
+            } else {
+                Duration::from_secs(5)
+            };
+            if tokio::time::timeout(grace, &mut t).await.is_err() {
+                tracing::debug!(task = i, "stopping a server task after its grace period");
+                t.abort();
+            }
         }
         let db = core.sm.db();
         if let Err(e) = db.flush() {

@@ -70,8 +70,59 @@ fn reply<T: Serialize, E: std::fmt::Display>(
     }))
 }
 
+type MessageStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::RaftMessage, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl pb::raft_server::Raft for PeerService {
+    type StreamAppendStream = MessageStream;
+
+    async fn stream_append(
+        &self,
+        req: Request<Streaming<pb::RaftMessage>>,
+    ) -> Result<Response<Self::StreamAppendStream>, Status> {
+        // Requests that do not decode end the input; the leader sees the
+        // stream end and starts over.
+        let input = req
+            .into_inner()
+            .take_while(|m| futures::future::ready(m.is_ok()))
+            .filter_map(|m| async move {
+                let m = m.ok()?;
+                match codec::decode::<AppendEntriesRequest<TypeConfig>>(&m.payload) {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "undecodable append in a stream");
+                        None
+                    }
+                }
+            });
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let core = self.core.clone();
+        // openraft's stream must be polled inside its RNG scope: drive it
+        // from a task of its own.
+        tokio::spawn(async move {
+            let scoped = core.scope.run(async {
+                let out = core.raft.stream_append(Box::pin(input));
+                futures::pin_mut!(out);
+                while let Some(item) = out.next().await {
+                    let last = item.is_err();
+                    let msg = match item {
+                        Ok(r) => reply(Ok::<_, String>(r)),
+                        Err(fatal) => reply(Err::<(), _>(fatal)),
+                    }
+                    .map(Response::into_inner);
+                    if tx.send(msg).await.is_err() || last {
+                        break;
+                    }
+                }
+            });
+            scoped.await;
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
     async fn append_entries(
         &self,
         req: Request<pb::RaftMessage>,
