@@ -29,13 +29,13 @@ use std::ops::RangeBounds;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
-use std::time::Instant;
+use tokio::time::Instant;
 
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
 use parking_lot::Mutex;
 
-use super::codec;
+use super::{codec, small_file};
 use super::{Entry, LogId, TypeConfig, Vote};
 use crate::lsm::executor::Executor;
 use crate::lsm::frame;
@@ -131,26 +131,6 @@ fn segment_name(first_index: u64) -> String {
     format!("{first_index:020}.log")
 }
 
-fn read_small_file<T: serde::de::DeserializeOwned>(
-    fs: &dyn FileSystem,
-    path: &Path,
-    must_be_intact: bool,
-) -> io::Result<Option<T>> {
-    if !fs.exists(path) {
-        return Ok(None);
-    }
-    let data = fs.read_all(path)?;
-    let (records, tail) = frame::decode_all(&data);
-    match (records.first(), tail) {
-        (Some(r), frame::Tail::Clean) if records.len() == 1 => Ok(Some(codec::decode(r)?)),
-        _ if !must_be_intact => Ok(None),
-        (_, tail) => Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("{} is damaged ({tail:?})", path.display()),
-        )),
-    }
-}
-
 impl LogStore {
     /// Opens the log in `dir` (created if missing), cutting a torn tail
     /// and refusing a log damaged in the middle.
@@ -172,9 +152,11 @@ impl LogStore {
     ) -> io::Result<Self> {
         let dir = dir.as_ref().to_path_buf();
         fs.create_dir_all(&dir)?;
-        let vote: Option<Vote> = read_small_file(&*fs, &dir.join("vote"), true)?;
-        let purged: Option<LogId> = read_small_file(&*fs, &dir.join("purged"), true)?;
-        let committed: Option<LogId> = read_small_file(&*fs, &dir.join("committed"), false)?;
+        let vote: Option<Vote> = small_file::read(&*fs, &dir.join("vote"))?;
+        let purged: Option<LogId> = small_file::read(&*fs, &dir.join("purged"))?;
+        // A hint: a damaged one reads as none.
+        let committed: Option<LogId> =
+            small_file::read(&*fs, &dir.join("committed")).unwrap_or(None);
         let mut names: Vec<(u64, String)> = fs
             .list(&dir)?
             .into_iter()
@@ -376,12 +358,10 @@ impl LogStore {
         value: &T,
         sync: bool,
     ) -> io::Result<()> {
-        let mut bytes = Vec::new();
-        frame::encode(&mut bytes, &codec::encode(value)?);
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.shared.writer.send(Job::Replace {
             name: name.to_string(),
-            bytes,
+            payload: codec::encode(value)?,
             sync,
             done: tx,
         });
@@ -651,7 +631,8 @@ enum Job {
     },
     Replace {
         name: String,
-        bytes: Vec<u8>,
+        /// postcard of the value.
+        payload: Vec<u8>,
         sync: bool,
         done: Done,
     },
@@ -875,11 +856,12 @@ impl Writer {
             }
             Job::Replace {
                 name,
-                bytes,
+                payload,
                 sync,
                 done,
             } => {
-                let res = self.replace(&name, &bytes, sync);
+                let res =
+                    small_file::write_encoded(&*self.fs, &self.dir.join(&name), &payload, sync);
                 if let Err(e) = &res {
                     if sync {
                         self.fail(e);
@@ -902,21 +884,5 @@ impl Writer {
             f.sync()?;
         }
         self.fs.sync_dir(&self.dir)
-    }
-
-    fn replace(&mut self, name: &str, bytes: &[u8], sync: bool) -> io::Result<()> {
-        let tmp = self.dir.join(format!("{name}.tmp"));
-        let mut f = self.fs.create(&tmp)?;
-        f.append(bytes)?;
-        f.flush()?;
-        if sync {
-            f.sync()?;
-        }
-        drop(f);
-        self.fs.rename(&tmp, &self.dir.join(name))?;
-        if sync {
-            self.fs.sync_dir(&self.dir)?;
-        }
-        Ok(())
     }
 }

@@ -12,11 +12,13 @@
 //!   [`store`]; snapshots are LSM checkpoints.
 //! - [`network`]: the peer transport over tonic.
 //! - [`codec`]: the postcard encoding of openraft's messages.
+//! - [`small_file`]: atomically replaced state files.
 
 pub mod codec;
 pub mod command;
 pub mod log_store;
 pub mod network;
+pub mod small_file;
 pub mod state_machine;
 pub mod store;
 

@@ -20,6 +20,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use tokio::time::Instant;
+
 use futures::{Stream, StreamExt};
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
@@ -27,11 +29,11 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::broadcast;
 
 use super::command::{CommandResponse, OpResult};
-use super::store::{self, AppliedState, Applier, Retention, WatchEvent};
-use super::{codec, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
+use super::store::{AppliedState, Applier, Retention, WatchEvent};
+use super::{codec, small_file, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::lsm::executor::Executor;
 use crate::lsm::fs::FileSystem;
-use crate::lsm::{self, frame, Db};
+use crate::lsm::{self, Db};
 
 /// The data of a snapshot: a directory holding an LSM checkpoint.
 #[derive(Debug, Clone)]
@@ -140,33 +142,6 @@ fn io_err(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
 }
 
-fn write_small_file(fs: &dyn FileSystem, path: &Path, payload: &[u8]) -> io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut bytes = Vec::new();
-    frame::encode(&mut bytes, payload);
-    let mut f = fs.create(&tmp)?;
-    f.append(&bytes)?;
-    f.flush()?;
-    f.sync()?;
-    drop(f);
-    fs.rename(&tmp, path)?;
-    if let Some(parent) = path.parent() {
-        fs.sync_dir(parent)?;
-    }
-    Ok(())
-}
-
-fn read_small_file(fs: &dyn FileSystem, path: &Path) -> io::Result<Vec<u8>> {
-    let data = fs.read_all(path)?;
-    match frame::decode_all(&data) {
-        (records, frame::Tail::Clean) if records.len() == 1 => Ok(records[0].to_vec()),
-        (_, tail) => Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("{} is damaged ({tail:?})", path.display()),
-        )),
-    }
-}
-
 /// Removes a directory and everything in it (one level: databases and
 /// checkpoints are flat).
 pub fn remove_dir(fs: &dyn FileSystem, dir: &Path) -> io::Result<()> {
@@ -197,12 +172,12 @@ impl StateMachine {
         fs.create_dir_all(&env.sm_dir())?;
         fs.create_dir_all(&env.snapshot_dir())?;
         let current_file = env.sm_dir().join("CURRENT");
-        let generation = if fs.exists(&current_file) {
-            let b = read_small_file(&*fs, &current_file)?;
-            codec::decode::<u64>(&b)?
-        } else {
-            write_small_file(&*fs, &current_file, &codec::encode(&1u64)?)?;
-            1
+        let generation = match small_file::read::<u64>(&*fs, &current_file)? {
+            Some(g) => g,
+            None => {
+                small_file::write(&*fs, &current_file, &1u64, true)?;
+                1
+            }
         };
         // Leftovers of interrupted installs and older generations.
         for name in fs.list(&env.sm_dir())? {
@@ -213,10 +188,7 @@ impl StateMachine {
         let db = env
             .open_db(&env.sm_dir().join(format!("db-{generation}")))
             .map_err(io_err)?;
-        let state = match db.durable_user_metadata() {
-            Some(b) => AppliedState::decode(&b).map_err(io_err)?,
-            None => AppliedState::default(),
-        };
+        let state = AppliedState::from_metadata(db.durable_user_metadata()).map_err(io_err)?;
         let applier = Applier::load(&db, env.retention).map_err(io_err)?;
         let current = Self::load_snapshot(&env)?;
         let (events, _) = broadcast::channel(WATCH_CHANNEL);
@@ -242,38 +214,62 @@ impl StateMachine {
         self.shared.clone()
     }
 
+    /// The newest complete snapshot; every other snapshot directory (older
+    /// ones, half-built or half-received ones) is garbage and removed.
     fn load_snapshot(env: &SmEnv) -> io::Result<Option<Snapshot>> {
         let fs = &*env.fs;
-        let mut newest: Option<(u64, String)> = None;
-        for name in fs.list(&env.snapshot_dir())? {
-            let dir = env.snapshot_dir().join(&name);
-            if let Some(idx) = name
-                .strip_prefix("snap-")
-                .and_then(|i| i.parse::<u64>().ok())
-            {
-                if fs.exists(&dir.join("meta")) && newest.as_ref().is_none_or(|(n, _)| idx > *n) {
-                    newest = Some((idx, name));
-                    continue;
-                }
-            }
-            // Partial snapshots (no meta yet) and incoming ones are garbage.
-            if (name.starts_with("snap-")
-                || name.starts_with("incoming-")
-                || name.starts_with("tmp-"))
-                && newest.as_ref().is_none_or(|(_, n)| *n != name)
-            {
-                remove_dir(fs, &dir)?;
+        let names = fs.list(&env.snapshot_dir())?;
+        let complete = |name: &String| {
+            name.starts_with("snap-") && fs.exists(&env.snapshot_dir().join(name).join("meta"))
+        };
+        // Names are zero-padded indexes, and the list is sorted.
+        let newest = names.iter().rfind(|n| complete(n)).cloned();
+        for name in &names {
+            let garbage = ["snap-", "incoming-", "tmp-"]
+                .iter()
+                .any(|p| name.starts_with(p));
+            if garbage && Some(name) != newest.as_ref() {
+                remove_dir(fs, &env.snapshot_dir().join(name))?;
             }
         }
-        let Some((_, name)) = newest else {
+        let Some(name) = newest else {
             return Ok(None);
         };
         let dir = env.snapshot_dir().join(name);
-        let meta: SnapshotMeta = codec::decode(&read_small_file(fs, &dir.join("meta"))?)?;
+        let meta: SnapshotMeta = small_file::read(fs, &dir.join("meta"))?
+            .ok_or_else(|| io::Error::other("snapshot meta vanished"))?;
         Ok(Some(Snapshot {
             meta,
             snapshot: SnapshotDir { dir },
         }))
+    }
+}
+
+impl StateMachine {
+    /// Makes the applied position visible to readers.
+    fn publish(&self) {
+        let applied = self.state.last_applied.as_ref().map_or(0, |l| l.index);
+        self.shared.applied.store(applied, Ordering::Release);
+        self.shared
+            .history_start
+            .store(self.applier.history_start(), Ordering::Release);
+        self.shared
+            .cluster_id
+            .store(self.state.cluster_id, Ordering::Release);
+    }
+}
+
+/// Makes `snap` the current snapshot and removes the one it replaces.
+fn replace_current(
+    current: &Mutex<Option<Snapshot>>,
+    fs: &dyn FileSystem,
+    snap: Snapshot,
+) -> io::Result<()> {
+    let dir = snap.snapshot.dir.clone();
+    let old = current.lock().replace(snap);
+    match old {
+        Some(old) if old.snapshot.dir != dir => remove_dir(fs, &old.snapshot.dir),
+        _ => Ok(()),
     }
 }
 
@@ -290,7 +286,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
         let env = self.env.clone();
         let db = self.shared.db();
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let snap = run_blocking(
             &self.env.executor.clone(),
             move || -> io::Result<Snapshot> {
@@ -306,7 +302,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                     last_log_id: state.last_applied,
                     last_membership: state.membership.clone(),
                 };
-                write_small_file(fs, &tmp.join("meta"), &codec::encode(&meta)?)?;
+                small_file::write(fs, &tmp.join("meta"), &meta, true)?;
                 let index = meta.last_log_id.as_ref().map_or(0, |l| l.index);
                 let dir = env.snapshot_dir().join(format!("snap-{index:020}"));
                 remove_dir(fs, &dir)?;
@@ -321,12 +317,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         .await??;
         metrics::counter!("cairn_snapshots_built_total").increment(1);
         metrics::histogram!("cairn_snapshot_build_duration_seconds").record(started.elapsed());
-        let old = self.current.lock().replace(snap.clone());
-        if let Some(old) = old {
-            if old.snapshot.dir != snap.snapshot.dir {
-                remove_dir(&*self.env.fs, &old.snapshot.dir)?;
-            }
-        }
+        replace_current(&self.current, &*self.env.fs, snap.clone())?;
         tracing::info!(last_log_id = ?snap.meta.last_log_id, "snapshot built");
         Ok(snap)
     }
@@ -349,7 +340,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let db = self.shared.db();
         while let Some(item) = entries.next().await {
             let (entry, responder) = item?;
-            let started = std::time::Instant::now();
+            let started = Instant::now();
             let index = entry.log_id.index;
             self.state.last_applied = Some(entry.log_id);
             let (response, events) = match entry.payload {
@@ -365,9 +356,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         // replica, different for every new cluster.
                         let seed = codec::encode(&(&entry.log_id, &m))?;
                         self.state.cluster_id = xxhash_rust::xxh3::xxh3_64(&seed).max(1);
-                        self.shared
-                            .cluster_id
-                            .store(self.state.cluster_id, Ordering::Release);
                     }
                     self.state.membership = StoredMembership::new(Some(entry.log_id), m);
                     self.applier
@@ -383,10 +371,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     (Some(applied.response), applied.events)
                 }
             };
-            self.shared.applied.store(index, Ordering::Release);
-            self.shared
-                .history_start
-                .store(self.applier.history_start(), Ordering::Release);
+            self.publish();
             if !events.is_empty() {
                 // No receivers is fine: nobody watches.
                 let _ = self.shared.events.send(Arc::new(RevisionEvents {
@@ -422,9 +407,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let env = self.env.clone();
         let generation = self.generation + 1;
         let meta2 = meta.clone();
-        let (db, keep) = run_blocking(
+        let (db, state, keep) = run_blocking(
             &self.env.executor.clone(),
-            move || -> io::Result<(Db, Snapshot)> {
+            move || -> io::Result<(Db, AppliedState, Snapshot)> {
                 let fs = &*env.fs;
                 let live = env.sm_dir().join(format!("db-{generation}"));
                 remove_dir(fs, &live)?;
@@ -437,7 +422,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     }
                 }
                 fs.sync_dir(&live)?;
-                write_small_file(fs, &snapshot.dir.join("meta"), &codec::encode(&meta2)?)?;
+                small_file::write(fs, &snapshot.dir.join("meta"), &meta2, true)?;
                 let index = meta2.last_log_id.as_ref().map_or(0, |l| l.index);
                 let snap_dir = env.snapshot_dir().join(format!("snap-{index:020}"));
                 if snap_dir != snapshot.dir {
@@ -446,10 +431,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     fs.sync_dir(&env.snapshot_dir())?;
                 }
                 let db = env.open_db(&live).map_err(io_err)?;
-                let state = match db.durable_user_metadata() {
-                    Some(b) => AppliedState::decode(&b).map_err(io_err)?,
-                    None => AppliedState::default(),
-                };
+                let state =
+                    AppliedState::from_metadata(db.durable_user_metadata()).map_err(io_err)?;
                 if state.last_applied != meta2.last_log_id {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,
@@ -460,13 +443,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     ));
                 }
                 // Only now does the new generation become the live one.
-                write_small_file(
-                    fs,
-                    &env.sm_dir().join("CURRENT"),
-                    &codec::encode(&generation)?,
-                )?;
+                small_file::write(fs, &env.sm_dir().join("CURRENT"), &generation, true)?;
                 Ok((
                     db,
+                    state,
                     Snapshot {
                         meta: meta2,
                         snapshot: SnapshotDir { dir: snap_dir },
@@ -475,31 +455,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             },
         )
         .await??;
-        let state = match db.durable_user_metadata() {
-            Some(b) => AppliedState::decode(&b).map_err(io_err)?,
-            None => AppliedState::default(),
-        };
         self.applier = Applier::load(&db, self.env.retention).map_err(io_err)?;
         let old_generation = self.generation;
         self.generation = generation;
         self.state = state;
         *self.shared.db.write() = Arc::new(db);
-        self.shared.applied.store(
-            self.state.last_applied.as_ref().map_or(0, |l| l.index),
-            Ordering::Release,
-        );
-        self.shared
-            .history_start
-            .store(self.applier.history_start(), Ordering::Release);
-        self.shared
-            .cluster_id
-            .store(self.state.cluster_id, Ordering::Release);
-        let old = self.current.lock().replace(keep.clone());
-        if let Some(old) = old {
-            if old.snapshot.dir != keep.snapshot.dir {
-                remove_dir(&*self.env.fs, &old.snapshot.dir)?;
-            }
-        }
+        self.publish();
+        replace_current(&self.current, &*self.env.fs, keep)?;
         // The old database closes when its last reader lets go; its files
         // are unlinked now (open handles keep working).
         let old_dir = self.env.sm_dir().join(format!("db-{old_generation}"));
@@ -523,15 +485,4 @@ impl std::fmt::Debug for StateMachine {
             .field("generation", &self.generation)
             .finish()
     }
-}
-
-/// Reads the events of revisions `[from, to]` for a watcher.
-pub fn history(
-    shared: &SmShared,
-    from: u64,
-    to: u64,
-    max_revisions: usize,
-    filter: impl Fn(&[u8]) -> bool,
-) -> Result<Vec<(u64, Vec<WatchEvent>)>, store::StoreError> {
-    store::history(&shared.db(), from, to, max_revisions, filter)
 }

@@ -91,6 +91,12 @@ impl AppliedState {
     pub fn encode(&self) -> Vec<u8> {
         postcard::to_allocvec(self).unwrap_or_default()
     }
+    /// The state recorded in an LSM metadata slot (the default when the
+    /// database has none yet).
+    pub fn from_metadata(metadata: Option<Vec<u8>>) -> Result<Self> {
+        metadata.map_or_else(|| Ok(Self::default()), |b| Self::decode(&b))
+    }
+
     /// Decodes the LSM metadata slot.
     pub fn decode(bytes: &[u8]) -> Result<Self> {
         postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt {

@@ -3,14 +3,16 @@
 use openraft_rt::WatchReceiver;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use cairn_proto::cluster as pb;
 use openraft::{ChangeMembers, ServerState};
 use tonic::{Request, Response, Status};
 
 use super::errors;
-use super::kv::observe;
+use super::http::observe;
 use super::NodeCore;
 use crate::raft::Member;
 

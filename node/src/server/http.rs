@@ -20,6 +20,20 @@ use super::NodeCore;
 
 static PROMETHEUS: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
+/// Records a gRPC request's duration by method and status code.
+pub fn observe<T>(
+    method: &'static str,
+    started: tokio::time::Instant,
+    r: &Result<T, tonic::Status>,
+) {
+    let code = match r {
+        Ok(_) => "OK".to_string(),
+        Err(s) => format!("{:?}", s.code()),
+    };
+    metrics::histogram!("cairn_grpc_request_duration_seconds", "method" => method, "code" => code)
+        .record(started.elapsed());
+}
+
 /// Installs the process-wide Prometheus recorder (once).
 pub fn prometheus() -> Option<PrometheusHandle> {
     PROMETHEUS

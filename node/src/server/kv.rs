@@ -2,7 +2,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use cairn_proto::kv as pb;
 use futures::Stream;
@@ -11,6 +11,7 @@ use tokio::sync::{broadcast, mpsc};
 use tonic::{Request, Response, Status};
 
 use super::errors::{self, store_error};
+use super::http::observe;
 use super::NodeCore;
 use crate::raft::command::{
     self, Command, Compare, CompareOp, CompareTarget, DeleteOp, Kv, Op, OpResult, PutOp, RequestId,
@@ -29,16 +30,6 @@ impl KvService {
     pub fn new(core: Arc<NodeCore>) -> Self {
         KvService { core }
     }
-}
-
-/// Records a request's duration and outcome.
-pub fn observe<T>(method: &'static str, started: Instant, r: &Result<T, Status>) {
-    let code = match r {
-        Ok(_) => "OK".to_string(),
-        Err(s) => format!("{:?}", s.code()),
-    };
-    metrics::histogram!("cairn_grpc_request_duration_seconds", "method" => method, "code" => code)
-        .record(started.elapsed());
 }
 
 fn invalid(limit: &str, detail: String) -> Status {
@@ -511,7 +502,7 @@ async fn run_watch(
             if next < oldest {
                 return Err(compacted(next, oldest));
             }
-            let batch = state_machine::history(&core.sm, next, applied, HISTORY_BATCH, filter)
+            let batch = store::history(&core.sm.db(), next, applied, HISTORY_BATCH, filter)
                 .map_err(store_error)?;
             let full = batch.len() == HISTORY_BATCH;
             let mut last = None;

@@ -125,11 +125,6 @@ impl NodeCore {
         m.current_leader.is_some() && applied >= committed && !self.draining.load(Ordering::Relaxed)
     }
 
-    /// The filesystem seam.
-    pub fn log_fs(&self) -> Arc<dyn FileSystem> {
-        self.fs.clone()
-    }
-
     /// Waits until openraft's metrics satisfy `done`, at most `timeout`.
     /// Returns whether they did.
     pub async fn wait_metrics(

@@ -48,6 +48,10 @@ struct PeerService {
     core: Arc<NodeCore>,
 }
 
+fn internal(e: std::io::Error) -> Status {
+    Status::internal(e.to_string())
+}
+
 fn decode<T: DeserializeOwned>(m: &pb::RaftMessage) -> Result<T, Status> {
     codec::decode(&m.payload)
         .map_err(|e| Status::invalid_argument(format!("undecodable Raft message: {e}")))
@@ -58,9 +62,7 @@ fn reply<T: Serialize, E: std::fmt::Display>(
 ) -> Result<Response<pb::RaftMessage>, Status> {
     Ok(Response::new(match r {
         Ok(v) => pb::RaftMessage {
-            payload: codec::encode(&v)
-                .map_err(|e| Status::internal(e.to_string()))?
-                .into(),
+            payload: codec::encode(&v).map_err(internal)?.into(),
             error: String::new(),
         },
         Err(e) => pb::RaftMessage {
@@ -171,7 +173,7 @@ impl pb::raft_server::Raft for PeerService {
     ) -> Result<Response<pb::RaftMessage>, Status> {
         let mut stream = req.into_inner();
         let core = &self.core;
-        let fs = core.log_fs();
+        let fs = core.fs.clone();
         let first = stream
             .next()
             .await
@@ -199,9 +201,8 @@ impl pb::raft_server::Raft for PeerService {
             .data_dir
             .join("snapshots")
             .join(format!("incoming-{index:020}"));
-        remove_dir(&*fs, &dir).map_err(|e| Status::internal(e.to_string()))?;
-        fs.create_dir_all(&dir)
-            .map_err(|e| Status::internal(e.to_string()))?;
+        remove_dir(&*fs, &dir).map_err(internal)?;
+        fs.create_dir_all(&dir).map_err(internal)?;
         let result = async {
             let mut files: BTreeMap<String, (Box<dyn crate::lsm::fs::WritableFile>, u64)> =
                 BTreeMap::new();
@@ -225,9 +226,7 @@ impl pb::raft_server::Raft for PeerService {
                     )));
                 }
                 if !files.contains_key(&f.name) {
-                    let w = fs
-                        .create(&dir.join(&f.name))
-                        .map_err(|e| Status::internal(e.to_string()))?;
+                    let w = fs.create(&dir.join(&f.name)).map_err(internal)?;
                     files.insert(f.name.clone(), (w, 0));
                 }
                 let Some((w, written)) = files.get_mut(&f.name) else {
@@ -239,8 +238,7 @@ impl pb::raft_server::Raft for PeerService {
                         f.name
                     )));
                 }
-                w.append(&f.data)
-                    .map_err(|e| Status::internal(e.to_string()))?;
+                w.append(&f.data).map_err(internal)?;
                 *written += f.data.len() as u64;
             }
             for (name, size) in &expected {
@@ -254,12 +252,9 @@ impl pb::raft_server::Raft for PeerService {
                         "{name}: {written} of {size} bytes arrived"
                     )));
                 }
-                w.flush()
-                    .and_then(|()| w.sync())
-                    .map_err(|e| Status::internal(e.to_string()))?;
+                w.flush().and_then(|()| w.sync()).map_err(internal)?;
             }
-            fs.sync_dir(&dir)
-                .map_err(|e| Status::internal(e.to_string()))?;
+            fs.sync_dir(&dir).map_err(internal)?;
             Ok(())
         }
         .await;
