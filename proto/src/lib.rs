@@ -26,3 +26,12 @@ pub mod raft {
 /// The encoded descriptors of every cairn service, for reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/cairn_descriptor.bin"));
+
+/// Trailer naming the leader's node id, set on UNAVAILABLE when a node
+/// cannot serve a leader-only call.
+pub const LEADER_ID: &str = "cairn-leader-id";
+/// Trailer naming the leader's client address, beside [`LEADER_ID`].
+pub const LEADER_ADDR: &str = "cairn-leader-addr";
+/// Trailer naming the oldest revision the watch history still holds, set
+/// on OUT_OF_RANGE when a watch starts before it.
+pub const COMPACT_REVISION: &str = "cairn-compact-revision";

@@ -10,12 +10,7 @@ use tonic::Status;
 use crate::raft::store::StoreError;
 use crate::raft::TypeConfig;
 
-/// Trailer naming the leader's node id.
-pub const LEADER_ID: &str = "cairn-leader-id";
-/// Trailer naming the leader's client address.
-pub const LEADER_ADDR: &str = "cairn-leader-addr";
-/// Trailer naming the oldest revision the watch history holds.
-pub const COMPACT_REVISION: &str = "cairn-compact-revision";
+pub use cairn_proto::{COMPACT_REVISION, LEADER_ADDR, LEADER_ID};
 
 /// UNAVAILABLE naming the leader, so the caller redirects in one hop.
 pub fn not_leader(f: &ForwardToLeader<TypeConfig>) -> Status {

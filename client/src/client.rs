@@ -1,0 +1,412 @@
+//! The connection pool, the leader cache and the retry loop every call
+//! goes through.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use rand::{Rng, SeedableRng};
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::error::{classify, Error, Failure, Result};
+
+/// How a [`Client`] connects, times out and retries.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// The deadline of every call, retries included.
+    pub timeout: Duration,
+    /// The longest one attempt may take (at most what is left of the
+    /// deadline). Shorter than `timeout` so that a silent node (a
+    /// partition) leaves time to try another.
+    pub attempt_timeout: Duration,
+    /// The deadline for opening a TCP connection.
+    pub connect_timeout: Duration,
+    /// HTTP/2 keep-alive ping interval; a connection whose ping is not
+    /// answered within `keepalive_timeout` is dropped.
+    pub keepalive_interval: Duration,
+    /// See `keepalive_interval`.
+    pub keepalive_timeout: Duration,
+    /// The first retry backoff; it doubles per attempt up to `max_backoff`,
+    /// with full jitter.
+    pub initial_backoff: Duration,
+    /// The cap on the retry backoff.
+    pub max_backoff: Duration,
+    /// This client's id in request ids; random when `None`.
+    pub client_id: Option<u64>,
+    /// Seeds the backoff jitter (deterministic simulation); from the OS
+    /// when `None`.
+    pub seed: Option<u64>,
+    /// Add the members' client addresses (learned from the cluster) to the
+    /// endpoints. Off by default: behind a gateway or a NAT the members'
+    /// own addresses may not be reachable from the client.
+    pub discover_members: bool,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            timeout: Duration::from_secs(5),
+            attempt_timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(1),
+            keepalive_interval: Duration::from_secs(5),
+            keepalive_timeout: Duration::from_secs(3),
+            initial_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(500),
+            client_id: None,
+            seed: None,
+            discover_members: false,
+        }
+    }
+}
+
+/// Where a call must go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// The leader: writes, linearizable reads, membership changes.
+    Leader,
+    /// Any endpoint: serializable reads, watches, status.
+    Any,
+}
+
+/// A cairn client: cheap to clone, safe to share between tasks.
+///
+/// Every call has a deadline ([`ClientConfig::timeout`]). Leader-only calls
+/// go to the cached leader; a node that is not the leader answers with the
+/// leader's address and the call follows it in one hop. Failures that a
+/// retry can fix (an unreachable node, a leader change) are retried with
+/// capped exponential backoff and jitter inside the deadline. Every write
+/// carries a request id (client id, sequence number), so the cluster
+/// applies a retried write once.
+#[derive(Clone)]
+pub struct Client {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) config: ClientConfig,
+    /// The endpoints in rotation, as `host:port`.
+    endpoints: Mutex<Vec<String>>,
+    channels: Mutex<HashMap<String, Channel>>,
+    leader: Mutex<Option<String>>,
+    next: AtomicUsize,
+    client_id: u64,
+    seq: AtomicU64,
+    rng: Mutex<rand::rngs::StdRng>,
+}
+
+/// `http://host:port` → `host:port`; refuses what is not an address.
+fn normalize(endpoint: &str) -> Result<String> {
+    let e = endpoint.trim();
+    let e = e.strip_prefix("http://").unwrap_or(e).trim_end_matches('/');
+    if e.starts_with("https://") {
+        return Err(Error::Config(format!(
+            "endpoint {endpoint:?}: TLS is not supported; use host:port"
+        )));
+    }
+    match e.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(e.to_string()),
+        _ => Err(Error::Config(format!(
+            "endpoint {endpoint:?} is not host:port"
+        ))),
+    }
+}
+
+impl Client {
+    /// Connects to a cluster through `endpoints` (nodes or gateways,
+    /// `host:port`), with the default configuration. Fails with
+    /// [`Error::Unavailable`] when no endpoint answers.
+    pub async fn connect<S: AsRef<str>>(endpoints: impl IntoIterator<Item = S>) -> Result<Client> {
+        Self::connect_with(endpoints, ClientConfig::default()).await
+    }
+
+    /// [`Client::connect`] with a configuration. Asks the cluster for its
+    /// members, which checks that an endpoint answers and learns the
+    /// leader.
+    pub async fn connect_with<S: AsRef<str>>(
+        endpoints: impl IntoIterator<Item = S>,
+        config: ClientConfig,
+    ) -> Result<Client> {
+        let client = Self::new_lazy(endpoints, config)?;
+        let members = client.members().await?;
+        client.learn(&members);
+        Ok(client)
+    }
+
+    /// A client that connects on its first call (no round trip here).
+    pub fn new_lazy<S: AsRef<str>>(
+        endpoints: impl IntoIterator<Item = S>,
+        config: ClientConfig,
+    ) -> Result<Client> {
+        let mut eps = Vec::new();
+        for e in endpoints {
+            let e = normalize(e.as_ref())?;
+            if !eps.contains(&e) {
+                eps.push(e);
+            }
+        }
+        if eps.is_empty() {
+            return Err(Error::Config("no endpoints given".into()));
+        }
+        let mut rng = match config.seed {
+            Some(s) => rand::rngs::StdRng::seed_from_u64(s),
+            None => rand::rngs::StdRng::from_os_rng(),
+        };
+        let client_id = config.client_id.unwrap_or_else(|| rng.random());
+        let start = rng.random_range(0..eps.len());
+        Ok(Client {
+            inner: Arc::new(Inner {
+                config,
+                endpoints: Mutex::new(eps),
+                channels: Mutex::new(HashMap::new()),
+                leader: Mutex::new(None),
+                next: AtomicUsize::new(start),
+                client_id,
+                seq: AtomicU64::new(0),
+                rng: Mutex::new(rng),
+            }),
+        })
+    }
+
+    /// The endpoints in rotation.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.inner.endpoints.lock().clone()
+    }
+
+    /// The leader's address as last learned, if any.
+    pub fn cached_leader(&self) -> Option<String> {
+        self.inner.leader.lock().clone()
+    }
+
+    /// Drops the cached leader; the next leader-only call finds it again.
+    pub fn forget_leader(&self) {
+        *self.inner.leader.lock() = None;
+    }
+
+    /// This client's id in request ids.
+    pub fn client_id(&self) -> u64 {
+        self.inner.client_id
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    /// Records what a Members answer says: the leader's address (when it
+    /// is one of the endpoints, or discovery is on) and, with discovery,
+    /// every member's address.
+    pub(crate) fn learn(&self, m: &cairn_proto::cluster::MembersResponse) {
+        let discover = self.inner.config.discover_members;
+        if discover {
+            let mut eps = self.inner.endpoints.lock();
+            for member in &m.members {
+                if let Ok(a) = normalize(&member.client_addr) {
+                    if !eps.contains(&a) {
+                        eps.push(a);
+                    }
+                }
+            }
+        }
+        let leader = m
+            .members
+            .iter()
+            .find(|x| x.id == m.leader && m.leader != 0)
+            .and_then(|x| normalize(&x.client_addr).ok());
+        if let Some(l) = leader {
+            if discover || self.inner.endpoints.lock().contains(&l) {
+                *self.inner.leader.lock() = Some(l);
+            }
+        }
+    }
+
+    /// A new request id for one logical write (its retries reuse it).
+    pub(crate) fn request_id(&self) -> cairn_proto::kv::RequestId {
+        cairn_proto::kv::RequestId {
+            client_id: self.inner.client_id,
+            seq: self.inner.seq.fetch_add(1, Ordering::Relaxed) + 1,
+        }
+    }
+
+    /// The channel to `addr`, created on first use (lazily connected, with
+    /// HTTP/2 keep-alive).
+    pub(crate) fn channel(&self, addr: &str) -> Result<Channel> {
+        if let Some(c) = self.inner.channels.lock().get(addr) {
+            return Ok(c.clone());
+        }
+        let cfg = &self.inner.config;
+        let ch = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| Error::Config(format!("endpoint {addr:?}: {e}")))?
+            .connect_timeout(cfg.connect_timeout)
+            .http2_keep_alive_interval(cfg.keepalive_interval)
+            .keep_alive_timeout(cfg.keepalive_timeout)
+            .keep_alive_while_idle(true)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        Ok(self
+            .inner
+            .channels
+            .lock()
+            .entry(addr.to_string())
+            .or_insert(ch)
+            .clone())
+    }
+
+    /// The next endpoint in rotation.
+    pub(crate) fn rotate(&self) -> String {
+        let eps = self.inner.endpoints.lock();
+        let i = self.inner.next.fetch_add(1, Ordering::Relaxed);
+        eps[i % eps.len()].clone()
+    }
+
+    fn target(&self, route: Route) -> String {
+        if route == Route::Leader {
+            if let Some(l) = self.inner.leader.lock().clone() {
+                return l;
+            }
+        }
+        self.rotate()
+    }
+
+    pub(crate) fn backoff(&self, attempt: u32) -> Duration {
+        let cfg = &self.inner.config;
+        let cap = cfg
+            .initial_backoff
+            .saturating_mul(1u32 << attempt.min(16))
+            .min(cfg.max_backoff);
+        let nanos = u64::try_from(cap.as_nanos()).unwrap_or(u64::MAX).max(1);
+        Duration::from_nanos(self.inner.rng.lock().random_range(nanos / 2..=nanos))
+    }
+
+    /// Runs `op` (one attempt on a channel, with a per-attempt timeout)
+    /// until it succeeds, fails for good, or the deadline passes.
+    pub(crate) async fn call<T, F, Fut>(&self, route: Route, mut op: F) -> Result<T>
+    where
+        F: FnMut(Channel, Duration) -> Fut,
+        Fut: Future<Output = Result<T, tonic::Status>>,
+    {
+        let cfg = &self.inner.config;
+        let deadline = Instant::now() + cfg.timeout;
+        let mut target = self.target(route);
+        let mut attempts = 0u32;
+        let mut redirects = 0u32;
+        let mut last;
+        loop {
+            attempts += 1;
+            let left = deadline.saturating_duration_since(Instant::now());
+            let channel = self.channel(&target)?;
+            let result = op(channel, left.min(cfg.attempt_timeout)).await;
+            let failure = match result {
+                Ok(v) => {
+                    if route == Route::Leader {
+                        let mut l = self.inner.leader.lock();
+                        if l.as_deref() != Some(&target) {
+                            *l = Some(target);
+                        }
+                    }
+                    return Ok(v);
+                }
+                Err(s) => classify(&s),
+            };
+            match failure {
+                Failure::Fatal(e) => return Err(e),
+                Failure::Redirect(leader) => {
+                    last = format!("{target} is not the leader; it named {leader}");
+                    *self.inner.leader.lock() = Some(leader.clone());
+                    redirects += 1;
+                    // One hop, at once; a hint that goes in circles (an
+                    // election in progress) falls back to backing off.
+                    if leader != target && redirects <= 3 {
+                        target = leader;
+                        continue;
+                    }
+                    target = leader;
+                }
+                Failure::Retry(msg) => {
+                    last = format!("{target}: {msg}");
+                    if route == Route::Leader {
+                        let mut l = self.inner.leader.lock();
+                        if l.as_deref() == Some(&target) {
+                            *l = None;
+                        }
+                    }
+                    target = self.rotate();
+                    redirects = 0;
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(if last.contains("DeadlineExceeded") {
+                    Error::DeadlineExceeded {
+                        after: cfg.timeout,
+                        last,
+                    }
+                } else {
+                    Error::Unavailable { attempts, last }
+                });
+            }
+            tokio::time::sleep(self.backoff(attempts).min(left)).await;
+            if Instant::now() >= deadline {
+                return Err(Error::Unavailable { attempts, last });
+            }
+        }
+    }
+}
+
+/// A request with a per-attempt timeout.
+pub(crate) fn request<T>(msg: T, timeout: Duration) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.set_timeout(timeout);
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_are_normalized_and_checked() {
+        assert_eq!(
+            normalize("http://127.0.0.1:7001/").unwrap(),
+            "127.0.0.1:7001"
+        );
+        assert_eq!(
+            normalize(" node-0.cairn:7001 ").unwrap(),
+            "node-0.cairn:7001"
+        );
+        assert!(normalize("127.0.0.1").is_err());
+        assert!(normalize("127.0.0.1:notaport").is_err());
+        assert!(normalize("https://a:1").is_err());
+        assert!(Client::new_lazy(Vec::<String>::new(), ClientConfig::default()).is_err());
+    }
+
+    #[test]
+    fn backoff_is_capped_and_jittered() {
+        let c = Client::new_lazy(
+            ["127.0.0.1:1"],
+            ClientConfig {
+                seed: Some(7),
+                ..ClientConfig::default()
+            },
+        )
+        .unwrap();
+        let cfg = ClientConfig::default();
+        for attempt in 0..40 {
+            let b = c.backoff(attempt);
+            assert!(b <= cfg.max_backoff, "{b:?}");
+            assert!(b >= cfg.initial_backoff / 2, "{b:?}");
+        }
+    }
+
+    #[test]
+    fn request_ids_are_unique_per_client() {
+        let c = Client::new_lazy(["127.0.0.1:1"], ClientConfig::default()).unwrap();
+        let a = c.request_id();
+        let b = c.request_id();
+        assert_eq!(a.client_id, b.client_id);
+        assert_ne!(a.seq, b.seq);
+    }
+}

@@ -1,0 +1,421 @@
+//! A cluster of real `cairn node` processes on loopback, for the
+//! integration tests of the node, the client and the gateway.
+//!
+//! The `cairn` binary is `$CAIRN_BIN` when set, else the one cargo built
+//! beside the running test (`target/<profile>/cairn`; `cargo test
+//! --workspace` builds it), else it is built with cargo once.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cairn_proto::cluster::cluster_client::ClusterClient;
+use cairn_proto::cluster::StatusRequest;
+use cairn_proto::kv::kv_client::KvClient;
+use cairn_proto::kv::{self as pb};
+use tonic::transport::Channel;
+
+/// The `cairn` binary the harness runs.
+pub fn cairn_binary() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("CAIRN_BIN") {
+            return PathBuf::from(p);
+        }
+        let exe = std::env::current_exe().expect("current exe");
+        // target/<profile>/deps/<test> -> target/<profile>/cairn
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("test binary under target/<profile>/deps")
+            .to_path_buf();
+        let bin = profile_dir.join("cairn");
+        if !bin.exists() {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let ok = Command::new(cargo)
+                .args(["build", "-p", "cairn-node", "--bin", "cairn"])
+                .status()
+                .expect("run cargo build")
+                .success();
+            assert!(ok && bin.exists(), "could not build {}", bin.display());
+        }
+        bin
+    })
+    .clone()
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct NodeProc {
+    pub id: u64,
+    pub client: String,
+    pub peer: String,
+    pub metrics: String,
+    pub data: PathBuf,
+    pub child: Option<Child>,
+    pub extra: Vec<String>,
+    pub join: Option<String>,
+    /// Started with neither --initial-cluster nor --join: waits to be
+    /// added by an administrator.
+    pub idle: bool,
+}
+
+pub struct TestCluster {
+    pub dir: tempfile::TempDir,
+    pub nodes: BTreeMap<u64, NodeProc>,
+    pub initial: String,
+}
+
+impl NodeProc {
+    fn spawn(&mut self, initial: &str) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data.with_extension("log"))
+            .unwrap();
+        let mut cmd = Command::new(cairn_binary());
+        cmd.arg("node")
+            .args(["--id", &self.id.to_string()])
+            .args(["--data-dir", self.data.to_str().unwrap()])
+            .args(["--listen-client", &self.client])
+            .args(["--listen-peer", &self.peer])
+            .args(["--listen-metrics", &self.metrics])
+            .args(["--heartbeat-ms", "50"])
+            .args(["--election-timeout-ms", "300"])
+            .args(&self.extra)
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdout(Stdio::null())
+            .stderr(log);
+        if let Some(j) = &self.join {
+            cmd.args(["--join", j]);
+        } else if self.idle {
+            // Neither bootstraps nor joins.
+        } else {
+            cmd.args(["--initial-cluster", initial]);
+        }
+        self.child = Some(cmd.spawn().expect("spawn cairn"));
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn sigterm_and_wait(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().unwrap();
+        Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = c.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "node did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data.with_extension("log")).unwrap_or_default()
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for n in self.nodes.values_mut() {
+            n.kill9();
+        }
+        if std::thread::panicking() {
+            for n in self.nodes.values() {
+                eprintln!("==== node {} log (tail) ====", n.id);
+                let log = n.log();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                for l in tail.into_iter().rev() {
+                    eprintln!("{l}");
+                }
+            }
+        }
+    }
+}
+
+impl TestCluster {
+    /// Starts `n` nodes with ids 1..=n and extra flags for every node.
+    pub async fn start(n: u64, extra: &[&str]) -> TestCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let mut nodes = BTreeMap::new();
+        for id in 1..=n {
+            nodes.insert(id, Self::new_node(dir.path(), id, extra, None));
+        }
+        let initial = nodes
+            .values()
+            .map(|n| format!("{}={}/{}", n.id, n.client, n.peer))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut c = TestCluster {
+            dir,
+            nodes,
+            initial,
+        };
+        let initial = c.initial.clone();
+        for n in c.nodes.values_mut() {
+            n.spawn(&initial);
+        }
+        c.wait_leader(Duration::from_secs(30)).await;
+        c
+    }
+
+    fn new_node(dir: &Path, id: u64, extra: &[&str], join: Option<String>) -> NodeProc {
+        NodeProc {
+            id,
+            client: format!("127.0.0.1:{}", free_port()),
+            peer: format!("127.0.0.1:{}", free_port()),
+            metrics: format!("127.0.0.1:{}", free_port()),
+            data: dir.join(format!("node-{id}")),
+            child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            join,
+            idle: false,
+        }
+    }
+
+    /// Starts a new node that joins through `via`'s client address.
+    pub fn add_joining_node(&mut self, id: u64, via: u64, extra: &[&str]) {
+        let join = self.nodes[&via].client.clone();
+        let mut n = Self::new_node(self.dir.path(), id, extra, Some(join));
+        n.spawn(&self.initial);
+        self.nodes.insert(id, n);
+    }
+
+    /// Starts a new node that waits to be added (`cairnctl member
+    /// add-learner`).
+    pub fn add_idle_node(&mut self, id: u64, extra: &[&str]) {
+        let mut n = Self::new_node(self.dir.path(), id, extra, None);
+        n.idle = true;
+        n.spawn(&self.initial);
+        self.nodes.insert(id, n);
+    }
+
+    pub fn restart(&mut self, id: u64) {
+        let initial = self.initial.clone();
+        let n = self.nodes.get_mut(&id).unwrap();
+        assert!(n.child.is_none(), "node {id} is running");
+        n.spawn(&initial);
+    }
+
+    pub fn addr(&self, id: u64) -> String {
+        self.nodes[&id].client.clone()
+    }
+
+    /// Every node's client address, in id order.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.nodes.values().map(|n| n.client.clone()).collect()
+    }
+
+    pub fn running(&self) -> Vec<u64> {
+        self.nodes
+            .values()
+            .filter(|n| n.child.is_some())
+            .map(|n| n.id)
+            .collect()
+    }
+
+    /// Waits until every running node reports the same leader; returns it.
+    pub async fn wait_leader(&self, timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut leaders = Vec::new();
+            for id in self.running() {
+                match status(&self.addr(id)).await {
+                    Ok(s) => leaders.push(s.leader),
+                    Err(_) => leaders.push(0),
+                }
+            }
+            if let Some(&l) = leaders.first() {
+                if l != 0 && leaders.iter().all(|&x| x == l) && self.running().contains(&l) {
+                    return l;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no agreed leader within {timeout:?}: {leaders:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until node `id` has applied at least `index`.
+    pub async fn wait_applied(&self, id: u64, index: u64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(s) = status(&self.addr(id)).await {
+                if s.applied >= index {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {id} did not apply {index} in {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+pub async fn channel(addr: &str) -> Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(10))
+        .connect_lazy()
+}
+
+pub async fn kv(addr: &str) -> KvClient<Channel> {
+    KvClient::new(channel(addr).await)
+}
+
+pub async fn cluster(addr: &str) -> ClusterClient<Channel> {
+    ClusterClient::new(channel(addr).await)
+}
+
+pub async fn status(addr: &str) -> Result<cairn_proto::cluster::StatusResponse, tonic::Status> {
+    let mut c = cluster(addr).await;
+    let mut req = tonic::Request::new(StatusRequest {});
+    req.set_timeout(Duration::from_secs(2));
+    c.status(req).await.map(|r| r.into_inner())
+}
+
+/// The leader's client address named by a NotLeader error.
+pub fn leader_hint(s: &tonic::Status) -> Option<String> {
+    s.metadata()
+        .get(cairn_proto::LEADER_ADDR)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+/// Runs `op` against `addr`, following leader hints and retrying
+/// UNAVAILABLE until `timeout`.
+pub async fn with_leader<T, F, Fut>(
+    addr: &str,
+    timeout: Duration,
+    mut op: F,
+) -> Result<T, tonic::Status>
+where
+    F: FnMut(KvClient<Channel>) -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut target = addr.to_string();
+    loop {
+        match op(kv(&target).await).await {
+            Ok(v) => return Ok(v),
+            Err(s) if s.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
+                if let Some(h) = leader_hint(&s) {
+                    target = h;
+                } else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            Err(s) => return Err(s),
+        }
+    }
+}
+
+pub fn put_req(key: &str, value: &str) -> pb::PutRequest {
+    pb::PutRequest {
+        key: key.as_bytes().to_vec().into(),
+        value: value.as_bytes().to_vec().into(),
+        ..Default::default()
+    }
+}
+
+pub fn get_req(key: &str, serializable: bool) -> pb::GetRequest {
+    pb::GetRequest {
+        key: key.as_bytes().to_vec().into(),
+        consistency: if serializable {
+            pb::ReadConsistency::Serializable as i32
+        } else {
+            pb::ReadConsistency::Linearizable as i32
+        },
+    }
+}
+
+/// A linearizable get of `key` (None when absent).
+pub async fn get_kv(k: &mut KvClient<Channel>, key: &str) -> Option<pb::KeyValue> {
+    k.get(get_req(key, false)).await.unwrap().into_inner().kv
+}
+
+/// Every pair on node `addr`, read serializably (its own state).
+pub async fn dump(addr: &str) -> Vec<(Vec<u8>, Vec<u8>, u64, u64, u64)> {
+    let mut out = Vec::new();
+    let mut c = kv(addr).await;
+    let mut cont = Vec::new();
+    loop {
+        let r = c
+            .scan(pb::ScanRequest {
+                consistency: pb::ReadConsistency::Serializable as i32,
+                continuation: cont.clone().into(),
+                limit: 1000,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        for kv in r.kvs {
+            out.push((
+                kv.key.to_vec(),
+                kv.value.to_vec(),
+                kv.create_revision,
+                kv.mod_revision,
+                kv.version,
+            ));
+        }
+        if !r.more {
+            return out;
+        }
+        cont = r.continuation.to_vec();
+    }
+}
+
+/// GETs `path` from a node's HTTP endpoint: (status line, body).
+pub fn http_get(addr: &str, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    (
+        head.lines().next().unwrap_or("").to_string(),
+        body.to_string(),
+    )
+}
+
+/// Sums one metric's samples from a node's /metrics.
+pub fn metric(metrics_addr: &str, name: &str) -> f64 {
+    let (_, body) = http_get(metrics_addr, "/metrics");
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.split([' ', '{']).next() == Some(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
