@@ -247,7 +247,7 @@ async fn cluster_commands() {
     // status: one row per member, the leader agreed on.
     let t = ctl.ok(&["status"]);
     assert!(
-        t.contains("| ID") && t.contains("ROLE") && t.contains("DB SIZE"),
+        t.contains("| ID") && t.contains("ROLE") && t.contains("DISK"),
         "{t}"
     );
     assert_eq!(t.matches("| leader").count(), 1, "{t}");

@@ -716,7 +716,7 @@ fn print_status(
         "COMMITTED",
         "APPLIED",
         "LEADER",
-        "DB SIZE",
+        "DISK",
         "RAFT LOG",
         "VERSION",
         "ERRORS",
