@@ -3,15 +3,16 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
+use crate::balance::{pick, Endpoint};
 use crate::error::{classify, Error, Failure, Result};
 
 /// How a [`Client`] connects, times out and retries.
@@ -44,6 +45,10 @@ pub struct ClientConfig {
     /// endpoints. Off by default: behind a gateway or a NAT the members'
     /// own addresses may not be reachable from the client.
     pub discover_members: bool,
+    /// With discovery: how often to refresh the members and check every
+    /// endpoint's readiness (an unready one is ejected, a ready one comes
+    /// back). None: no background refresh.
+    pub refresh_interval: Option<Duration>,
 }
 
 impl Default for ClientConfig {
@@ -59,6 +64,7 @@ impl Default for ClientConfig {
             client_id: None,
             seed: None,
             discover_members: false,
+            refresh_interval: None,
         }
     }
 }
@@ -88,11 +94,13 @@ pub struct Client {
 
 pub(crate) struct Inner {
     pub(crate) config: ClientConfig,
-    /// The endpoints in rotation, as `host:port`.
-    endpoints: Mutex<Vec<String>>,
+    /// The endpoints given to connect, as `host:port`: the fallback when
+    /// the discovered members cannot be reached.
+    seeds: Vec<String>,
+    /// The endpoints in rotation.
+    endpoints: Mutex<Vec<Arc<Endpoint>>>,
     channels: Mutex<HashMap<String, Channel>>,
     leader: Mutex<Option<String>>,
-    next: AtomicUsize,
     client_id: u64,
     seq: AtomicU64,
     rng: Mutex<rand::rngs::StdRng>,
@@ -133,6 +141,7 @@ impl Client {
         let client = Self::new_lazy(endpoints, config)?;
         let members = client.members().await?;
         client.learn(&members);
+        client.start_refresh();
         Ok(client)
     }
 
@@ -156,14 +165,13 @@ impl Client {
             None => rand::rngs::StdRng::from_os_rng(),
         };
         let client_id = config.client_id.unwrap_or_else(|| rng.random());
-        let start = rng.random_range(0..eps.len());
         Ok(Client {
             inner: Arc::new(Inner {
                 config,
-                endpoints: Mutex::new(eps),
+                endpoints: Mutex::new(eps.iter().cloned().map(Endpoint::new).collect()),
+                seeds: eps,
                 channels: Mutex::new(HashMap::new()),
                 leader: Mutex::new(None),
-                next: AtomicUsize::new(start),
                 client_id,
                 seq: AtomicU64::new(0),
                 rng: Mutex::new(rng),
@@ -171,9 +179,47 @@ impl Client {
         })
     }
 
+    /// With discovery and a refresh interval configured: starts the
+    /// background refresh of the members and of the endpoints' health
+    /// (at once, then every interval, until the client is dropped).
+    /// [`Client::connect_with`] calls it.
+    pub fn start_refresh(&self) {
+        if let (true, Some(every)) = (
+            self.inner.config.discover_members,
+            self.inner.config.refresh_interval,
+        ) {
+            tokio::spawn(refresh(Arc::downgrade(&self.inner), every));
+        }
+    }
+
     /// The endpoints in rotation.
     pub fn endpoints(&self) -> Vec<String> {
-        self.inner.endpoints.lock().clone()
+        self.inner
+            .endpoints
+            .lock()
+            .iter()
+            .map(|e| e.addr.clone())
+            .collect()
+    }
+
+    /// Whether some endpoint is in rotation (not ejected).
+    pub fn has_healthy_endpoint(&self) -> bool {
+        let now = Instant::now();
+        self.inner
+            .endpoints
+            .lock()
+            .iter()
+            .any(|e| !e.is_ejected(now))
+    }
+
+    /// Requests in flight per endpoint.
+    pub fn outstanding(&self) -> Vec<(String, u64)> {
+        self.inner
+            .endpoints
+            .lock()
+            .iter()
+            .map(|e| (e.addr.clone(), e.outstanding()))
+            .collect()
     }
 
     /// The leader's address as last learned, if any.
@@ -201,14 +247,32 @@ impl Client {
     /// every member's address.
     pub(crate) fn learn(&self, m: &cairn_proto::cluster::MembersResponse) {
         let discover = self.inner.config.discover_members;
-        if discover {
+        if discover && !m.members.is_empty() {
             let mut eps = self.inner.endpoints.lock();
-            for member in &m.members {
-                if let Ok(a) = normalize(&member.client_addr) {
-                    if !eps.contains(&a) {
-                        eps.push(a);
-                    }
+            let addrs: Vec<String> = m
+                .members
+                .iter()
+                .filter_map(|x| normalize(&x.client_addr).ok())
+                .collect();
+            if !addrs.is_empty() {
+                let next: Vec<Arc<Endpoint>> = addrs
+                    .into_iter()
+                    .map(|a| match eps.iter().find(|e| e.addr == a) {
+                        Some(e) => e.clone(),
+                        None => {
+                            tracing::info!(backend = %a, "member discovered");
+                            Endpoint::new(a)
+                        }
+                    })
+                    .collect();
+                for gone in eps
+                    .iter()
+                    .filter(|e| !next.iter().any(|n| n.addr == e.addr))
+                {
+                    tracing::info!(backend = %gone.addr, "member gone");
+                    self.inner.channels.lock().remove(&gone.addr);
                 }
+                *eps = next;
             }
         }
         let leader = m
@@ -217,10 +281,30 @@ impl Client {
             .find(|x| x.id == m.leader && m.leader != 0)
             .and_then(|x| normalize(&x.client_addr).ok());
         if let Some(l) = leader {
-            if discover || self.inner.endpoints.lock().contains(&l) {
-                *self.inner.leader.lock() = Some(l);
+            let known = self.inner.endpoints.lock().iter().any(|e| e.addr == l);
+            if discover || known {
+                self.set_leader(Some(l));
             }
         }
+    }
+
+    fn set_leader(&self, addr: Option<String>) {
+        let mut l = self.inner.leader.lock();
+        if *l != addr {
+            if addr.is_some() {
+                metrics::counter!("cairn_client_leader_changes_seen_total").increment(1);
+            }
+            *l = addr;
+        }
+    }
+
+    fn endpoint(&self, addr: &str) -> Option<Arc<Endpoint>> {
+        self.inner
+            .endpoints
+            .lock()
+            .iter()
+            .find(|e| e.addr == addr)
+            .cloned()
     }
 
     /// A new request id for one logical write (its retries reuse it).
@@ -238,7 +322,7 @@ impl Client {
             return Ok(c.clone());
         }
         let cfg = &self.inner.config;
-        let ch = Endpoint::from_shared(format!("http://{addr}"))
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| Error::Config(format!("endpoint {addr:?}: {e}")))?
             .connect_timeout(cfg.connect_timeout)
             .http2_keep_alive_interval(cfg.keepalive_interval)
@@ -255,11 +339,21 @@ impl Client {
             .clone())
     }
 
-    /// The next endpoint in rotation.
+    /// An endpoint for a call any node can serve: power of two choices
+    /// among those in rotation; a seed when there is none.
     pub(crate) fn rotate(&self) -> String {
         let eps = self.inner.endpoints.lock();
-        let i = self.inner.next.fetch_add(1, Ordering::Relaxed);
-        eps[i % eps.len()].clone()
+        match pick(&eps, &mut *self.inner.rng.lock()) {
+            Some(e) => e.addr.clone(),
+            None => {
+                let i = self
+                    .inner
+                    .rng
+                    .lock()
+                    .random_range(0..self.inner.seeds.len());
+                self.inner.seeds[i].clone()
+            }
+        }
     }
 
     fn target(&self, route: Route) -> String {
@@ -283,13 +377,27 @@ impl Client {
 
     /// Runs `op` (one attempt on a channel, with a per-attempt timeout)
     /// until it succeeds, fails for good, or the deadline passes.
-    pub(crate) async fn call<T, F, Fut>(&self, route: Route, mut op: F) -> Result<T>
+    pub(crate) async fn call<T, F, Fut>(&self, route: Route, op: F) -> Result<T>
+    where
+        F: FnMut(Channel, Duration) -> Fut,
+        Fut: Future<Output = Result<T, tonic::Status>>,
+    {
+        self.call_within(route, self.inner.config.timeout, op).await
+    }
+
+    /// [`Client::call`] with the caller's own deadline.
+    pub(crate) async fn call_within<T, F, Fut>(
+        &self,
+        route: Route,
+        timeout: Duration,
+        mut op: F,
+    ) -> Result<T>
     where
         F: FnMut(Channel, Duration) -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,
     {
         let cfg = &self.inner.config;
-        let deadline = Instant::now() + cfg.timeout;
+        let deadline = Instant::now() + timeout;
         let mut target = self.target(route);
         let mut attempts = 0u32;
         let mut redirects = 0u32;
@@ -298,24 +406,38 @@ impl Client {
             attempts += 1;
             let left = deadline.saturating_duration_since(Instant::now());
             let channel = self.channel(&target)?;
+            let ep = self.endpoint(&target);
+            let guard = ep.as_ref().map(|e| e.start());
             let result = op(channel, left.min(cfg.attempt_timeout)).await;
+            drop(guard);
+            let code = match &result {
+                Ok(_) => "OK".to_string(),
+                Err(s) => format!("{:?}", s.code()),
+            };
+            metrics::counter!("cairn_client_requests_total", "backend" => target.clone(), "code" => code)
+                .increment(1);
             let failure = match result {
                 Ok(v) => {
-                    if route == Route::Leader {
-                        let mut l = self.inner.leader.lock();
-                        if l.as_deref() != Some(&target) {
-                            *l = Some(target);
-                        }
+                    if let Some(e) = &ep {
+                        e.succeeded();
+                    }
+                    if route == Route::Leader
+                        && self.inner.leader.lock().as_deref() != Some(&target)
+                    {
+                        self.set_leader(Some(target));
                     }
                     return Ok(v);
                 }
                 Err(s) => classify(&s),
             };
+            if !matches!(failure, Failure::Fatal(_)) {
+                metrics::counter!("cairn_client_retries_total").increment(1);
+            }
             match failure {
                 Failure::Fatal(e) => return Err(e),
                 Failure::Redirect(leader) => {
                     last = format!("{target} is not the leader; it named {leader}");
-                    *self.inner.leader.lock() = Some(leader.clone());
+                    self.set_leader(Some(leader.clone()));
                     redirects += 1;
                     // One hop, at once; a hint that goes in circles (an
                     // election in progress) falls back to backing off.
@@ -327,6 +449,9 @@ impl Client {
                 }
                 Failure::Retry(msg) => {
                     last = format!("{target}: {msg}");
+                    if let Some(e) = &ep {
+                        e.failed();
+                    }
                     if route == Route::Leader {
                         let mut l = self.inner.leader.lock();
                         if l.as_deref() == Some(&target) {
@@ -341,7 +466,7 @@ impl Client {
             if left.is_zero() {
                 return Err(if last.contains("DeadlineExceeded") {
                     Error::DeadlineExceeded {
-                        after: cfg.timeout,
+                        after: timeout,
                         last,
                     }
                 } else {
@@ -351,6 +476,36 @@ impl Client {
             tokio::time::sleep(self.backoff(attempts).min(left)).await;
             if Instant::now() >= deadline {
                 return Err(Error::Unavailable { attempts, last });
+            }
+        }
+    }
+}
+
+/// Refreshes the members and checks every endpoint's readiness, every
+/// `every`, until the client is dropped.
+async fn refresh(inner: std::sync::Weak<Inner>, every: Duration) {
+    let mut first = true;
+    loop {
+        if !first {
+            tokio::time::sleep(every).await;
+        }
+        first = false;
+        let Some(inner) = inner.upgrade() else { return };
+        let client = Client { inner };
+        match client.members().await {
+            Ok(m) => client.learn(&m),
+            Err(e) => tracing::warn!(error = %e, "refreshing the members failed"),
+        }
+        let eps: Vec<Arc<Endpoint>> = client.inner.endpoints.lock().clone();
+        for e in eps {
+            let ready = match client.health_of(&e.addr).await {
+                Ok(h) => h.live && h.ready,
+                Err(_) => false,
+            };
+            if ready {
+                e.healthy();
+            } else if !e.is_ejected(Instant::now()) {
+                e.eject();
             }
         }
     }

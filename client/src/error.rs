@@ -74,6 +74,29 @@ fn current_suffix(c: &Option<Box<cairn_proto::kv::KeyValue>>) -> String {
     }
 }
 
+impl From<Error> for Status {
+    /// The status a proxy answers with: the same code the cluster gave,
+    /// the compacted revision in its trailer.
+    fn from(e: Error) -> Status {
+        match e {
+            Error::InvalidArgument(m) => Status::invalid_argument(m),
+            Error::CompareFailed { .. } => Status::failed_precondition(e.to_string()),
+            Error::Unavailable { .. } => Status::unavailable(e.to_string()),
+            Error::DeadlineExceeded { .. } => Status::deadline_exceeded(e.to_string()),
+            Error::Compacted { oldest } => {
+                let mut s = Status::out_of_range(e.to_string());
+                s.metadata_mut().insert(
+                    COMPACT_REVISION,
+                    tonic::metadata::MetadataValue::from(oldest),
+                );
+                s
+            }
+            Error::Config(m) => Status::internal(m),
+            Error::Server { code, message } => Status::new(code, message),
+        }
+    }
+}
+
 /// Results of the client.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

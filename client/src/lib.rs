@@ -25,8 +25,10 @@
 //! reconnect by themselves and resume after the last delivered revision.
 
 mod admin;
+mod balance;
 mod client;
 mod error;
+mod forward;
 mod kv;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -119,23 +119,84 @@ impl NodeProc {
 
     /// Sends SIGTERM and waits for the exit status.
     pub fn sigterm_and_wait(&mut self) -> std::process::ExitStatus {
-        let mut c = self.child.take().unwrap();
-        Command::new("kill")
-            .args(["-TERM", &c.id().to_string()])
-            .status()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(s) = c.try_wait().unwrap() {
-                return s;
-            }
-            assert!(Instant::now() < deadline, "node did not exit after SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        sigterm_and_wait(self.child.take().unwrap())
     }
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.data.with_extension("log")).unwrap_or_default()
+    }
+}
+
+/// Sends SIGTERM to `c` and waits (30 s at most) for its exit status.
+pub fn sigterm_and_wait(mut c: Child) -> std::process::ExitStatus {
+    Command::new("kill")
+        .args(["-TERM", &c.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(s) = c.try_wait().unwrap() {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "process did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A `cairn gateway` process in front of a [`TestCluster`].
+pub struct GatewayProc {
+    pub addr: String,
+    pub metrics: String,
+    pub child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl GatewayProc {
+    /// Waits until /readyz answers 200.
+    pub async fn wait_ready(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let ok = std::net::TcpStream::connect(&self.metrics).is_ok()
+                && http_get(&self.metrics, "/readyz").0.contains("200");
+            if ok {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gateway not ready in {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn sigterm_and_wait(&mut self) -> std::process::ExitStatus {
+        sigterm_and_wait(self.child.take().unwrap())
+    }
+
+    /// One metric's samples summed, from the gateway's /metrics.
+    pub fn metric(&self, name: &str) -> f64 {
+        metric(&self.metrics, name)
+    }
+}
+
+impl Drop for GatewayProc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            eprintln!("==== gateway log (tail) ====");
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            for l in tail.into_iter().rev() {
+                eprintln!("{l}");
+            }
+        }
     }
 }
 
@@ -223,6 +284,32 @@ impl TestCluster {
 
     pub fn addr(&self, id: u64) -> String {
         self.nodes[&id].client.clone()
+    }
+
+    /// Starts a `cairn gateway` seeded with every node, with extra flags.
+    pub fn start_gateway(&self, extra: &[&str]) -> GatewayProc {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let metrics = format!("127.0.0.1:{}", free_port());
+        let log = self.dir.path().join(format!("gateway-{}.log", free_port()));
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(cairn_binary())
+            .arg("gateway")
+            .args(["--listen", &addr])
+            .args(["--listen-metrics", &metrics])
+            .args(["--seeds", &self.endpoints().join(",")])
+            .args(["--refresh-ms", "200"])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .expect("spawn cairn gateway");
+        GatewayProc {
+            addr,
+            metrics,
+            child: Some(child),
+            log,
+        }
     }
 
     /// Every node's client address, in id order.
@@ -412,10 +499,17 @@ pub fn http_get(addr: &str, path: &str) -> (String, String) {
 
 /// Sums one metric's samples from a node's /metrics.
 pub fn metric(metrics_addr: &str, name: &str) -> f64 {
+    metric_where(metrics_addr, name, &[])
+}
+
+/// Sums the samples of `name` whose labels contain every one of `labels`
+/// (each like `method="Put"`).
+pub fn metric_where(metrics_addr: &str, name: &str, labels: &[&str]) -> f64 {
     let (_, body) = http_get(metrics_addr, "/metrics");
     body.lines()
         .filter(|l| !l.starts_with('#'))
         .filter(|l| l.split([' ', '{']).next() == Some(name))
+        .filter(|l| labels.iter().all(|x| l.contains(x)))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }

@@ -79,6 +79,8 @@ pub struct Event {
 pub struct WatchBatch {
     /// The revision.
     pub revision: u64,
+    /// The header of the server's message.
+    pub header: cairn_proto::kv::ResponseHeader,
     /// Its changes to the watched keys.
     pub events: Vec<Event>,
 }
@@ -86,7 +88,28 @@ pub struct WatchBatch {
 /// The stream a watch returns: batches in revision order, each revision
 /// once. Ends after an error that retrying cannot fix (for example
 /// [`Error::Compacted`]). Dropping it cancels the watch.
-pub type WatchStream = ReceiverStream<Result<WatchBatch>>;
+pub struct WatchStream {
+    inner: ReceiverStream<Result<WatchBatch>>,
+    start: u64,
+}
+
+impl WatchStream {
+    /// The first revision the stream can deliver (for a watch "from now":
+    /// one past the revision the first server was at).
+    pub fn start_revision(&self) -> u64 {
+        self.start
+    }
+}
+
+impl futures::Stream for WatchStream {
+    type Item = Result<WatchBatch>;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        std::pin::Pin::new(&mut self.inner).poll_next(cx)
+    }
+}
 
 impl Client {
     /// Watches a key or a prefix. The first server confirms the watch
@@ -97,7 +120,10 @@ impl Client {
         let client = self.clone();
         tokio::spawn(async move { client.run_watch(w, tx, Some(ready_tx)).await });
         match ready_rx.await {
-            Ok(Ok(())) => Ok(ReceiverStream::new(rx)),
+            Ok(Ok(start)) => Ok(WatchStream {
+                inner: ReceiverStream::new(rx),
+                start,
+            }),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(Error::Unavailable {
                 attempts: 0,
@@ -110,7 +136,7 @@ impl Client {
         self,
         w: Watch,
         tx: mpsc::Sender<Result<WatchBatch>>,
-        mut ready: Option<tokio::sync::oneshot::Sender<Result<()>>>,
+        mut ready: Option<tokio::sync::oneshot::Sender<Result<u64>>>,
     ) {
         // The next revision to deliver; 0 until the first server says
         // where "now" is.
@@ -170,7 +196,7 @@ impl Client {
         w: &Watch,
         next: &mut u64,
         tx: &mpsc::Sender<Result<WatchBatch>>,
-        ready: &mut Option<tokio::sync::oneshot::Sender<Result<()>>>,
+        ready: &mut Option<tokio::sync::oneshot::Sender<Result<u64>>>,
     ) -> Result<bool, WatchFailure> {
         let ch = self
             .channel(target)
@@ -206,7 +232,7 @@ impl Client {
             }
         }
         if let Some(r) = ready.take() {
-            let _ = r.send(Ok(()));
+            let _ = r.send(Ok(*next));
         }
         let mut progressed = false;
         loop {
@@ -246,7 +272,7 @@ enum WatchFailure {
 
 async fn finish(
     tx: &mpsc::Sender<Result<WatchBatch>>,
-    ready: &mut Option<tokio::sync::oneshot::Sender<Result<()>>>,
+    ready: &mut Option<tokio::sync::oneshot::Sender<Result<u64>>>,
     e: Error,
 ) {
     match ready.take() {
@@ -260,6 +286,7 @@ async fn finish(
 }
 
 fn to_batch(m: pb::WatchResponse) -> Option<WatchBatch> {
+    let header = m.header.unwrap_or_default();
     let revision = m
         .events
         .iter()
@@ -278,5 +305,9 @@ fn to_batch(m: pb::WatchResponse) -> Option<WatchBatch> {
             kv: e.kv.unwrap_or_default(),
         })
         .collect();
-    Some(WatchBatch { revision, events })
+    Some(WatchBatch {
+        revision,
+        header,
+        events,
+    })
 }

@@ -3,6 +3,7 @@
 //! server with its configuration, metrics and shutdown ([`server`]).
 #![forbid(unsafe_code)]
 
+pub mod gateway;
 pub mod lsm;
 pub mod raft;
 pub mod server;

@@ -1,9 +1,10 @@
-//! `cairn`: run a node (`cairn node`) or a local 3-node cluster for
-//! development (`cairn dev`).
+//! `cairn`: run a node (`cairn node`), a gateway (`cairn gateway`), or a
+//! local 3-node cluster with a gateway for development (`cairn dev`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use cairn_node::gateway::{GatewayArgs, RunningGateway};
 use cairn_node::server::config::{NodeArgs, NodeConfig};
 use cairn_node::server::RunningNode;
 use clap::{Parser, Subcommand};
@@ -27,7 +28,10 @@ struct Cli {
 enum Command {
     /// Run one node of a cluster.
     Node(Box<NodeArgs>),
-    /// Run a 3-node cluster on localhost, data under ./cairn-data.
+    /// Run a gateway: one client address in front of a cluster.
+    Gateway(Box<GatewayArgs>),
+    /// Run a 3-node cluster and a gateway on localhost, data under
+    /// ./cairn-data.
     Dev {
         /// Where the nodes keep their data.
         #[arg(long, default_value = "cairn-data")]
@@ -41,6 +45,9 @@ enum Command {
         /// First metrics port.
         #[arg(long, default_value_t = 9101)]
         metrics_port: u16,
+        /// The gateway's client port (its metrics port is metrics-port - 1).
+        #[arg(long, default_value_t = 7000)]
+        gateway_port: u16,
     },
 }
 
@@ -89,11 +96,22 @@ async fn run_node(config: NodeConfig) -> Result<(), String> {
     Ok(())
 }
 
+async fn run_gateway(args: GatewayArgs) -> Result<(), String> {
+    let g = RunningGateway::start(args)
+        .await
+        .map_err(|e| e.to_string())?;
+    wait_for_signal().await;
+    tracing::info!("signal received: draining");
+    g.shutdown().await;
+    Ok(())
+}
+
 async fn run_dev(
     data_dir: PathBuf,
     client_port: u16,
     peer_port: u16,
     metrics_port: u16,
+    gateway_port: u16,
 ) -> Result<(), String> {
     let ids = [1u64, 2, 3];
     let port = |base: u16, i: usize| format!("127.0.0.1:{}", base as usize + i);
@@ -122,8 +140,22 @@ async fn run_dev(
         );
     }
     let endpoints: Vec<String> = nodes.iter().map(|n| n.client_addr.to_string()).collect();
+    let gateway = RunningGateway::start(GatewayArgs {
+        listen: format!("127.0.0.1:{gateway_port}"),
+        listen_metrics: format!("127.0.0.1:{}", metrics_port.saturating_sub(1)),
+        seeds: endpoints.clone(),
+        request_timeout_ms: 5000,
+        refresh_ms: 1000,
+        max_inflight: 4096,
+        max_inflight_per_conn: 512,
+        max_watchers: 65536,
+        max_request_bytes: 3 << 20,
+        drain_timeout_ms: 10_000,
+    })
+    .await
+    .map_err(|e| format!("gateway: {e}"))?;
     println!(
-        "cairn dev: a 3-node cluster is running (data in {})",
+        "cairn dev: a 3-node cluster and a gateway are running (data in {})",
         data_dir.display()
     );
     for n in &nodes {
@@ -135,14 +167,21 @@ async fn run_dev(
             n.metrics_addr.map(|a| a.to_string()).unwrap_or_default()
         );
     }
-    println!("endpoints: {}", endpoints.join(","));
     println!(
-        "try: cairnctl --endpoints {} put hello world",
-        endpoints.join(",")
+        "  gateway client {}  metrics http://{}/metrics",
+        gateway.addr,
+        gateway
+            .metrics_addr
+            .map(|a| a.to_string())
+            .unwrap_or_default()
     );
+    println!("use the gateway: {}", gateway.addr);
+    println!("nodes: {}", endpoints.join(","));
+    println!("try: cairnctl --endpoints {} put hello world", gateway.addr);
     println!("Ctrl-C stops the cluster; running `cairn dev` again reuses its data.");
     wait_for_signal().await;
     println!("stopping...");
+    gateway.shutdown().await;
     for n in nodes {
         n.shutdown().await;
     }
@@ -169,12 +208,14 @@ fn main() -> ExitCode {
                 let config = args.resolve().map_err(|e| e.to_string())?;
                 run_node(config).await
             }
+            Command::Gateway(args) => run_gateway(*args).await,
             Command::Dev {
                 data_dir,
                 client_port,
                 peer_port,
                 metrics_port,
-            } => run_dev(data_dir, client_port, peer_port, metrics_port).await,
+                gateway_port,
+            } => run_dev(data_dir, client_port, peer_port, metrics_port, gateway_port).await,
         }
     });
     match res {

@@ -26,12 +26,21 @@ pub fn observe<T>(
     started: tokio::time::Instant,
     r: &Result<T, tonic::Status>,
 ) {
+    observe_as("cairn_grpc_request_duration_seconds", method, started, r);
+}
+
+/// [`observe`] into the histogram `name`.
+pub fn observe_as<T>(
+    name: &'static str,
+    method: &'static str,
+    started: tokio::time::Instant,
+    r: &Result<T, tonic::Status>,
+) {
     let code = match r {
         Ok(_) => "OK".to_string(),
         Err(s) => format!("{:?}", s.code()),
     };
-    metrics::histogram!("cairn_grpc_request_duration_seconds", "method" => method, "code" => code)
-        .record(started.elapsed());
+    metrics::histogram!(name, "method" => method, "code" => code).record(started.elapsed());
 }
 
 /// Installs the process-wide Prometheus recorder (once).
@@ -47,10 +56,18 @@ pub fn prometheus() -> Option<PrometheusHandle> {
         .clone()
 }
 
+/// Whether a process is ready for traffic (a node, or the gateway).
+pub type Readiness = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// A node's readiness: [`NodeCore::ready`].
+pub fn node_readiness(core: &Arc<NodeCore>) -> Readiness {
+    let core = core.clone();
+    Arc::new(move || core.ready())
+}
+
 /// Serves /metrics, /healthz and /readyz until `stop`.
-pub async fn serve(core: Arc<NodeCore>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+pub async fn serve(ready: Readiness, listener: TcpListener, mut stop: watch::Receiver<bool>) {
     let handle = prometheus();
-    let ready_core = core.clone();
     let app = Router::new()
         .route(
             "/metrics",
@@ -63,9 +80,9 @@ pub async fn serve(core: Arc<NodeCore>, listener: TcpListener, mut stop: watch::
         .route(
             "/readyz",
             get(move || {
-                let core = ready_core.clone();
+                let ready = ready.clone();
                 async move {
-                    if core.ready() {
+                    if ready() {
                         (StatusCode::OK, "ready\n")
                     } else {
                         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
@@ -84,9 +101,9 @@ pub async fn serve(core: Arc<NodeCore>, listener: TcpListener, mut stop: watch::
 }
 
 /// Keeps the gRPC health statuses current: "" and "liveness" serve while
-/// the process runs; "readiness" follows [`NodeCore::ready`].
+/// the process runs; "readiness" follows `ready`.
 pub async fn report_health(
-    core: Arc<NodeCore>,
+    ready: Readiness,
     reporter: HealthReporter,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -97,7 +114,7 @@ pub async fn report_health(
         .set_service_status("liveness", ServingStatus::Serving)
         .await;
     loop {
-        let status = if core.ready() {
+        let status = if ready() {
             ServingStatus::Serving
         } else {
             ServingStatus::NotServing

@@ -303,7 +303,11 @@ impl RunningNode {
         } else {
             let l = bind(&core.config.listen_metrics).await?;
             let a = l.local_addr().map_err(storage)?;
-            tasks.push(tokio::spawn(http::serve(core.clone(), l, stop_rx.clone())));
+            tasks.push(tokio::spawn(http::serve(
+                http::node_readiness(&core),
+                l,
+                stop_rx.clone(),
+            )));
             Some(a)
         };
         tasks.push(tokio::spawn(http::export_raft_metrics(
@@ -404,7 +408,8 @@ pub async fn transfer_leadership_away(core: &NodeCore, wait: Duration) -> bool {
 pub type Incoming =
     std::pin::Pin<Box<dyn futures::Stream<Item = io::Result<tokio::net::TcpStream>> + Send>>;
 
-fn incoming(listener: TcpListener) -> Incoming {
+/// The accepted connections of `listener`, with TCP_NODELAY set.
+pub fn incoming(listener: TcpListener) -> Incoming {
     use futures::StreamExt;
     Box::pin(TcpListenerStream::new(listener).map(|r| {
         r.inspect(|s| {
@@ -415,9 +420,14 @@ fn incoming(listener: TcpListener) -> Incoming {
     }))
 }
 
-async fn serve_client(core: Arc<NodeCore>, incoming: Incoming, mut stop: watch::Receiver<bool>) {
-    let (health_reporter, health) = tonic_health::server::health_reporter();
-    let reflection = match tonic_reflection::server::Builder::configure()
+/// The gRPC reflection service for cairn's and the health services (None,
+/// logged, if it cannot be built).
+pub fn reflection() -> Option<
+    tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection,
+    >,
+> {
+    match tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(cairn_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
@@ -427,9 +437,14 @@ async fn serve_client(core: Arc<NodeCore>, incoming: Incoming, mut stop: watch::
             tracing::error!(error = %e, "reflection disabled");
             None
         }
-    };
+    }
+}
+
+async fn serve_client(core: Arc<NodeCore>, incoming: Incoming, mut stop: watch::Receiver<bool>) {
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    let reflection = reflection();
     tokio::spawn(http::report_health(
-        core.clone(),
+        http::node_readiness(&core),
         health_reporter,
         stop.clone(),
     ));

@@ -1,0 +1,291 @@
+//! The gateway's gRPC services: the KV API proxied through the client
+//! library, read-only Cluster calls, health and reflection.
+
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_client::Client;
+use cairn_proto::cluster::cluster_server::{Cluster, ClusterServer};
+use cairn_proto::cluster::{self as cpb};
+use cairn_proto::kv::kv_server::{Kv, KvServer};
+use cairn_proto::kv::{self as pb};
+use futures::Stream;
+use tokio::sync::watch as twatch;
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+use super::Gateway;
+use crate::server::http::observe_as;
+
+const METRIC: &str = "cairn_gateway_request_duration_seconds";
+
+/// The request id header: the caller's, or one the gateway makes, logged
+/// with the request and returned with the response.
+const REQUEST_ID: &str = "x-request-id";
+
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+fn request_id<T>(req: &Request<T>) -> String {
+    match req.metadata().get(REQUEST_ID).and_then(|v| v.to_str().ok()) {
+        Some(v) if !v.is_empty() && v.len() <= 128 => v.to_string(),
+        _ => format!("gw-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed)),
+    }
+}
+
+/// The KV and Cluster services of the gateway.
+#[derive(Clone)]
+pub struct Proxy(pub Arc<Gateway>);
+
+impl Proxy {
+    /// Admits, applies the deadline, forwards, maps the error, records.
+    async fn forward<Req, Resp, F, Fut>(
+        &self,
+        method: &'static str,
+        req: Request<Req>,
+        f: F,
+    ) -> Result<Response<Resp>, Status>
+    where
+        F: FnOnce(Client, Req, Duration) -> Fut,
+        Fut: Future<Output = cairn_client::Result<Resp>>,
+    {
+        let started = tokio::time::Instant::now();
+        let g = &self.0;
+        let id = request_id(&req);
+        let span = tracing::debug_span!("request", %id, method);
+        let r = async {
+            let _admitted = g.admit(&req)?;
+            let timeout = g.deadline(&req);
+            f(g.client.clone(), req.into_inner(), timeout)
+                .await
+                .map(|v| {
+                    let mut resp = Response::new(v);
+                    if let Ok(v) = id.parse() {
+                        resp.metadata_mut().insert(REQUEST_ID, v);
+                    }
+                    resp
+                })
+                .map_err(|e| {
+                    tracing::info!(%id, method, error = %e, "request failed");
+                    Status::from(e)
+                })
+        }
+        .instrument(span)
+        .await;
+        observe_as(METRIC, method, started, &r);
+        r
+    }
+}
+
+type WatchStream = std::pin::Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Kv for Proxy {
+    async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+        self.forward(
+            "Put",
+            req,
+            |c, r, t| async move { c.forward_put(r, t).await },
+        )
+        .await
+    }
+
+    async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        self.forward(
+            "Get",
+            req,
+            |c, r, t| async move { c.forward_get(r, t).await },
+        )
+        .await
+    }
+
+    async fn delete(
+        &self,
+        req: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        self.forward("Delete", req, |c, r, t| async move {
+            c.forward_delete(r, t).await
+        })
+        .await
+    }
+
+    async fn scan(
+        &self,
+        req: Request<pb::ScanRequest>,
+    ) -> Result<Response<pb::ScanResponse>, Status> {
+        self.forward(
+            "Scan",
+            req,
+            |c, r, t| async move { c.forward_scan(r, t).await },
+        )
+        .await
+    }
+
+    async fn txn(&self, req: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
+        self.forward(
+            "Txn",
+            req,
+            |c, r, t| async move { c.forward_txn(r, t).await },
+        )
+        .await
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        req: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let started = tokio::time::Instant::now();
+        let r = self.open_watch(req.into_inner()).await;
+        observe_as(METRIC, "Watch", started, &r);
+        r.map(Response::new)
+    }
+}
+
+impl Proxy {
+    async fn open_watch(&self, r: pb::WatchRequest) -> Result<WatchStream, Status> {
+        let g = self.0.clone();
+        if g.draining.load(Ordering::Relaxed) {
+            return Err(Status::unavailable(
+                "the gateway is shutting down; retry elsewhere",
+            ));
+        }
+        if !r.prefix && r.key.is_empty() {
+            return Err(Status::invalid_argument(
+                "key must not be empty (use prefix=true with an empty key to watch everything)",
+            ));
+        }
+        let n = g.watchers.fetch_add(1, Ordering::Relaxed);
+        let slot = WatcherSlot(g.clone());
+        if n >= g.args.max_watchers {
+            return Err(Status::resource_exhausted(format!(
+                "the gateway has {n} watches open (limit max-watchers)"
+            )));
+        }
+        let source = g.hub.open(r).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let mut drain = g.drain.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            tokio::select! {
+                _ = source.pump(&tx) => {}
+                // The caller went away.
+                _ = tx.closed() => {}
+                _ = async { drain.wait_for(|s| *s).await.map(|_| ()) } => {
+                    let _ = tx.send(Err(Status::unavailable("the gateway is shutting down; resume elsewhere"))).await;
+                }
+            }
+        });
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+}
+
+/// Counts an open watch until dropped.
+struct WatcherSlot(Arc<Gateway>);
+
+impl Drop for WatcherSlot {
+    fn drop(&mut self) {
+        self.0.watchers.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn read_only() -> Status {
+    Status::permission_denied(
+        "the gateway serves Status and Members only; send membership and leadership changes to a node",
+    )
+}
+
+#[tonic::async_trait]
+impl Cluster for Proxy {
+    async fn status(
+        &self,
+        req: Request<cpb::StatusRequest>,
+    ) -> Result<Response<cpb::StatusResponse>, Status> {
+        self.forward(
+            "Status",
+            req,
+            |c, _, t| async move { c.forward_status(t).await },
+        )
+        .await
+    }
+
+    async fn members(
+        &self,
+        req: Request<cpb::MembersRequest>,
+    ) -> Result<Response<cpb::MembersResponse>, Status> {
+        self.forward("Members", req, |c, _, _| async move { c.members().await })
+            .await
+    }
+
+    async fn add_learner(
+        &self,
+        _: Request<cpb::AddLearnerRequest>,
+    ) -> Result<Response<cpb::MembersResponse>, Status> {
+        Err(read_only())
+    }
+
+    async fn promote(
+        &self,
+        _: Request<cpb::PromoteRequest>,
+    ) -> Result<Response<cpb::MembersResponse>, Status> {
+        Err(read_only())
+    }
+
+    async fn remove(
+        &self,
+        _: Request<cpb::RemoveRequest>,
+    ) -> Result<Response<cpb::MembersResponse>, Status> {
+        Err(read_only())
+    }
+
+    async fn change_membership(
+        &self,
+        _: Request<cpb::ChangeMembershipRequest>,
+    ) -> Result<Response<cpb::MembersResponse>, Status> {
+        Err(read_only())
+    }
+
+    async fn transfer_leader(
+        &self,
+        _: Request<cpb::TransferLeaderRequest>,
+    ) -> Result<Response<cpb::TransferLeaderResponse>, Status> {
+        Err(read_only())
+    }
+
+    async fn snapshot(
+        &self,
+        _: Request<cpb::SnapshotRequest>,
+    ) -> Result<Response<cpb::SnapshotResponse>, Status> {
+        Err(read_only())
+    }
+}
+
+/// Serves the gateway's gRPC services until `stop`.
+pub async fn serve(
+    g: Arc<Gateway>,
+    health: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
+    incoming: crate::server::Incoming,
+    mut stop: twatch::Receiver<bool>,
+) {
+    let max = g.args.max_request_bytes;
+    let proxy = Proxy(g);
+    let router = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .add_service(health)
+        .add_service(KvServer::new(proxy.clone()).max_decoding_message_size(max))
+        .add_service(ClusterServer::new(proxy).max_decoding_message_size(max))
+        .add_optional_service(crate::server::reflection());
+    let res = router
+        .serve_with_incoming_shutdown(incoming, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await;
+    if let Err(e) = res {
+        tracing::error!(error = %e, "gateway server stopped");
+    }
+}

@@ -1,0 +1,314 @@
+//! The gateway: a stateless gRPC (L7) proxy in front of a cairn cluster,
+//! run as `cairn gateway`. It serves the same `cairn.kv.v1.KV` API as a
+//! node (plus read-only Cluster Status/Members, health and reflection) and
+//! routes with the client library: writes, transactions and linearizable
+//! reads to the leader; serializable reads and watches to healthy
+//! replicas by power of two choices; retries inside the caller's deadline
+//! with the request id kept. Identical watches from "now" share one
+//! upstream stream. In-flight requests are bounded per connection and in
+//! total; past a bound the answer is RESOURCE_EXHAUSTED at once.
+
+mod kv;
+mod watch;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_client::{Client, ClientConfig};
+use parking_lot::Mutex;
+use tokio::net::TcpListener;
+use tokio::sync::{watch as twatch, OwnedSemaphorePermit, Semaphore};
+use tonic::Status;
+
+use crate::server::http;
+
+/// `cairn gateway` options: flags, or `CAIRN_GATEWAY_*` environment
+/// variables.
+#[derive(clap::Args, Debug, Clone)]
+pub struct GatewayArgs {
+    /// Client address to serve on.
+    #[arg(long, env = "CAIRN_GATEWAY_LISTEN", default_value = "127.0.0.1:7000")]
+    pub listen: String,
+    /// Address for /metrics, /healthz and /readyz (off when empty).
+    #[arg(long, env = "CAIRN_GATEWAY_LISTEN_METRICS", default_value = "")]
+    pub listen_metrics: String,
+    /// Nodes to learn the cluster from, comma-separated host:port.
+    #[arg(
+        long,
+        env = "CAIRN_GATEWAY_SEEDS",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub seeds: Vec<String>,
+    /// Deadline for a request whose caller sent none (and the cap on any).
+    #[arg(long, env = "CAIRN_GATEWAY_REQUEST_TIMEOUT_MS", default_value_t = 5000)]
+    pub request_timeout_ms: u64,
+    /// How often the members and the backends' health are refreshed.
+    #[arg(long, env = "CAIRN_GATEWAY_REFRESH_MS", default_value_t = 1000)]
+    pub refresh_ms: u64,
+    /// In-flight requests in total; past it RESOURCE_EXHAUSTED.
+    #[arg(long, env = "CAIRN_GATEWAY_MAX_INFLIGHT", default_value_t = 4096)]
+    pub max_inflight: usize,
+    /// In-flight requests per client connection; past it RESOURCE_EXHAUSTED.
+    #[arg(
+        long,
+        env = "CAIRN_GATEWAY_MAX_INFLIGHT_PER_CONN",
+        default_value_t = 512
+    )]
+    pub max_inflight_per_conn: usize,
+    /// Open watch streams in total.
+    #[arg(long, env = "CAIRN_GATEWAY_MAX_WATCHERS", default_value_t = 65536)]
+    pub max_watchers: usize,
+    /// Largest request message in bytes.
+    #[arg(long, env = "CAIRN_GATEWAY_MAX_REQUEST_BYTES", default_value_t = 3 << 20)]
+    pub max_request_bytes: usize,
+    /// On SIGTERM, how long in-flight requests may take to finish.
+    #[arg(long, env = "CAIRN_GATEWAY_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
+    pub drain_timeout_ms: u64,
+}
+
+/// What every handler shares.
+pub struct Gateway {
+    args: GatewayArgs,
+    client: Client,
+    inflight: Arc<Semaphore>,
+    per_conn: Mutex<HashMap<SocketAddr, usize>>,
+    draining: AtomicBool,
+    watchers: std::sync::atomic::AtomicUsize,
+    hub: watch::Hub,
+    /// Becomes true when the drain starts: open watches end.
+    drain: twatch::Receiver<bool>,
+}
+
+/// Holds a request's place under the in-flight bounds.
+pub struct Admitted<'a> {
+    g: &'a Gateway,
+    conn: Option<SocketAddr>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.conn {
+            let mut m = self.g.per_conn.lock();
+            if let Some(n) = m.get_mut(&c) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(&c);
+                }
+            }
+        }
+        metrics::gauge!("cairn_gateway_inflight").decrement(1.0);
+    }
+}
+
+impl Gateway {
+    /// Ready: not draining, a backend in rotation and a leader known.
+    pub fn ready(&self) -> bool {
+        !self.draining.load(Ordering::Relaxed)
+            && self.client.has_healthy_endpoint()
+            && self.client.cached_leader().is_some()
+    }
+
+    /// Admits a request under the bounds, or refuses it at once.
+    fn admit<T>(&self, req: &tonic::Request<T>) -> Result<Admitted<'_>, Status> {
+        if self.draining.load(Ordering::Relaxed) {
+            return Err(Status::unavailable(
+                "the gateway is shutting down; retry elsewhere",
+            ));
+        }
+        let permit = self.inflight.clone().try_acquire_owned().map_err(|_| {
+            metrics::counter!("cairn_gateway_rejected_total", "bound" => "total").increment(1);
+            Status::resource_exhausted(format!(
+                "the gateway has {} requests in flight (limit max-inflight)",
+                self.args.max_inflight
+            ))
+        })?;
+        let conn = req.remote_addr();
+        if let Some(c) = conn {
+            let mut m = self.per_conn.lock();
+            let n = m.entry(c).or_insert(0);
+            if *n >= self.args.max_inflight_per_conn {
+                metrics::counter!("cairn_gateway_rejected_total", "bound" => "connection")
+                    .increment(1);
+                return Err(Status::resource_exhausted(format!(
+                    "this connection has {} requests in flight (limit max-inflight-per-conn)",
+                    self.args.max_inflight_per_conn
+                )));
+            }
+            *n += 1;
+        }
+        metrics::gauge!("cairn_gateway_inflight").increment(1.0);
+        Ok(Admitted {
+            g: self,
+            conn,
+            _permit: permit,
+        })
+    }
+
+    /// The request's deadline: its `grpc-timeout`, capped by ours.
+    fn deadline<T>(&self, req: &tonic::Request<T>) -> Duration {
+        let cap = Duration::from_millis(self.args.request_timeout_ms);
+        req.metadata()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout)
+            .map_or(cap, |d| d.min(cap))
+    }
+}
+
+/// Parses a `grpc-timeout` header value (digits and a unit: H M S m u n).
+pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
+    if v.len() < 2 || v.len() > 9 {
+        return None;
+    }
+    let (n, unit) = v.split_at(v.len() - 1);
+    let n: u64 = n.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// A running gateway.
+pub struct RunningGateway {
+    /// The client address it serves on.
+    pub addr: SocketAddr,
+    /// The metrics address, if any.
+    pub metrics_addr: Option<SocketAddr>,
+    gateway: Arc<Gateway>,
+    stop_tx: twatch::Sender<bool>,
+    drain_tx: twatch::Sender<bool>,
+    server: tokio::task::JoinHandle<()>,
+    others: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningGateway {
+    /// Binds the listeners and starts serving; backends are learned in the
+    /// background, so the gateway starts even before the cluster answers.
+    pub async fn start(args: GatewayArgs) -> std::io::Result<RunningGateway> {
+        let cfg = ClientConfig {
+            timeout: Duration::from_millis(args.request_timeout_ms),
+            discover_members: true,
+            refresh_interval: Some(Duration::from_millis(args.refresh_ms.max(50))),
+            ..ClientConfig::default()
+        };
+        let client = Client::new_lazy(&args.seeds, cfg)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+        client.start_refresh();
+        let listener = TcpListener::bind(&args.listen).await?;
+        let addr = listener.local_addr()?;
+        let metrics_listener = if args.listen_metrics.is_empty() {
+            None
+        } else {
+            Some(TcpListener::bind(&args.listen_metrics).await?)
+        };
+        let metrics_addr = metrics_listener
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()?;
+        let (stop_tx, stop_rx) = twatch::channel(false);
+        let (drain_tx, drain_rx) = twatch::channel(false);
+        let gateway = Arc::new(Gateway {
+            inflight: Arc::new(Semaphore::new(args.max_inflight.max(1))),
+            hub: watch::Hub::new(client.clone()),
+            client,
+            per_conn: Mutex::new(HashMap::new()),
+            draining: AtomicBool::new(false),
+            watchers: std::sync::atomic::AtomicUsize::new(0),
+            drain: drain_rx,
+            args,
+        });
+        let ready: http::Readiness = {
+            let g = gateway.clone();
+            Arc::new(move || g.ready())
+        };
+        let mut others = Vec::new();
+        if let Some(l) = metrics_listener {
+            http::prometheus();
+            others.push(tokio::spawn(http::serve(ready.clone(), l, stop_rx.clone())));
+        }
+        let (reporter, health) = tonic_health::server::health_reporter();
+        others.push(tokio::spawn(http::report_health(
+            ready,
+            reporter,
+            stop_rx.clone(),
+        )));
+        let server = tokio::spawn(kv::serve(
+            gateway.clone(),
+            health,
+            crate::server::incoming(listener),
+            stop_rx,
+        ));
+        tracing::info!(%addr, seeds = ?gateway.args.seeds, "gateway started");
+        Ok(RunningGateway {
+            addr,
+            metrics_addr,
+            gateway,
+            stop_tx,
+            drain_tx,
+            server,
+            others,
+        })
+    }
+
+    /// The gateway's shared state.
+    pub fn gateway(&self) -> &Arc<Gateway> {
+        &self.gateway
+    }
+
+    /// Drains and stops: readiness goes false, new requests are refused
+    /// with UNAVAILABLE, watches end (their clients resume elsewhere),
+    /// in-flight requests finish within the drain timeout; then the
+    /// servers stop.
+    pub async fn shutdown(self) {
+        let g = &self.gateway;
+        g.draining.store(true, Ordering::Relaxed);
+        let _ = self.drain_tx.send(true);
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(g.args.drain_timeout_ms);
+        let all = g.args.max_inflight.max(1);
+        while g.inflight.available_permits() < all && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let left = all - g.inflight.available_permits();
+        if left > 0 {
+            tracing::warn!(left, "drain timeout: requests still in flight");
+        }
+        let _ = self.stop_tx.send(true);
+        let mut server = self.server;
+        if tokio::time::timeout(Duration::from_secs(2), &mut server)
+            .await
+            .is_err()
+        {
+            server.abort();
+        }
+        for t in self.others {
+            t.abort();
+        }
+        tracing::info!("gateway stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse() {
+        assert_eq!(parse_grpc_timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_grpc_timeout("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_grpc_timeout("10u"), Some(Duration::from_micros(10)));
+        assert_eq!(parse_grpc_timeout("S"), None);
+        assert_eq!(parse_grpc_timeout("5x"), None);
+        assert_eq!(parse_grpc_timeout("1234567890S"), None);
+    }
+}

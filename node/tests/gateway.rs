@@ -1,0 +1,425 @@
+//! The gateway in front of 3 real nodes (`cairn gateway` and `cairn node`
+//! processes on loopback).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_client::{Client, Consistency, Scan, TxnOp, Watch};
+use cairn_proto::kv::{self as pb};
+use common::*;
+use futures::StreamExt;
+
+/// How many requests of `method` node `id` served with code OK.
+fn served(c: &TestCluster, id: u64, method: &str) -> f64 {
+    if std::net::TcpStream::connect(&c.nodes[&id].metrics).is_err() {
+        return 0.0; // not started yet
+    }
+    metric_where(
+        &c.nodes[&id].metrics,
+        "cairn_grpc_request_duration_seconds_count",
+        &[&format!("method=\"{method}\""), "code=\"OK\""],
+    )
+}
+
+/// A client that talks to the gateway only and never retries, so every
+/// error the gateway gives is seen.
+async fn raw(addr: &str) -> pb::kv_client::KvClient<tonic::transport::Channel> {
+    kv(addr).await
+}
+
+fn with_deadline<T>(msg: T, d: Duration) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.set_timeout(d);
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kv_call_routed_through_the_gateway() {
+    let c = TestCluster::start(3, &[]).await;
+    let leader = c.wait_leader(Duration::from_secs(10)).await;
+    let g = c.start_gateway(&[]);
+    g.wait_ready(Duration::from_secs(20)).await;
+    let client = Client::connect([g.addr.as_str()]).await.unwrap();
+
+    // Writes, transactions and linearizable reads: the leader only.
+    let rev = client.put("a", "1").await.unwrap();
+    assert_eq!(client.get("a").await.unwrap().unwrap().mod_revision, rev);
+    let r = client
+        .txn()
+        .when([cairn_client::Compare::value("a").eq("1")])
+        .and_then([TxnOp::put("b", "2")])
+        .commit()
+        .await
+        .unwrap();
+    assert!(r.succeeded);
+    let keys: Vec<_> = Box::pin(client.scan(Scan::all()))
+        .map(|kv| kv.unwrap().key)
+        .collect()
+        .await;
+    assert_eq!(keys, vec!["a", "b"]);
+    assert_eq!(client.delete("b").await.unwrap(), 1);
+    let mut w = client
+        .watch(Watch::key("a").from_revision(rev))
+        .await
+        .unwrap();
+    assert_eq!(w.next().await.unwrap().unwrap().revision, rev);
+    for id in (1..=3).filter(|&i| i != leader) {
+        for m in ["Put", "Txn", "Delete", "Get", "Scan"] {
+            assert_eq!(served(&c, id, m), 0.0, "follower {id} served {m}");
+        }
+    }
+    assert!(served(&c, leader, "Put") >= 1.0);
+    assert!(served(&c, leader, "Get") >= 1.0);
+
+    // Serializable reads: balanced over the replicas.
+    for _ in 0..200 {
+        let r = client
+            .get_with("a", Consistency::Serializable)
+            .await
+            .unwrap();
+        assert_eq!(r.kv.unwrap().value, "1");
+    }
+    let serving = (1..=3).filter(|&i| served(&c, i, "Get") > 1.0).count();
+    assert!(
+        serving >= 2,
+        "serializable reads reached {serving} replica(s)"
+    );
+
+    // Read-only cluster calls; the rest are refused.
+    let m = client.members().await.unwrap();
+    assert_eq!(m.members.len(), 3);
+    assert_eq!(m.leader, leader);
+    match client.transfer_leader(0).await {
+        Err(cairn_client::Error::Server { code, .. }) => {
+            assert_eq!(code, tonic::Code::PermissionDenied)
+        }
+        other => panic!("{other:?}"),
+    }
+    // The request id travels back (the caller's, or the gateway's own).
+    let mut k = raw(&g.addr).await;
+    let mut req = tonic::Request::new(put_req("traced", "v"));
+    req.metadata_mut()
+        .insert("x-request-id", "req-42".parse().unwrap());
+    let r = k.put(req).await.unwrap();
+    assert_eq!(r.metadata().get("x-request-id").unwrap(), "req-42");
+    let r = k.get(get_req("traced", false)).await.unwrap();
+    assert!(r
+        .metadata()
+        .get("x-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .starts_with("gw-"));
+    // Health and metrics.
+    assert!(client.health_of(&g.addr).await.unwrap().ready);
+    assert!(
+        metric_where(
+            &g.metrics,
+            "cairn_gateway_request_duration_seconds_count",
+            &["method=\"Put\""]
+        ) >= 1.0
+    );
+    assert!(g.metric("cairn_client_requests_total") > 200.0);
+}
+
+/// kill -9 of the leader while 32 clients write through the gateway with
+/// a 5 s deadline and no retries of their own: no error, every
+/// acknowledged write present once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_crash_is_invisible_through_the_gateway() {
+    let mut c = TestCluster::start(3, &[]).await;
+    let g = c.start_gateway(&[]);
+    g.wait_ready(Duration::from_secs(20)).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..32 {
+        let (addr, stop) = (g.addr.clone(), stop.clone());
+        writers.push(tokio::spawn(async move {
+            let mut k = raw(&addr).await;
+            let mut acked = BTreeMap::new();
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("k/{w:02}/{i:05}");
+                let r = k
+                    .put(with_deadline(put_req(&key, "v"), Duration::from_secs(5)))
+                    .await
+                    .unwrap_or_else(|s| panic!("{key}: {s:?}"));
+                acked.insert(key, r.into_inner().header.unwrap().revision);
+                i += 1;
+            }
+            acked
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let leader = c.wait_leader(Duration::from_secs(10)).await;
+    c.nodes.get_mut(&leader).unwrap().kill9();
+    let new = c.wait_leader(Duration::from_secs(20)).await;
+    assert_ne!(new, leader);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut acked = BTreeMap::new();
+    for w in writers {
+        acked.extend(w.await.unwrap());
+    }
+    assert!(acked.len() > 100, "{} writes", acked.len());
+    let stored: BTreeMap<String, (u64, u64)> = dump(&c.addr(new))
+        .await
+        .into_iter()
+        .map(|(k, _, _, m, v)| (String::from_utf8(k).unwrap(), (m, v)))
+        .collect();
+    for (k, rev) in &acked {
+        let (m, v) = stored.get(k).unwrap_or_else(|| panic!("{k} lost"));
+        assert_eq!(*v, 1, "{k} applied more than once");
+        assert_eq!(m, rev, "{k}");
+    }
+    assert!(g.metric("cairn_client_leader_changes_seen_total") >= 2.0);
+}
+
+/// A node joins and another is removed while the gateway runs: it
+/// follows without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_follows_membership_changes() {
+    let mut c = TestCluster::start(3, &[]).await;
+    let g = c.start_gateway(&[]);
+    g.wait_ready(Duration::from_secs(20)).await;
+    let client = Client::connect([g.addr.as_str()]).await.unwrap();
+    client.put("x", "1").await.unwrap();
+    c.add_joining_node(4, 1, &[]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    // Serializable reads through the gateway reach the new node.
+    while served(&c, 4, "Get") < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node 4 never served a read"
+        );
+        let _ = client.get_with("x", Consistency::Serializable).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Remove a follower; the gateway stops using it, even once it is gone.
+    let leader = c.wait_leader(Duration::from_secs(10)).await;
+    let victim = (1..=3).find(|&i| i != leader).unwrap();
+    let admin = Client::connect([c.addr(leader)]).await.unwrap();
+    admin.remove_member(victim).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    c.nodes.get_mut(&victim).unwrap().kill9();
+    let before = served(&c, 4, "Get");
+    for i in 0..100 {
+        client.put(format!("after/{i}"), "v").await.unwrap();
+        client
+            .get_with("x", Consistency::Serializable)
+            .await
+            .unwrap();
+    }
+    assert!(served(&c, 4, "Get") > before);
+    let errors_to_victim = metric_where(
+        &g.metrics,
+        "cairn_client_requests_total",
+        &[
+            &format!("backend=\"{}\"", c.addr(victim)),
+            "code=\"Unavailable\"",
+        ],
+    );
+    assert_eq!(errors_to_victim, 0.0, "requests went to the removed node");
+}
+
+/// 100 identical watches share one upstream; every watcher sees every
+/// event once, in order, across the failure of the replica serving it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_watches_share_one_upstream() {
+    let mut c = TestCluster::start(3, &[]).await;
+    let g = c.start_gateway(&[]);
+    g.wait_ready(Duration::from_secs(20)).await;
+    let client = Client::connect([g.addr.as_str()]).await.unwrap();
+    let mut watchers = Vec::new();
+    for _ in 0..100 {
+        let mut k = raw(&g.addr).await;
+        let req = pb::WatchRequest {
+            key: "w/".into(),
+            prefix: true,
+            start_revision: 0,
+        };
+        let mut s = k.watch(req).await.unwrap().into_inner();
+        let first = s.next().await.unwrap().unwrap();
+        assert!(first.events.is_empty());
+        watchers.push(s);
+    }
+    assert_eq!(g.metric("cairn_gateway_upstream_watches"), 1.0);
+    assert_eq!(g.metric("cairn_gateway_watchers"), 100.0);
+    assert!(g.metric("cairn_gateway_coalesced_watchers_total") >= 99.0);
+
+    let mut revs = Vec::new();
+    for i in 0..20 {
+        revs.push(client.put(format!("w/{i}"), "v").await.unwrap());
+    }
+    // The replica serving the upstream dies.
+    let host = c
+        .running()
+        .into_iter()
+        .find(|&id| metric(&c.nodes[&id].metrics, "cairn_watchers") >= 1.0)
+        .expect("no node serves the upstream watch");
+    c.nodes.get_mut(&host).unwrap().kill9();
+    c.wait_leader(Duration::from_secs(20)).await;
+    for i in 20..40 {
+        revs.push(client.put(format!("w/{i}"), "v").await.unwrap());
+    }
+    for (n, s) in watchers.iter_mut().enumerate() {
+        let mut seen = Vec::new();
+        while seen.len() < revs.len() {
+            let m = tokio::time::timeout(Duration::from_secs(20), s.next())
+                .await
+                .unwrap_or_else(|_| panic!("watcher {n} stalled after {seen:?}"))
+                .unwrap()
+                .unwrap();
+            for e in m.events {
+                seen.push(e.kv.unwrap().mod_revision);
+            }
+        }
+        assert_eq!(seen, revs, "watcher {n}");
+    }
+    assert_eq!(g.metric("cairn_gateway_upstream_watches"), 1.0);
+}
+
+/// Past the in-flight bound: RESOURCE_EXHAUSTED at once, and the gateway
+/// keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_control_refuses_a_flood() {
+    let c = TestCluster::start(3, &[]).await;
+    let g = c.start_gateway(&["--max-inflight", "16", "--max-inflight-per-conn", "8"]);
+    g.wait_ready(Duration::from_secs(20)).await;
+    let k = raw(&g.addr).await;
+    let mut tasks = Vec::new();
+    for i in 0..400 {
+        let mut k = k.clone();
+        tasks.push(tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let r = k
+                .put(with_deadline(
+                    put_req(&format!("f/{i}"), "v"),
+                    Duration::from_secs(5),
+                ))
+                .await;
+            (r.map(|_| ()), started.elapsed())
+        }));
+    }
+    let (mut ok, mut refused) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            (Ok(()), _) => ok += 1,
+            (Err(s), took) => {
+                assert_eq!(s.code(), tonic::Code::ResourceExhausted, "{s:?}");
+                assert!(s.message().contains("limit max-inflight"), "{s:?}");
+                assert!(took < Duration::from_secs(2), "refusal took {took:?}");
+                refused += 1;
+            }
+        }
+    }
+    assert!(ok > 0 && refused > 0, "ok {ok}, refused {refused}");
+    assert!(metric(&g.metrics, "cairn_gateway_rejected_total") >= refused as f64);
+    // Still healthy and serving.
+    let client = Client::connect([g.addr.as_str()]).await.unwrap();
+    client.put("after", "flood").await.unwrap();
+    g.wait_ready(Duration::from_secs(5)).await;
+    assert!(client.health_of(&g.addr).await.unwrap().live);
+}
+
+/// SIGTERM during load: requests in flight complete, new ones are refused
+/// with UNAVAILABLE, the process exits 0; nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_cleanly() {
+    let c = TestCluster::start(3, &[]).await;
+    let mut g = c.start_gateway(&[]);
+    g.wait_ready(Duration::from_secs(20)).await;
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let addr = g.addr.clone();
+        writers.push(tokio::spawn(async move {
+            let mut k = raw(&addr).await;
+            let mut acked = Vec::new();
+            for i in 0..100_000u64 {
+                let key = format!("d/{w}/{i:06}");
+                match k
+                    .put(with_deadline(put_req(&key, "v"), Duration::from_secs(5)))
+                    .await
+                {
+                    Ok(_) => acked.push(key),
+                    Err(s) => {
+                        assert!(matches!(s.code(), tonic::Code::Unavailable), "{key}: {s:?}");
+                        return acked;
+                    }
+                }
+            }
+            acked
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let status = tokio::task::spawn_blocking(move || {
+        let s = g.sigterm_and_wait();
+        (s, g)
+    })
+    .await
+    .unwrap();
+    assert!(status.0.success(), "gateway exited with {:?}", status.0);
+    let mut acked = Vec::new();
+    for w in writers {
+        acked.extend(w.await.unwrap());
+    }
+    assert!(!acked.is_empty());
+    let stored: std::collections::BTreeSet<String> = dump(&c.addr(1))
+        .await
+        .into_iter()
+        .map(|(k, ..)| String::from_utf8(k).unwrap())
+        .collect();
+    // Node 1 may lag: read linearizably through the leader instead.
+    let client = Client::connect(c.endpoints()).await.unwrap();
+    for k in &acked {
+        if !stored.contains(k) {
+            assert!(client.get(k).await.unwrap().is_some(), "{k} lost");
+        }
+    }
+}
+
+/// Garbage, HTTP/1 and an oversized message: clear errors, and the
+/// gateway keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_does_not_hurt_the_gateway() {
+    use std::io::{Read, Write};
+    let c = TestCluster::start(1, &[]).await;
+    let g = c.start_gateway(&["--max-request-bytes", "65536"]);
+    g.wait_ready(Duration::from_secs(20)).await;
+    // Random bytes.
+    let mut s = std::net::TcpStream::connect(&g.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(&[0xde, 0xad, 0xbe, 0xef].repeat(1000)).unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    // HTTP/1.
+    let mut s = std::net::TcpStream::connect(&g.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    // An oversized message.
+    let mut k = raw(&g.addr).await;
+    let err = k
+        .put(put_req("big", &"x".repeat(100_000)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::OutOfRange, "{err:?}");
+    assert!(err.message().contains("too large"), "{err:?}");
+    // An empty watch key.
+    let err = k
+        .watch(pb::WatchRequest::default())
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    // Still serving.
+    k.put(put_req("fine", "v")).await.unwrap();
+    let r = k.get(get_req("big", false)).await.unwrap().into_inner();
+    assert!(r.kv.is_none());
+}
