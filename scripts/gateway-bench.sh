@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The README's gateway benchmark: starts `cairn dev` (three nodes and the
+# gateway on 127.0.0.1:7000, release, fsync on) in a fresh directory and
+# runs `cairnctl bench` with 64 clients directly against the leader and
+# through the gateway, alternated, ROUNDS times for SECS seconds each
+# (put, and serializable get); prints one JSON line per run and the
+# medians with the gateway/direct ratios. Bounded: 4 x ROUNDS x SECS s.
+#
+#   scripts/gateway-bench.sh            # 3 rounds of 10 s
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${ROUNDS:-3}
+SECS=${SECS:-10}
+KEYS=${KEYS:-100000}
+cargo build --release -q -p cairn-node -p cairn-client --bins
+dir=$(mktemp -d "${BENCH_DIR:-$PWD}/cairn-bench.XXXXXX")
+./target/release/cairn dev --data-dir "$dir/data" >"$dir/dev.log" 2>&1 &
+dev=$!
+trap 'kill $dev 2>/dev/null; wait $dev 2>/dev/null; rm -rf "$dir"' EXIT
+nodes=127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003
+gw=127.0.0.1:7000
+ctl() { ./target/release/cairnctl "$@"; }
+for _ in $(seq 1 50); do ctl --endpoints $nodes health >/dev/null 2>&1 && break; sleep 0.2; done
+for _ in $(seq 1 50); do curl -sf http://127.0.0.1:9100/readyz >/dev/null && break; sleep 0.2; done
+ctl --endpoints $nodes bench put --clients 64 --ops "$KEYS" --key-space "$KEYS" --preload -o json >/dev/null
+out="$dir/runs.jsonl"
+for round in $(seq 1 "$ROUNDS"); do
+  for w in "put" "get --serializable"; do
+    # shellcheck disable=SC2086
+    for path in direct gateway; do
+      if [ $path = direct ]; then
+        line=$(ctl --endpoints $nodes bench $w --target-leader --clients 64 --duration "${SECS}s" --key-space "$KEYS" -o json)
+      else
+        line=$(ctl --endpoints $gw bench $w --clients 64 --duration "${SECS}s" --key-space "$KEYS" -o json)
+      fi
+      echo "{\"path\":\"$path\",${line#\{}" | tee -a "$out"
+    done
+  done
+done
+echo "medians of $ROUNDS round(s):"
+echo "workload path ops_per_sec p50_us p99_us"
+sed -E 's/[{}"]//g' "$out" | awk -F, '
+{ for (i = 1; i <= NF; i++) { split($i, kv, ":"); v[kv[1]] = kv[2] }
+  k = v["workload"] " " v["path"]; if (!(k in seen)) { order[++n] = k; seen[k] = 1 }
+  c = ++cnt[k]; ops[k, c] = v["ops_per_sec"]; p50[k, c] = v["p50_us"]; p99[k, c] = v["p99_us"] }
+function med(a, k, c,   i, j, t, x) {
+  for (i = 1; i <= c; i++) x[i] = a[k, i] + 0
+  for (i = 1; i <= c; i++) for (j = i + 1; j <= c; j++) if (x[j] < x[i]) { t = x[i]; x[i] = x[j]; x[j] = t }
+  return x[int((c + 1) / 2)] }
+END { for (i = 1; i <= n; i++) { k = order[i]; c = cnt[k]; o[k] = med(ops, k, c); q[k] = med(p50, k, c)
+        print k, o[k], q[k], med(p99, k, c) }
+      for (i = 1; i <= n; i++) { k = order[i]; split(k, p, " ")
+        if (p[2] == "gateway") { d = p[1] " direct"
+          printf "%s: gateway/direct throughput %.3f, added p50 %d us\n", p[1], o[k] / o[d], q[k] - q[d] } } }'
