@@ -49,6 +49,8 @@ pub struct ClientConfig {
     /// endpoint's readiness (an unready one is ejected, a ready one comes
     /// back). None: no background refresh.
     pub refresh_interval: Option<Duration>,
+    /// How connections are made: TCP, or the simulator's network.
+    pub net: Arc<dyn crate::net::Net>,
 }
 
 impl Default for ClientConfig {
@@ -65,6 +67,7 @@ impl Default for ClientConfig {
             seed: None,
             discover_members: false,
             refresh_interval: None,
+            net: crate::net::tcp(),
         }
     }
 }
@@ -322,14 +325,12 @@ impl Client {
             return Ok(c.clone());
         }
         let cfg = &self.inner.config;
-        let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| Error::Config(format!("endpoint {addr:?}: {e}")))?
-            .connect_timeout(cfg.connect_timeout)
-            .http2_keep_alive_interval(cfg.keepalive_interval)
-            .keep_alive_timeout(cfg.keepalive_timeout)
-            .keep_alive_while_idle(true)
-            .tcp_nodelay(true)
-            .connect_lazy();
+        let ch = crate::net::channel(&cfg.net, addr, cfg.connect_timeout, |e| {
+            e.http2_keep_alive_interval(cfg.keepalive_interval)
+                .keep_alive_timeout(cfg.keepalive_timeout)
+                .keep_alive_while_idle(true)
+        })
+        .map_err(|e| Error::Config(format!("endpoint {addr:?}: {e}")))?;
         Ok(self
             .inner
             .channels

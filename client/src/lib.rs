@@ -30,6 +30,7 @@ mod client;
 mod error;
 mod forward;
 mod kv;
+pub mod net;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod watch;

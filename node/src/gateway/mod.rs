@@ -195,7 +195,17 @@ impl RunningGateway {
     /// Binds the listeners and starts serving; backends are learned in the
     /// background, so the gateway starts even before the cluster answers.
     pub async fn start(args: GatewayArgs) -> std::io::Result<RunningGateway> {
+        Self::start_in(args, cairn_client::net::tcp()).await
+    }
+
+    /// [`RunningGateway::start`] over a given network (the simulation's).
+    /// The metrics listener, if any, is always TCP.
+    pub async fn start_in(
+        args: GatewayArgs,
+        net: Arc<dyn cairn_client::net::Net>,
+    ) -> std::io::Result<RunningGateway> {
         let cfg = ClientConfig {
+            net: net.clone(),
             timeout: Duration::from_millis(args.request_timeout_ms),
             discover_members: true,
             refresh_interval: Some(Duration::from_millis(args.refresh_ms.max(50))),
@@ -204,7 +214,7 @@ impl RunningGateway {
         let client = Client::new_lazy(&args.seeds, cfg)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
         client.start_refresh();
-        let listener = TcpListener::bind(&args.listen).await?;
+        let listener = net.bind(&args.listen).await?;
         let addr = listener.local_addr()?;
         let metrics_listener = if args.listen_metrics.is_empty() {
             None

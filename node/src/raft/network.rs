@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cairn_client::net::Net;
 use cairn_proto::raft::{self as pb, raft_client::RaftClient};
 use openraft::base::{BoxFuture, BoxStream};
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
@@ -24,7 +25,7 @@ use openraft::raft::{
 use openraft::{OptionalSend, RaftNetworkV2};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::state_machine::SnapshotDir;
 use super::{codec, Member, NodeId, Snapshot, TypeConfig, Vote};
@@ -37,28 +38,28 @@ const KEEPALIVE: Duration = Duration::from_secs(1);
 /// Deadline of a snapshot transfer.
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// Connects a tonic channel to `addr` (host:port) with keep-alive and a
-/// connect timeout. The connection is made on first use.
-pub fn lazy_channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
-        .connect_timeout(Duration::from_secs(2))
-        .http2_keep_alive_interval(KEEPALIVE)
-        .keep_alive_timeout(KEEPALIVE * 2)
-        .keep_alive_while_idle(true)
-        .tcp_nodelay(true)
-        .connect_lazy())
+/// Connects a tonic channel to `addr` (host:port) over `net` with
+/// keep-alive and a connect timeout. The connection is made on first use.
+pub fn lazy_channel(net: &Arc<dyn Net>, addr: &str) -> Result<Channel, tonic::transport::Error> {
+    cairn_client::net::channel(net, addr, Duration::from_secs(2), |e| {
+        e.http2_keep_alive_interval(KEEPALIVE)
+            .keep_alive_timeout(KEEPALIVE * 2)
+            .keep_alive_while_idle(true)
+    })
 }
 
 /// Makes a [`PeerClient`] per peer.
 #[derive(Clone)]
 pub struct Network {
     fs: Arc<dyn FileSystem>,
+    net: Arc<dyn Net>,
 }
 
 impl Network {
-    /// A network whose snapshot sender reads files through `fs`.
-    pub fn new(fs: Arc<dyn FileSystem>) -> Self {
-        Network { fs }
+    /// A network over `net` whose snapshot sender reads files through
+    /// `fs`.
+    pub fn new(fs: Arc<dyn FileSystem>, net: Arc<dyn Net>) -> Self {
+        Network { fs, net }
     }
 }
 
@@ -69,7 +70,9 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         PeerClient {
             target,
             addr: node.peer_addr.clone(),
-            client: lazy_channel(&node.peer_addr).ok().map(RaftClient::new),
+            client: lazy_channel(&self.net, &node.peer_addr)
+                .ok()
+                .map(RaftClient::new),
             fs: self.fs.clone(),
         }
     }

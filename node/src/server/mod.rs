@@ -22,11 +22,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use cairn_client::net::Net;
 use openraft::{Config, ServerState, SnapshotPolicy};
 use openraft_rt::deterministic_rng::DeterministicRng;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::lsm::{self, Executor, FileSystem, StdFs, ThreadExecutor};
 use crate::raft::log_store::LogStore;
@@ -83,6 +83,8 @@ pub struct NodeCore {
     pub scope: RaftScope,
     /// The filesystem seam.
     pub fs: Arc<dyn FileSystem>,
+    /// The network peers and joins are reached through.
+    pub net: Arc<dyn Net>,
     /// Set while shutting down: new requests are refused.
     pub draining: AtomicBool,
 }
@@ -213,13 +215,29 @@ fn raft_config(c: &NodeConfig) -> Result<Arc<Config>, StartError> {
         .map_err(|e| StartError::Raft(e.to_string()))
 }
 
-async fn bind(addr: &str) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: addr.to_string(),
-            source,
-        })
+async fn bind(
+    net: &Arc<dyn Net>,
+    addr: &str,
+) -> Result<Box<dyn cairn_client::net::Listener>, StartError> {
+    net.bind(addr).await.map_err(|source| StartError::Bind {
+        addr: addr.to_string(),
+        source,
+    })
+}
+
+/// What a node runs on: its disk, where its blocking work runs, its
+/// network, and the seed of its Raft randomness. Production: the real
+/// disk, threads, TCP and a random seed; the simulation injects its own.
+#[derive(Clone)]
+pub struct NodeEnv {
+    /// The filesystem.
+    pub fs: Arc<dyn FileSystem>,
+    /// Background and blocking work.
+    pub executor: Arc<dyn Executor>,
+    /// Connections.
+    pub net: Arc<dyn Net>,
+    /// Seeds openraft's randomness (election timeouts); random when None.
+    pub seed: Option<u64>,
 }
 
 impl RunningNode {
@@ -230,12 +248,32 @@ impl RunningNode {
         Self::start_with(config, fs, executor).await
     }
 
-    /// [`RunningNode::start`] with injected filesystem and executor.
+    /// [`RunningNode::start`] on a given disk and executor, over TCP.
     pub async fn start_with(
         config: NodeConfig,
         fs: Arc<dyn FileSystem>,
         executor: Arc<dyn Executor>,
     ) -> Result<RunningNode, StartError> {
+        Self::start_in(
+            config,
+            NodeEnv {
+                fs,
+                executor,
+                net: cairn_client::net::tcp(),
+                seed: None,
+            },
+        )
+        .await
+    }
+
+    /// [`RunningNode::start`] with injected filesystem and executor.
+    pub async fn start_in(config: NodeConfig, env: NodeEnv) -> Result<RunningNode, StartError> {
+        let NodeEnv {
+            fs,
+            executor,
+            net,
+            seed,
+        } = env;
         let data_dir = config.data_dir.display().to_string();
         let storage = |source| StartError::Storage {
             dir: data_dir.clone(),
@@ -261,16 +299,16 @@ impl RunningNode {
         })
         .map_err(storage)?;
         let shared = sm.shared();
-        let client_listener = bind(&config.listen_client).await?;
-        let peer_listener = bind(&config.listen_peer).await?;
+        let client_listener = bind(&net, &config.listen_client).await?;
+        let peer_listener = bind(&net, &config.listen_peer).await?;
         let client_addr = client_listener.local_addr().map_err(storage)?;
         let peer_addr = peer_listener.local_addr().map_err(storage)?;
-        let scope = RaftScope::new(config.id ^ rand::random::<u64>());
+        let scope = RaftScope::new(config.id ^ seed.unwrap_or_else(rand::random::<u64>));
         let raft = scope
             .run(Raft::new(
                 config.id,
                 raft_config(&config)?,
-                Network::new(fs.clone()),
+                Network::new(fs.clone(), net.clone()),
                 log.clone(),
                 sm,
             ))
@@ -283,6 +321,7 @@ impl RunningNode {
             log,
             scope,
             fs: fs.clone(),
+            net,
             draining: AtomicBool::new(false),
         });
         let (stop, stop_rx) = watch::channel(false);
@@ -301,7 +340,12 @@ impl RunningNode {
         let metrics_addr = if core.config.listen_metrics.is_empty() {
             None
         } else {
-            let l = bind(&core.config.listen_metrics).await?;
+            let l = TcpListener::bind(&core.config.listen_metrics)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: core.config.listen_metrics.clone(),
+                    source,
+                })?;
             let a = l.local_addr().map_err(storage)?;
             tasks.push(tokio::spawn(http::serve(
                 http::node_readiness(&core),
@@ -403,22 +447,7 @@ pub async fn transfer_leadership_away(core: &NodeCore, wait: Duration) -> bool {
         .await
 }
 
-/// Accepted connections, with Nagle's algorithm off: small gRPC frames
-/// must not wait for the peer's delayed ACK (40 ms on Linux).
-pub type Incoming =
-    std::pin::Pin<Box<dyn futures::Stream<Item = io::Result<tokio::net::TcpStream>> + Send>>;
-
-/// The accepted connections of `listener`, with TCP_NODELAY set.
-pub fn incoming(listener: TcpListener) -> Incoming {
-    use futures::StreamExt;
-    Box::pin(TcpListenerStream::new(listener).map(|r| {
-        r.inspect(|s| {
-            if let Err(e) = s.set_nodelay(true) {
-                tracing::warn!(error = %e, "cannot set TCP_NODELAY");
-            }
-        })
-    }))
-}
+pub use cairn_client::net::{incoming, Incoming};
 
 /// The gRPC reflection service for cairn's and the health services (None,
 /// logged, if it cannot be built).
@@ -513,7 +542,7 @@ async fn join_cluster(core: Arc<NodeCore>, endpoint: String) {
             return;
         }
         let attempt = async {
-            let ch = crate::raft::network::lazy_channel(&target)
+            let ch = crate::raft::network::lazy_channel(&core.net, &target)
                 .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
             let mut c = ClusterClient::new(ch);
             if !added {
