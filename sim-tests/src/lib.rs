@@ -7,3 +7,4 @@
 //! come next (see the simulation issue).
 
 pub mod checker;
+pub mod net;

@@ -74,6 +74,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
                 .ok()
                 .map(RaftClient::new),
             fs: self.fs.clone(),
+            backoff: Arc::default(),
         }
     }
 }
@@ -84,6 +85,55 @@ pub struct PeerClient {
     addr: String,
     client: Option<RaftClient<Channel>>,
     fs: Arc<dyn FileSystem>,
+    backoff: Arc<parking_lot::Mutex<Backoff>>,
+}
+
+/// Paces attempts to a peer that cannot be reached: without it a caller
+/// that retries at once (a candidate, a replication stream) reconnects in
+/// a tight loop, burning CPU and ports (the simulation found one such
+/// loop: thousands of connects in no time to a partitioned peer).
+#[derive(Debug, Default)]
+pub struct Backoff {
+    failures: u32,
+    until: Option<tokio::time::Instant>,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(20);
+    const MAX: Duration = Duration::from_secs(1);
+
+    fn failed(&mut self) {
+        self.failures = (self.failures + 1).min(16);
+        let d = Self::FIRST
+            .saturating_mul(1 << (self.failures - 1))
+            .min(Self::MAX);
+        self.until = Some(tokio::time::Instant::now() + d);
+    }
+
+    fn succeeded(&mut self) {
+        self.failures = 0;
+        self.until = None;
+    }
+}
+
+/// Waits out the peer's backoff, for at most `cap`.
+async fn pace(b: &parking_lot::Mutex<Backoff>, cap: Duration) {
+    let until = b.lock().until;
+    if let Some(t) = until {
+        let now = tokio::time::Instant::now();
+        if t > now {
+            tokio::time::sleep((t - now).min(cap)).await;
+        }
+    }
+}
+
+/// Records an attempt's outcome in the peer's backoff.
+fn record<T>(b: &parking_lot::Mutex<Backoff>, r: &Result<T, RPCError<TypeConfig>>) {
+    match r {
+        Ok(_) => b.lock().succeeded(),
+        Err(RPCError::Unreachable(_)) => b.lock().failed(),
+        Err(_) => {}
+    }
 }
 
 fn unreachable(msg: impl std::fmt::Display) -> Unreachable<TypeConfig> {
@@ -139,16 +189,19 @@ impl PeerClient {
             error: String::new(),
         });
         let ttl = option.hard_ttl();
+        pace(&self.backoff, ttl / 2).await;
         request.set_timeout(ttl);
         let client = self.client()?;
-        match tokio::time::timeout(ttl, f(client, request)).await {
+        let r = match tokio::time::timeout(ttl, f(client, request)).await {
             Err(_) => Err(RPCError::Unreachable(unreachable(format!(
                 "peer {}: no answer within {ttl:?}",
                 self.target
             )))),
             Ok(Err(s)) => Err(status_err(self.target, &s)),
             Ok(Ok(reply)) => decode_reply(self.target, reply.into_inner()),
-        }
+        };
+        record(&self.backoff, &r);
+        r
     }
 }
 
@@ -244,22 +297,29 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     {
         let target = self.target;
         let client = self.client();
+        let backoff = self.backoff.clone();
         Box::pin(async move {
             let mut client = client?;
+            pace(&backoff, Backoff::MAX).await;
             let requests = input.map(|r| pb::RaftMessage {
                 // Our own types always encode; an empty payload would be
                 // refused by the peer and end the stream.
                 payload: codec::encode(&r).unwrap_or_default().into(),
                 error: String::new(),
             });
-            let replies = client
+            let opened = client
                 .stream_append(requests)
                 .await
-                .map_err(|s| status_err(target, &s))?
-                .into_inner();
-            let out = replies.map(move |r| match r {
-                Ok(m) => decode_reply::<StreamAppendResult<TypeConfig>>(target, m),
-                Err(s) => Err(status_err(target, &s)),
+                .map_err(|s| status_err(target, &s));
+            record(&backoff, &opened);
+            let replies = opened?.into_inner();
+            let out = replies.map(move |r| {
+                let r = match r {
+                    Ok(m) => decode_reply::<StreamAppendResult<TypeConfig>>(target, m),
+                    Err(s) => Err(status_err(target, &s)),
+                };
+                record(&backoff, &r);
+                r
             });
             Ok(Box::pin(out) as BoxStream<'s, _>)
         })
