@@ -3,8 +3,14 @@
 //!
 //! Built so far: [`checker`], the linearizability checker for per-key
 //! register histories (with unknown outcomes) and the check of
-//! serializable reads. The turmoil harness, the nemeses and the workloads
-//! come next (see the simulation issue).
+//! serializable reads; [`net`], the simulated network under the real
+//! client, node and gateway code; [`harness`], a run of three nodes and
+//! several clients under a nemesis that isolates and crashes nodes, its
+//! history checked.
+//!
+//! Run seeds with `cargo test -p cairn-sim-tests` (`SIM_SEEDS=N` for more,
+//! `SIM_SEED=S` for one).
 
 pub mod checker;
+pub mod harness;
 pub mod net;

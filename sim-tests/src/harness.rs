@@ -1,0 +1,300 @@
+//! One simulated run: three nodes on turmoil hosts with simulated disks,
+//! clients issuing register operations through the real client library,
+//! a nemesis partitioning and crashing nodes (a crash loses what was not
+//! synced), then a quiet phase in which every client must finish. The
+//! recorded history goes to the [`checker`](crate::checker).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cairn_client::{Client, ClientConfig, Consistency, Error};
+use cairn_node::lsm::executor::InlineExecutor;
+use cairn_node::lsm::fs::MemFs;
+use cairn_node::server::config::NodeArgs;
+use cairn_node::server::{NodeEnv, RunningNode};
+use rand::{Rng, SeedableRng};
+
+use crate::checker::{check, Input, Operation, Output, Value, Verdict};
+use crate::net::SimNet;
+
+/// What a run does.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Seeds everything: the simulator, the nodes, the clients, the nemesis.
+    pub seed: u64,
+    /// Client hosts.
+    pub clients: u64,
+    /// Operations per client.
+    pub ops_per_client: u64,
+    /// Keys the clients share (a small set makes conflicts likely).
+    pub keys: u64,
+    /// Whether the nemesis runs.
+    pub faults: bool,
+    /// Which faults: crashes (with the loss of unsynced data) and
+    /// isolations of one node.
+    pub crashes: bool,
+    /// See `crashes`.
+    pub partitions: bool,
+}
+
+impl Options {
+    /// The default run for `seed`.
+    pub fn new(seed: u64) -> Options {
+        Options {
+            seed,
+            clients: 3,
+            ops_per_client: 40,
+            keys: 3,
+            faults: true,
+            crashes: true,
+            partitions: true,
+        }
+    }
+}
+
+/// What a run produced.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// Every client operation.
+    pub history: Vec<Operation>,
+    /// The faults injected, with their simulated times.
+    pub faults: Vec<String>,
+    /// Simulated time the run took.
+    pub elapsed: Duration,
+    /// A hash of the history and the faults: equal runs have equal hashes.
+    pub trace_hash: u64,
+}
+
+const NODES: u64 = 3;
+
+fn initial_cluster() -> String {
+    (1..=NODES)
+        .map(|i| format!("{i}=n{i}:7001/n{i}:7101"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn add_node(sim: &mut turmoil::Sim<'_>, id: u64, seed: u64, fs: Arc<MemFs>) {
+    let boots = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    sim.host(format!("n{id}"), move || {
+        let fs = fs.clone();
+        let boot = boots.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        async move {
+            let config = NodeArgs {
+                id: Some(id),
+                data_dir: Some(format!("/data/n{id}").into()),
+                listen_client: Some("0.0.0.0:7001".into()),
+                listen_peer: Some("0.0.0.0:7101".into()),
+                advertise_client: Some(format!("n{id}:7001")),
+                advertise_peer: Some(format!("n{id}:7101")),
+                listen_metrics: Some(String::new()),
+                initial_cluster: Some(initial_cluster()),
+                heartbeat_ms: Some(100),
+                election_timeout_ms: Some(500),
+                ..NodeArgs::default()
+            }
+            .resolve()?;
+            let env = NodeEnv {
+                fs,
+                executor: Arc::new(InlineExecutor),
+                net: Arc::new(SimNet),
+                // Seeded per host and per boot.
+                seed: Some(seed ^ (id << 32) ^ (boot << 48)),
+            };
+            let _node = RunningNode::start_in(config, env).await?;
+            std::future::pending::<()>().await;
+            Ok(())
+        }
+    });
+}
+
+fn now_nanos() -> u64 {
+    u64::try_from(turmoil::elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+fn encode(v: Value) -> String {
+    v.to_string()
+}
+
+fn decode(b: &[u8]) -> Result<Value, String> {
+    std::str::from_utf8(b)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("a read returned {b:?}, which no client wrote"))
+}
+
+/// Whether an error leaves the operation's outcome unknown (a client
+/// gave up) rather than being a bug.
+fn unknown(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Unavailable { .. } | Error::DeadlineExceeded { .. }
+    )
+}
+
+async fn client_loop(
+    id: u64,
+    opts: Options,
+    history: Arc<Mutex<Vec<Operation>>>,
+) -> Result<(), String> {
+    let cfg = ClientConfig {
+        net: Arc::new(SimNet),
+        seed: Some(opts.seed ^ (id << 40)),
+        client_id: Some(id),
+        timeout: Duration::from_secs(5),
+        attempt_timeout: Duration::from_secs(1),
+        ..ClientConfig::default()
+    };
+    let endpoints: Vec<String> = (1..=NODES).map(|i| format!("n{i}:7001")).collect();
+    let c = Client::new_lazy(&endpoints, cfg).map_err(|e| e.to_string())?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed ^ (id << 24) ^ 0xc11e);
+    let mut seq = 0u64;
+    for _ in 0..opts.ops_per_client {
+        // Think time spreads the operations over the faults.
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..200))).await;
+        let key = rng.random_range(0..opts.keys);
+        let k = format!("r/{key}");
+        seq += 1;
+        let value = (id << 32) | seq;
+        let input = match rng.random_range(0..10) {
+            0..=2 => Input::Write(Some(value)),
+            3 => Input::Write(None),
+            4..=6 => Input::Read,
+            7 => Input::SerializableRead,
+            _ => Input::Cas {
+                expect: if rng.random_bool(0.3) {
+                    None
+                } else {
+                    // A value some client may have written.
+                    Some((rng.random_range(1..=opts.clients) << 32) | rng.random_range(1..=seq))
+                },
+                new: Some(value),
+            },
+        };
+        let call = now_nanos();
+        let result: Result<Output, Error> = match &input {
+            Input::Write(Some(v)) => c.put(&k, encode(*v)).await.map(|_| Output::Done),
+            Input::Write(None) => c.delete(&k).await.map(|_| Output::Done),
+            Input::Read | Input::SerializableRead => {
+                let consistency = if input == Input::Read {
+                    Consistency::Linearizable
+                } else {
+                    Consistency::Serializable
+                };
+                match c.get_with(&k, consistency).await {
+                    Ok(r) => match r.kv {
+                        Some(kv) => Ok(Output::Read(Some(decode(&kv.value)?))),
+                        None => Ok(Output::Read(None)),
+                    },
+                    Err(e) => Err(e),
+                }
+            }
+            Input::Cas { expect, new } => {
+                let exp = expect.map(encode);
+                let new = new.map(encode).unwrap_or_default();
+                match c.cas(&k, exp.as_deref().map(str::as_bytes), &new).await {
+                    Ok(_) => Ok(Output::Cas(true)),
+                    Err(Error::CompareFailed { .. }) => Ok(Output::Cas(false)),
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        let ret = match result {
+            Ok(out) => Some((now_nanos(), out)),
+            Err(e) if unknown(&e) => None,
+            Err(e) => return Err(format!("client {id}: {input:?} on {k}: {e}")),
+        };
+        history.lock().map_err(|e| e.to_string())?.push(Operation {
+            client: id,
+            key,
+            call,
+            ret,
+            input,
+        });
+    }
+    Ok(())
+}
+
+/// Runs one simulation and checks its history.
+pub fn run(opts: &Options) -> Result<Report, String> {
+    let mut sim = turmoil::Builder::new()
+        .simulation_duration(Duration::from_secs(600))
+        .rng_seed(opts.seed)
+        .build();
+    let disks: Vec<Arc<MemFs>> = (0..NODES).map(|_| Arc::new(MemFs::new())).collect();
+    for id in 1..=NODES {
+        add_node(&mut sim, id, opts.seed, disks[(id - 1) as usize].clone());
+    }
+    let history = Arc::new(Mutex::new(Vec::new()));
+    for id in 1..=opts.clients {
+        let (o, h) = (opts.clone(), history.clone());
+        sim.client(format!("c{id}"), async move {
+            client_loop(id, o, h).await.map_err(|e| e.into())
+        });
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed ^ 0x7e5e);
+    let mut faults = Vec::new();
+    // One fault at a time: a node isolated or down, healed before the next.
+    let mut next_fault = Duration::from_secs(1);
+    let mut active: Option<(String, bool)> = None;
+    loop {
+        let done = sim.step().map_err(|e| format!("simulation: {e}"))?;
+        if done {
+            break;
+        }
+        if !opts.faults || sim.elapsed() < next_fault {
+            continue;
+        }
+        let t = sim.elapsed();
+        next_fault = t + Duration::from_millis(rng.random_range(500..2500));
+        match active.take() {
+            Some((host, crashed)) => {
+                if crashed {
+                    sim.bounce(host.as_str());
+                    faults.push(format!("{t:?} restart {host}"));
+                } else {
+                    for other in (1..=NODES).map(|i| format!("n{i}")).filter(|o| *o != host) {
+                        sim.repair(host.as_str(), other.as_str());
+                    }
+                    faults.push(format!("{t:?} heal {host}"));
+                }
+            }
+            None => {
+                let n = rng.random_range(1..=NODES);
+                let host = format!("n{n}");
+                let crash = match (opts.crashes, opts.partitions) {
+                    (true, true) => rng.random_bool(0.5),
+                    (c, _) => c,
+                };
+                if crash {
+                    sim.crash(host.as_str());
+                    disks[(n - 1) as usize].crash(true, rng.random());
+                    faults.push(format!("{t:?} crash {host}"));
+                    active = Some((host, true));
+                } else {
+                    for other in (1..=NODES).map(|i| format!("n{i}")).filter(|o| *o != host) {
+                        sim.partition(host.as_str(), other.as_str());
+                    }
+                    faults.push(format!("{t:?} isolate {host}"));
+                    active = Some((host, false));
+                }
+            }
+        }
+    }
+    let history = history.lock().map_err(|e| e.to_string())?.clone();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    std::hash::Hash::hash(&format!("{history:?}{faults:?}"), &mut h);
+    let report = Report {
+        trace_hash: std::hash::Hasher::finish(&h),
+        elapsed: sim.elapsed(),
+        history,
+        faults,
+    };
+    match check(&report.history, 1 << 22) {
+        Verdict::Ok => Ok(report),
+        v => Err(format!(
+            "seed {}: {v:?}\nfaults: {:#?}",
+            opts.seed, report.faults
+        )),
+    }
+}
