@@ -74,7 +74,10 @@ fn initial_cluster() -> String {
         .join(",")
 }
 
-fn add_node(sim: &mut turmoil::Sim<'_>, id: u64, seed: u64, fs: Arc<MemFs>) {
+/// Adds node `id` (host `n{id}`, client port 7001, peer port 7101) of the
+/// three-node cluster, on disk `fs`, its Raft seeded from `seed`, the
+/// host and the boot.
+pub fn add_node(sim: &mut turmoil::Sim<'_>, id: u64, seed: u64, fs: Arc<MemFs>) {
     let boots = Arc::new(std::sync::atomic::AtomicU64::new(0));
     sim.host(format!("n{id}"), move || {
         let fs = fs.clone();

@@ -7,44 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_client::{Client, ClientConfig};
-use cairn_node::lsm::executor::InlineExecutor;
 use cairn_node::lsm::fs::MemFs;
-use cairn_node::server::config::NodeArgs;
-use cairn_node::server::{NodeEnv, RunningNode};
+use cairn_sim_tests::harness::add_node;
 use cairn_sim_tests::net::SimNet;
 
-const INITIAL: &str = "1=n1:7001/n1:7101,2=n2:7001/n2:7101,3=n3:7001/n3:7101";
-
 fn node(sim: &mut turmoil::Sim<'_>, id: u64, seed: u64) {
-    let fs = Arc::new(MemFs::new());
-    sim.host(format!("n{id}"), move || {
-        let fs = fs.clone();
-        async move {
-            let config = NodeArgs {
-                id: Some(id),
-                data_dir: Some(format!("/data/n{id}").into()),
-                listen_client: Some("0.0.0.0:7001".into()),
-                listen_peer: Some("0.0.0.0:7101".into()),
-                advertise_client: Some(format!("n{id}:7001")),
-                advertise_peer: Some(format!("n{id}:7101")),
-                listen_metrics: Some(String::new()),
-                initial_cluster: Some(INITIAL.into()),
-                heartbeat_ms: Some(100),
-                election_timeout_ms: Some(500),
-                ..NodeArgs::default()
-            }
-            .resolve()?;
-            let env = NodeEnv {
-                fs: fs.clone(),
-                executor: Arc::new(InlineExecutor),
-                net: Arc::new(SimNet),
-                seed: Some(seed ^ id),
-            };
-            let _node = RunningNode::start_in(config, env).await?;
-            std::future::pending::<()>().await;
-            Ok(())
-        }
-    });
+    add_node(sim, id, seed, Arc::new(MemFs::new()));
 }
 
 /// Runs the scenario for `seed`; returns what the client saw: the three
