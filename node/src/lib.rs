@@ -5,5 +5,7 @@
 
 pub mod gateway;
 pub mod lsm;
+#[cfg(feature = "planted-bugs")]
+pub mod planted;
 pub mod raft;
 pub mod server;

@@ -237,9 +237,11 @@ pub fn run(opts: &Options) -> Result<Report, String> {
     }
     let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed ^ 0x7e5e);
     let mut faults = Vec::new();
-    // One fault at a time: a node isolated or down, healed before the next.
+    // One fault at a time, healed before the next: a node isolated, a
+    // node crashed, or (rarely) every node crashed at once (a power loss).
     let mut next_fault = Duration::from_secs(1);
-    let mut active: Option<(String, bool)> = None;
+    let mut active: Option<(Vec<String>, bool)> = None;
+    let all: Vec<String> = (1..=NODES).map(|i| format!("n{i}")).collect();
     loop {
         let done = sim.step().map_err(|e| format!("simulation: {e}"))?;
         if done {
@@ -251,16 +253,18 @@ pub fn run(opts: &Options) -> Result<Report, String> {
         let t = sim.elapsed();
         next_fault = t + Duration::from_millis(rng.random_range(500..2500));
         match active.take() {
-            Some((host, crashed)) => {
-                if crashed {
-                    sim.bounce(host.as_str());
-                    faults.push(format!("{t:?} restart {host}"));
-                } else {
-                    for other in (1..=NODES).map(|i| format!("n{i}")).filter(|o| *o != host) {
-                        sim.repair(host.as_str(), other.as_str());
+            Some((hosts, crashed)) => {
+                for host in &hosts {
+                    if crashed {
+                        sim.bounce(host.as_str());
+                    } else {
+                        for other in all.iter().filter(|o| *o != host) {
+                            sim.repair(host.as_str(), other.as_str());
+                        }
                     }
-                    faults.push(format!("{t:?} heal {host}"));
                 }
+                let what = if crashed { "restart" } else { "heal" };
+                faults.push(format!("{t:?} {what} {}", hosts.join(",")));
             }
             None => {
                 let n = rng.random_range(1..=NODES);
@@ -270,16 +274,24 @@ pub fn run(opts: &Options) -> Result<Report, String> {
                     (c, _) => c,
                 };
                 if crash {
-                    sim.crash(host.as_str());
-                    disks[(n - 1) as usize].crash(true, rng.random());
-                    faults.push(format!("{t:?} crash {host}"));
-                    active = Some((host, true));
+                    let hosts: Vec<u64> = if rng.random_bool(0.15) {
+                        (1..=NODES).collect()
+                    } else {
+                        vec![n]
+                    };
+                    for &h in &hosts {
+                        sim.crash(format!("n{h}").as_str());
+                        disks[(h - 1) as usize].crash(true, rng.random());
+                    }
+                    let hosts: Vec<String> = hosts.iter().map(|h| format!("n{h}")).collect();
+                    faults.push(format!("{t:?} crash {}", hosts.join(",")));
+                    active = Some((hosts, true));
                 } else {
-                    for other in (1..=NODES).map(|i| format!("n{i}")).filter(|o| *o != host) {
+                    for other in all.iter().filter(|o| **o != host) {
                         sim.partition(host.as_str(), other.as_str());
                     }
                     faults.push(format!("{t:?} isolate {host}"));
-                    active = Some((host, false));
+                    active = Some((vec![host], false));
                 }
             }
         }

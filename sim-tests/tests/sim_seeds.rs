@@ -8,10 +8,16 @@
 
 use std::process::Command;
 
+use cairn_node::planted::{self, Bug};
 use cairn_sim_tests::harness::{run, Options};
 
 /// Runs one seed in a fresh process: (its report line, or its failure).
 fn run_fresh(seed: u64) -> Result<String, String> {
+    run_fresh_with(seed, None)
+}
+
+/// [`run_fresh`] with a planted bug switched on.
+fn run_fresh_with(seed: u64, plant: Option<Bug>) -> Result<String, String> {
     let out = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -22,6 +28,7 @@ fn run_fresh(seed: u64) -> Result<String, String> {
             "1",
         ])
         .env("SIM_ONE_SEED", seed.to_string())
+        .env("SIM_PLANT", plant.map_or("", Bug::name))
         .output()
         .unwrap();
     let text = format!(
@@ -53,6 +60,12 @@ fn field(line: &str, name: &str) -> u64 {
 #[ignore = "run by the other tests in a fresh process"]
 fn one_seed() {
     let seed: u64 = std::env::var("SIM_ONE_SEED").unwrap().parse().unwrap();
+    if let Some(bug) = std::env::var("SIM_PLANT")
+        .ok()
+        .and_then(|b| Bug::from_name(&b))
+    {
+        planted::set(bug, true);
+    }
     match run(&Options::new(seed)) {
         Ok(r) => println!(
             "SEED {seed} TRACE {} OPS {} UNKNOWN {} FAULTS {} SIMSECS {}",
@@ -113,4 +126,36 @@ fn a_seed_replays_identically() {
     let b = run_fresh(3).unwrap();
     assert_ne!(field(&a, "TRACE"), 0);
     assert_eq!(a, b);
+}
+
+/// Each planted bug is caught within 200 seeds.
+#[test]
+fn planted_bugs_are_caught() {
+    for bug in Bug::ALL {
+        let caught =
+            (1..=200u64).find_map(|seed| run_fresh_with(seed, Some(bug)).err().map(|e| (seed, e)));
+        if let Some((seed, e)) = &caught {
+            let why = e
+                .lines()
+                .find(|l| {
+                    l.contains("Verdict")
+                        || l.contains("NotLinearizable")
+                        || l.contains("Phantom")
+                        || l.contains("simulation:")
+                        || l.contains("client ")
+                        || l.contains("panicked at")
+                })
+                .unwrap_or("");
+            eprintln!(
+                "{}: caught at seed {seed}: {}",
+                bug.name(),
+                &why[..why.len().min(160)]
+            );
+        }
+        assert!(
+            caught.is_some(),
+            "{} was not caught in 200 seeds",
+            bug.name()
+        );
+    }
 }

@@ -516,6 +516,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate_after(&mut self, last: Option<LogId>) -> Result<(), io::Error> {
+        #[cfg(feature = "planted-bugs")]
+        if crate::planted::on(crate::planted::Bug::KeepConflictingSuffix) {
+            return Ok(());
+        }
         let keep_below = last.as_ref().map_or(0, |l| l.index + 1);
         let job = {
             let mut mem = self.shared.mem.lock();
@@ -803,7 +807,13 @@ impl Writer {
     fn sync_and_notify(&mut self, pending: &mut Vec<IOFlushed<TypeConfig>>, written: (u64, u64)) {
         let started = Instant::now();
         let res = match self.file.as_mut() {
-            Some((_, f)) => f.flush().and_then(|()| f.sync()),
+            Some((_, f)) => f.flush().and_then(|()| {
+                #[cfg(feature = "planted-bugs")]
+                if crate::planted::on(crate::planted::Bug::AckWithoutFsync) {
+                    return Ok(());
+                }
+                f.sync()
+            }),
             None => Ok(()),
         };
         self.metrics.fsyncs.fetch_add(1, Ordering::Relaxed);

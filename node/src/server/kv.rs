@@ -111,6 +111,10 @@ impl KvService {
         if consistency == pb::ReadConsistency::Serializable as i32 {
             return Ok(());
         }
+        #[cfg(feature = "planted-bugs")]
+        if crate::planted::on(crate::planted::Bug::FollowerReads) {
+            return Ok(());
+        }
         self.core
             .scope
             .run(self.core.raft.ensure_linearizable(ReadPolicy::ReadIndex))
