@@ -59,6 +59,18 @@ impl Ctl {
     }
 }
 
+/// Retries `f` (10 s at most) until it gives a value.
+fn eventually<T>(mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "never happened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_commands() {
     let c = TestCluster::start(3, &[]).await;
@@ -88,15 +100,21 @@ async fn data_commands() {
         t.contains("| KEY") && t.contains("MOD REV") && t.contains("| greeting | hi"),
         "{t}"
     );
-    let s = ctl.ok(&[
-        "-o",
-        "simple",
-        "get",
-        "greeting",
-        "--serializable",
-        "--rev-info",
-    ]);
-    assert!(s.contains(&format!("mod_revision={rev} version=2")), "{s}");
+    // A serializable read may be served by a replica that is behind; it
+    // catches up.
+    let want = format!("mod_revision={rev} version=2");
+    let s = eventually(|| {
+        let s = ctl.ok(&[
+            "-o",
+            "simple",
+            "get",
+            "greeting",
+            "--serializable",
+            "--rev-info",
+        ]);
+        s.contains(&want).then_some(s)
+    });
+    assert!(s.contains("greeting\nhi\n"), "{s}");
     // A missing key prints nothing and succeeds.
     assert_eq!(ctl.ok(&["-o", "simple", "get", "nope"]), "");
     assert_eq!(ctl.json(&["get", "nope"])["kv"], Value::Null);
@@ -127,7 +145,10 @@ async fn data_commands() {
         .collect();
     assert_eq!(kvs.len(), 2);
     assert_eq!(kvs[1]["key"], "s/1");
-    let t = ctl.ok(&["scan", "--prefix", "s/", "--serializable"]);
+    let t = eventually(|| {
+        let t = ctl.ok(&["scan", "--prefix", "s/", "--serializable"]);
+        (t.lines().filter(|l| l.starts_with("| s/")).count() == 5).then_some(t)
+    });
     assert_eq!(
         t.lines().filter(|l| l.starts_with("| s/")).count(),
         5,

@@ -76,7 +76,11 @@ async fn every_kv_call_routed_through_the_gateway() {
     assert!(served(&c, leader, "Put") >= 1.0);
     assert!(served(&c, leader, "Get") >= 1.0);
 
-    // Serializable reads: balanced over the replicas.
+    // Serializable reads: balanced over the replicas (once every replica
+    // has applied the write, so each may answer).
+    for id in 1..=3 {
+        c.wait_applied(id, rev, Duration::from_secs(10)).await;
+    }
     for _ in 0..200 {
         let r = client
             .get_with("a", Consistency::Serializable)

@@ -1,8 +1,9 @@
 //! One simulated run: three nodes on turmoil hosts with simulated disks,
 //! clients issuing register operations through the real client library,
 //! a nemesis partitioning and crashing nodes (a crash loses what was not
-//! synced), then a quiet phase in which every client must finish. The
-//! recorded history goes to the [`checker`](crate::checker).
+//! synced), then a liveness phase with every fault healed in which the
+//! replicas must converge to identical data. The recorded history goes to
+//! the [`checker`](crate::checker).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -218,6 +219,94 @@ async fn client_loop(
     Ok(())
 }
 
+/// One replica's data: (key, value, create, mod revision, version).
+type Dump = Vec<(Vec<u8>, Vec<u8>, u64, u64, u64)>;
+
+/// Waits (60 simulated seconds at most) until every node has applied the
+/// same index with a leader known, then reads every pair from each node
+/// serializably; the three must be equal. Returns the common applied
+/// index.
+async fn converge(seed: u64) -> Result<u64, Box<dyn std::error::Error>> {
+    let cfg = ClientConfig {
+        net: Arc::new(SimNet),
+        seed: Some(seed ^ 0x11fe),
+        client_id: Some(u64::MAX),
+        ..ClientConfig::default()
+    };
+    let nodes: Vec<String> = (1..=NODES).map(|i| format!("n{i}:7001")).collect();
+    let c = Client::new_lazy(&nodes, cfg.clone())?;
+    // A write through the leader makes every replica's applied index move
+    // past whatever the faults left behind.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut last = String::new();
+    while c.put("liveness", "ok").await.is_err() {
+        if tokio::time::Instant::now() > deadline {
+            return Err("no write succeeded in the liveness phase".into());
+        }
+    }
+    loop {
+        let mut applied = Vec::new();
+        for n in &nodes {
+            match c.status_of(n).await {
+                Ok(s) if s.leader != 0 && s.applied == s.committed => applied.push(s.applied),
+                Ok(s) => {
+                    last = format!(
+                        "{n}: leader {} applied {} committed {}",
+                        s.leader, s.applied, s.committed
+                    )
+                }
+                Err(e) => last = format!("{n}: {e}"),
+            }
+        }
+        if applied.len() == nodes.len() && applied.iter().all(|a| *a == applied[0]) {
+            let mut dumps: Vec<Dump> = Vec::new();
+            for n in &nodes {
+                let one = Client::new_lazy([n.as_str()], cfg.clone())?;
+                let mut d = Dump::new();
+                let mut scan = Box::pin(
+                    one.scan(cairn_client::Scan::all().consistency(Consistency::Serializable)),
+                );
+                while let Some(kv) = futures_next(&mut scan).await {
+                    let kv = kv?;
+                    d.push((
+                        kv.key.to_vec(),
+                        kv.value.to_vec(),
+                        kv.create_revision,
+                        kv.mod_revision,
+                        kv.version,
+                    ));
+                }
+                dumps.push(d);
+            }
+            if dumps.iter().all(|d| *d == dumps[0]) {
+                return Ok(applied[0]);
+            }
+            last = format!("replicas differ at applied {}", applied[0]);
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(format!("replicas did not converge in 60 s: {last}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn futures_next<S: futures::Stream + Unpin>(s: &mut S) -> Option<S::Item> {
+    futures::StreamExt::next(s).await
+}
+
+/// Ends a fault: restarts crashed hosts, or reconnects isolated ones.
+fn heal(sim: &mut turmoil::Sim<'_>, all: &[String], hosts: &[String], crashed: bool) {
+    for host in hosts {
+        if crashed {
+            sim.bounce(host.as_str());
+        } else {
+            for other in all.iter().filter(|o| *o != host) {
+                sim.repair(host.as_str(), other.as_str());
+            }
+        }
+    }
+}
+
 /// Runs one simulation and checks its history.
 pub fn run(opts: &Options) -> Result<Report, String> {
     let mut sim = turmoil::Builder::new()
@@ -254,15 +343,7 @@ pub fn run(opts: &Options) -> Result<Report, String> {
         next_fault = t + Duration::from_millis(rng.random_range(500..2500));
         match active.take() {
             Some((hosts, crashed)) => {
-                for host in &hosts {
-                    if crashed {
-                        sim.bounce(host.as_str());
-                    } else {
-                        for other in all.iter().filter(|o| *o != host) {
-                            sim.repair(host.as_str(), other.as_str());
-                        }
-                    }
-                }
+                heal(&mut sim, &all, &hosts, crashed);
                 let what = if crashed { "restart" } else { "heal" };
                 faults.push(format!("{t:?} {what} {}", hosts.join(",")));
             }
@@ -296,6 +377,24 @@ pub fn run(opts: &Options) -> Result<Report, String> {
             }
         }
     }
+    // The liveness phase: every fault healed, the replicas must converge
+    // to the same state and serve it.
+    if let Some((hosts, crashed)) = active.take() {
+        heal(&mut sim, &all, &hosts, crashed);
+        faults.push(format!("{:?} heal all", sim.elapsed()));
+    }
+    let converged = Arc::new(Mutex::new(None));
+    let out = converged.clone();
+    let seed = opts.seed;
+    sim.client("verify", async move {
+        let state = converge(seed).await?;
+        *out.lock().map_err(|e| e.to_string())? = Some(state);
+        Ok(())
+    });
+    while !sim
+        .step()
+        .map_err(|e| format!("seed {}: liveness: {e}", opts.seed))?
+    {}
     let history = history.lock().map_err(|e| e.to_string())?.clone();
     let mut h = std::collections::hash_map::DefaultHasher::new();
     std::hash::Hash::hash(&format!("{history:?}{faults:?}"), &mut h);
