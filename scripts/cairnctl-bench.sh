@@ -9,17 +9,8 @@
 #   ROUNDS=1 SECS=5 scripts/cairnctl-bench.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROUNDS=${ROUNDS:-3}
-SECS=${SECS:-10}
-KEYS=${KEYS:-100000}
-cargo build --release -q -p cairn-node -p cairn-client --bins
-dir=$(mktemp -d "${BENCH_DIR:-$PWD}/cairn-bench.XXXXXX")
-./target/release/cairn dev --data-dir "$dir/data" >"$dir/dev.log" 2>&1 &
-dev=$!
-trap 'kill $dev 2>/dev/null; wait $dev 2>/dev/null; rm -rf "$dir"' EXIT
-ctl() { ./target/release/cairnctl --endpoints 127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003 "$@"; }
-for _ in $(seq 1 50); do ctl health >/dev/null 2>&1 && break; sleep 0.2; done
-ctl bench put --clients 64 --ops "$KEYS" --key-space "$KEYS" --preload -o json >/dev/null
+# shellcheck source=scripts/bench-common.sh
+. scripts/bench-common.sh
 runs=(
   "put --clients 1"
   "put --clients 16"

@@ -9,20 +9,8 @@
 #   scripts/gateway-bench.sh            # 3 rounds of 10 s
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROUNDS=${ROUNDS:-3}
-SECS=${SECS:-10}
-KEYS=${KEYS:-100000}
-cargo build --release -q -p cairn-node -p cairn-client --bins
-dir=$(mktemp -d "${BENCH_DIR:-$PWD}/cairn-bench.XXXXXX")
-./target/release/cairn dev --data-dir "$dir/data" >"$dir/dev.log" 2>&1 &
-dev=$!
-trap 'kill $dev 2>/dev/null; wait $dev 2>/dev/null; rm -rf "$dir"' EXIT
-nodes=127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003
-gw=127.0.0.1:7000
-ctl() { ./target/release/cairnctl "$@"; }
-for _ in $(seq 1 50); do ctl --endpoints $nodes health >/dev/null 2>&1 && break; sleep 0.2; done
-for _ in $(seq 1 50); do curl -sf http://127.0.0.1:9100/readyz >/dev/null && break; sleep 0.2; done
-ctl --endpoints $nodes bench put --clients 64 --ops "$KEYS" --key-space "$KEYS" --preload -o json >/dev/null
+# shellcheck source=scripts/bench-common.sh
+. scripts/bench-common.sh
 out="$dir/runs.jsonl"
 for round in $(seq 1 "$ROUNDS"); do
   for w in "put" "get --serializable"; do

@@ -412,8 +412,8 @@ impl Client {
             let result = op(channel, left.min(cfg.attempt_timeout)).await;
             drop(guard);
             let code = match &result {
-                Ok(_) => "OK".to_string(),
-                Err(s) => format!("{:?}", s.code()),
+                Ok(_) => "OK",
+                Err(s) => crate::error::code_label(s.code()),
             };
             metrics::counter!("cairn_client_requests_total", "backend" => target.clone(), "code" => code)
                 .increment(1);

@@ -40,7 +40,7 @@ pub use cairn_proto::cluster::{Member, MembersResponse, StatusResponse};
 pub use cairn_proto::kv::{KeyValue, ResponseHeader};
 pub use cairn_proto::{COMPACT_REVISION, LEADER_ADDR, LEADER_ID};
 pub use client::{Client, ClientConfig};
-pub use error::{Error, Result};
+pub use error::{code_label, Error, Result};
 pub use kv::{
     Compare, Consistency, DeleteResult, GetResult, NumberCompare, PutResult, Scan, Txn, TxnOp,
     TxnResult, ValueCompare,

@@ -266,7 +266,7 @@ async fn converge(seed: u64) -> Result<u64, Box<dyn std::error::Error>> {
                 let mut scan = Box::pin(
                     one.scan(cairn_client::Scan::all().consistency(Consistency::Serializable)),
                 );
-                while let Some(kv) = futures_next(&mut scan).await {
+                while let Some(kv) = futures::StreamExt::next(&mut scan).await {
                     let kv = kv?;
                     d.push((
                         kv.key.to_vec(),
@@ -288,10 +288,6 @@ async fn converge(seed: u64) -> Result<u64, Box<dyn std::error::Error>> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-async fn futures_next<S: futures::Stream + Unpin>(s: &mut S) -> Option<S::Item> {
-    futures::StreamExt::next(s).await
 }
 
 /// Ends a fault: restarts crashed hosts, or reconnects isolated ones.

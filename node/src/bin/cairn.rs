@@ -140,18 +140,11 @@ async fn run_dev(
         );
     }
     let endpoints: Vec<String> = nodes.iter().map(|n| n.client_addr.to_string()).collect();
-    let gateway = RunningGateway::start(GatewayArgs {
-        listen: format!("127.0.0.1:{gateway_port}"),
-        listen_metrics: format!("127.0.0.1:{}", metrics_port.saturating_sub(1)),
-        seeds: endpoints.clone(),
-        request_timeout_ms: 5000,
-        refresh_ms: 1000,
-        max_inflight: 4096,
-        max_inflight_per_conn: 512,
-        max_watchers: 65536,
-        max_request_bytes: 3 << 20,
-        drain_timeout_ms: 10_000,
-    })
+    let gateway = RunningGateway::start(GatewayArgs::with_defaults(
+        &format!("127.0.0.1:{gateway_port}"),
+        &format!("127.0.0.1:{}", metrics_port.saturating_sub(1)),
+        &endpoints,
+    ))
     .await
     .map_err(|e| format!("gateway: {e}"))?;
     println!(

@@ -70,6 +70,25 @@ pub struct GatewayArgs {
     pub drain_timeout_ms: u64,
 }
 
+impl GatewayArgs {
+    /// The options with every default `cairn gateway` has, serving on
+    /// `listen` (metrics on `listen_metrics`) in front of `seeds`.
+    pub fn with_defaults(listen: &str, listen_metrics: &str, seeds: &[String]) -> GatewayArgs {
+        use clap::{Args, FromArgMatches};
+        let cmd = GatewayArgs::augment_args(clap::Command::new("gateway").no_binary_name(true));
+        let argv = [
+            format!("--listen={listen}"),
+            format!("--listen-metrics={listen_metrics}"),
+            format!("--seeds={}", seeds.join(",")),
+        ];
+        let m = cmd.get_matches_from(argv);
+        // The arguments above are the command's own flags: parsing them
+        // cannot fail.
+        #[allow(clippy::expect_used)]
+        GatewayArgs::from_arg_matches(&m).expect("gateway defaults parse")
+    }
+}
+
 /// What every handler shares.
 pub struct Gateway {
     args: GatewayArgs,

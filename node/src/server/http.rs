@@ -37,8 +37,8 @@ pub fn observe_as<T>(
     r: &Result<T, tonic::Status>,
 ) {
     let code = match r {
-        Ok(_) => "OK".to_string(),
-        Err(s) => format!("{:?}", s.code()),
+        Ok(_) => "OK",
+        Err(s) => cairn_client::code_label(s.code()),
     };
     metrics::histogram!(name, "method" => method, "code" => code).record(started.elapsed());
 }
