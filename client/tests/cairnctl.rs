@@ -209,7 +209,14 @@ async fn data_commands() {
         1
     );
 
+    let t = ctl.ok(&["cas", "fresh", "--expect", "1", "--set", "3"]);
+    assert!(t.contains("| REVISION") && t.lines().count() == 5, "{t}");
+    let j = ctl.json(&["cas", "fresh", "--expect", "3", "--set", "1"]);
+    assert!(j["revision"].as_u64().unwrap() > 0, "{j}");
+
     // del: a key, then a prefix.
+    let t = ctl.ok(&["del", "nothing-here"]);
+    assert!(t.contains("| DELETED") && t.contains("| 0 "), "{t}");
     assert_eq!(ctl.ok(&["-o", "simple", "del", "fresh"]), "1\n");
     let j = ctl.json(&["del", "--prefix", "s/", "--prev-kv"]);
     assert_eq!(j["deleted"].as_u64(), Some(5));
@@ -243,6 +250,8 @@ async fn data_commands() {
         "1",
     ]);
     let e: Value = serde_json::from_str(out.trim()).unwrap();
+    let t = ctl.ok(&["watch", "w/b", "--rev", &from.to_string(), "--count", "1"]);
+    assert!(t.starts_with("PUT") && t.contains("w/b 2"), "{t}");
     assert_eq!(
         (e["type"].as_str(), e["kv"]["value"].as_str()),
         (Some("PUT"), Some("2"))
@@ -362,8 +371,16 @@ async fn cluster_commands() {
     let s = ctl.ok(&["transfer-leader"]);
     assert!(s.starts_with("leader is now node "), "{s}");
 
+    let s = ctl.ok(&["transfer-leader", &leader.to_string()]);
+    assert_eq!(s, format!("leader is now node {leader}\n"));
+
     // snapshot on every member.
     ctl.ok(&["put", "before-snapshot", "x"]);
+    let t = ctl.ok(&["snapshot"]);
+    assert!(
+        t.contains("| SNAPSHOT INDEX") && t.lines().count() == 7,
+        "{t}"
+    );
     let j = ctl.json(&["snapshot"]);
     let rows = j.as_array().unwrap();
     assert_eq!(rows.len(), 3);

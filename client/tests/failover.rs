@@ -190,3 +190,26 @@ async fn typed_errors() {
     }
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+/// A watch from a revision whose history is gone: Compacted, naming the
+/// oldest revision a watch can start from (and that start works).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compacted_watch_start_is_a_typed_error() {
+    // Keep only 100 revisions of history; trimming happens every 1024.
+    let c = TestCluster::start(1, &["--history-revisions", "100"]).await;
+    let client = Client::connect(c.endpoints()).await.unwrap();
+    for i in 0..1100 {
+        client.put(format!("k{}", i % 10), "v").await.unwrap();
+    }
+    let oldest = match client.watch(Watch::key("k1").from_revision(2)).await {
+        Err(cairn_client::Error::Compacted { oldest }) => oldest,
+        Err(e) => panic!("{e:?}"),
+        Ok(_) => panic!("a compacted start revision was accepted"),
+    };
+    assert!(oldest > 2, "{oldest}");
+    let mut w = client
+        .watch(Watch::prefix("k").from_revision(oldest))
+        .await
+        .unwrap();
+    assert!(w.next().await.unwrap().unwrap().revision >= oldest);
+}
