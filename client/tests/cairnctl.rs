@@ -79,6 +79,11 @@ async fn data_commands() {
     };
 
     // put / get in every format.
+    let t = ctl.ok(&["put", "first", "x"]);
+    assert!(
+        t.contains("| REVISION | PREVIOUS VALUE |") && t.lines().count() == 5,
+        "{t}"
+    );
     assert_eq!(
         ctl.ok(&["-o", "simple", "put", "greeting", "hello"]),
         "OK\n"
@@ -175,6 +180,14 @@ async fn data_commands() {
     );
     assert_eq!(o.code, 0, "{}", o.stderr);
     assert_eq!(o.stdout, "FAILURE\n\ngreeting\nhey\n");
+    let t = ctl.ok(&[
+        "txn",
+        "-c",
+        "version(\"greeting\") > 100",
+        "--else",
+        "get greeting",
+    ]);
+    assert_eq!(t, "FAILURE\n\ngreeting\nhey\n");
     let o = ctl.run_stdin(&["txn"], "value(k) ~ 1\n");
     assert_eq!(o.code, 1);
     assert!(o.stderr.contains("bad compare"), "{}", o.stderr);
@@ -305,6 +318,11 @@ async fn cluster_commands() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert_eq!(t.matches("is healthy").count(), 3, "{t}");
+    let t = ctl.ok(&["health"]);
+    assert!(
+        t.contains("| ENDPOINT") && t.matches("| true    | true | true ").count() == 3,
+        "{t}"
+    );
     let j = ctl.json(&["health"]);
     assert!(j.as_array().unwrap().iter().all(|h| h["ready"] == true));
 
