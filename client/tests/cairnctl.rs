@@ -463,8 +463,32 @@ async fn cluster_commands() {
         "1s",
         "--rate",
         "100",
+        "--read-fraction",
+        "0.5",
     ]);
     assert!(j["ops"].as_u64().unwrap() <= 110, "{j}");
+    // Several connections, a preloaded key space, everything to the leader.
+    let j = ctl.json(&[
+        "bench",
+        "get",
+        "--clients",
+        "4",
+        "--conns",
+        "2",
+        "--ops",
+        "100",
+        "--key-space",
+        "20",
+        "--value-size",
+        "16",
+        "--preload",
+        "--target-leader",
+    ]);
+    assert_eq!(
+        (j["ops"].as_u64(), j["errors"].as_u64()),
+        (Some(100), Some(0)),
+        "{j}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
