@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use cairn_node::gateway::{GatewayArgs, RunningGateway};
 use cairn_node::server::config::{NodeArgs, NodeConfig};
@@ -49,6 +50,59 @@ enum Command {
         #[arg(long, default_value_t = 7000)]
         gateway_port: u16,
     },
+    /// If the node at --addr leads, hand leadership to another voter and
+    /// wait until it has (a Kubernetes preStop hook). A follower is left
+    /// alone; exit 0 unless the leader could not step down in time.
+    StepDown {
+        /// The node's client address.
+        #[arg(long, env = "CAIRN_PROBE_ADDR", default_value = "127.0.0.1:7000")]
+        addr: String,
+        /// How long to keep trying, in milliseconds.
+        #[arg(long, default_value_t = 10_000)]
+        timeout_ms: u64,
+    },
+    /// Check one server's gRPC health service (for container health
+    /// checks): exit 0 when it reports SERVING, 1 otherwise.
+    Probe {
+        /// The node's or gateway's client address.
+        #[arg(long, env = "CAIRN_PROBE_ADDR", default_value = "127.0.0.1:7000")]
+        addr: String,
+        /// The health service to ask: readiness, liveness, or "" (overall).
+        #[arg(long, default_value = "readiness")]
+        service: String,
+        /// How long to wait for the answer, in milliseconds.
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
+}
+
+/// A channel to exactly `addr` (no redirects), every call bounded.
+async fn channel_to(addr: &str, timeout: Duration) -> Result<tonic::transport::Channel, String> {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| format!("bad --addr {addr:?}: {e}"))?
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .connect()
+        .await
+        .map_err(|e| format!("{addr}: cannot connect: {e}"))
+}
+
+/// One grpc.health.v1 Check against `addr`.
+async fn probe(addr: &str, service: &str, timeout: Duration) -> Result<(), String> {
+    use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient};
+    let channel = channel_to(addr, timeout).await?;
+    let res = HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: service.to_string(),
+        })
+        .await
+        .map_err(|s| format!("{addr}: {}: {}", s.code(), s.message()))?;
+    let status = res.into_inner().status();
+    if status == ServingStatus::Serving {
+        Ok(())
+    } else {
+        Err(format!("{addr}: {service:?} is {}", status.as_str_name()))
+    }
 }
 
 fn init_logs(format: &str) {
@@ -181,9 +235,49 @@ async fn run_dev(
     Ok(())
 }
 
+/// Moves leadership off the node at `addr` if it leads.
+async fn step_down(addr: &str, timeout: Duration) -> Result<(), String> {
+    use cairn_proto::cluster::{
+        cluster_client::ClusterClient, StatusRequest, TransferLeaderRequest,
+    };
+    let deadline = Instant::now() + timeout;
+    let call = Duration::from_secs(2).min(timeout);
+    let mut c = ClusterClient::new(channel_to(addr, call).await?);
+    let mut asked = false;
+    loop {
+        let s = c
+            .status(StatusRequest {})
+            .await
+            .map_err(|s| format!("{addr}: status: {}", s.message()))?
+            .into_inner();
+        if s.role != "leader" {
+            if asked {
+                eprintln!(
+                    "cairn: node {} stepped down; the leader is {}",
+                    s.id, s.leader
+                );
+            }
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("node {} still leads after {timeout:?}", s.id));
+        }
+        if let Err(e) = c.transfer_leader(TransferLeaderRequest { to: 0 }).await {
+            eprintln!("cairn: transfer leader: {}", e.message());
+        }
+        asked = true;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logs(&cli.log_format);
+    if !matches!(
+        cli.command,
+        Command::Probe { .. } | Command::StepDown { .. }
+    ) {
+        init_logs(&cli.log_format);
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -209,6 +303,14 @@ fn main() -> ExitCode {
                 metrics_port,
                 gateway_port,
             } => run_dev(data_dir, client_port, peer_port, metrics_port, gateway_port).await,
+            Command::Probe {
+                addr,
+                service,
+                timeout_ms,
+            } => probe(&addr, &service, Duration::from_millis(timeout_ms)).await,
+            Command::StepDown { addr, timeout_ms } => {
+                step_down(&addr, Duration::from_millis(timeout_ms)).await
+            }
         }
     });
     match res {

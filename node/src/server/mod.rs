@@ -27,6 +27,7 @@ use openraft::{Config, ServerState, SnapshotPolicy};
 use openraft_rt::deterministic_rng::DeterministicRng;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tonic::transport::Channel;
 
 use crate::lsm::{self, Executor, FileSystem, StdFs, ThreadExecutor};
 use crate::raft::log_store::LogStore;
@@ -503,15 +504,25 @@ async fn serve_client(core: Arc<NodeCore>, incoming: Incoming, mut stop: watch::
     }
 }
 
-/// Initializes a new cluster (lowest id of --initial-cluster, empty data)
-/// or joins a running one (--join).
+/// Initializes a new cluster or joins a running one; does nothing when the
+/// node has data (a restart).
+///
+/// With empty data and --join, the node joins. With empty data and
+/// --initial-cluster, it first asks the other founding members whether a
+/// cluster already runs: if one does and does not list this node, the node
+/// joins it as a learner (a member whose data was lost and which was removed
+/// comes back this way, never founding a second cluster); if one lists it as
+/// a member, it waits for the leader to replicate to it. Only when no
+/// founding member knows a cluster does the lowest id initialize one, once
+/// every other founding member has answered or after a grace period.
 async fn bootstrap(core: Arc<NodeCore>) {
-    let initialized = core
-        .scope
-        .run(core.raft.is_initialized())
-        .await
-        .unwrap_or(true);
-    if initialized {
+    let initialized = || async {
+        core.scope
+            .run(core.raft.is_initialized())
+            .await
+            .unwrap_or(true)
+    };
+    if initialized().await {
         return;
     }
     let c = &core.config;
@@ -519,13 +530,106 @@ async fn bootstrap(core: Arc<NodeCore>) {
         join_cluster(core.clone(), join).await;
         return;
     }
-    if c.initial_cluster.keys().next() == Some(&c.id) {
-        let members: BTreeMap<NodeId, Member> = c.initial_cluster.clone();
-        match core.scope.run(core.raft.initialize(members)).await {
-            Ok(()) => tracing::info!("initialized a new cluster"),
-            Err(e) => tracing::warn!(error = %e, "initialize"),
+    if c.initial_cluster.is_empty() {
+        return;
+    }
+    let lowest = c.initial_cluster.keys().next() == Some(&c.id);
+    let started = tokio::time::Instant::now();
+    let grace = Duration::from_millis(c.election_timeout_ms.saturating_mul(10));
+    let mut warned = false;
+    // One channel per other founder for the whole search (None: the
+    // address is unusable, which counts as no answer).
+    let founders: Vec<(String, Option<Channel>)> = c
+        .initial_cluster
+        .iter()
+        .filter(|(id, _)| **id != c.id)
+        .map(|(_, m)| {
+            let ch = crate::raft::network::lazy_channel(&core.net, &m.client_addr).ok();
+            (m.client_addr.clone(), ch)
+        })
+        .collect();
+    loop {
+        if core.draining.load(Ordering::Relaxed) || initialized().await {
+            return;
+        }
+        match find_cluster(c.id, &founders).await {
+            Existing {
+                via,
+                lists_me: false,
+            } => {
+                tracing::info!(%via, "a cluster already runs without this node: joining it");
+                join_cluster(core.clone(), via).await;
+                return;
+            }
+            Existing {
+                lists_me: true,
+                via,
+            } => {
+                if !warned && started.elapsed() > grace * 3 {
+                    warned = true;
+                    tracing::warn!(
+                        %via,
+                        id = c.id,
+                        "this node has no data but the cluster lists it as a member; \
+                         waiting for the leader to replicate to it. If its data was lost, \
+                         remove it (cairnctl member remove {}) and it rejoins as a learner",
+                        c.id
+                    );
+                }
+            }
+            NoCluster { all_answered } => {
+                if lowest && (all_answered || started.elapsed() > grace) {
+                    let members: BTreeMap<NodeId, Member> = c.initial_cluster.clone();
+                    match core.scope.run(core.raft.initialize(members)).await {
+                        Ok(()) => tracing::info!("initialized a new cluster"),
+                        Err(e) => tracing::warn!(error = %e, "initialize"),
+                    }
+                    return;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// What the other founding members said about a running cluster.
+enum Found {
+    /// `via` (a client address) belongs to a running cluster; `lists_me`
+    /// tells whether this node is in its membership.
+    Existing { via: String, lists_me: bool },
+    /// Nobody knows a cluster; `all_answered` when every other founding
+    /// member answered.
+    NoCluster { all_answered: bool },
+}
+use Found::{Existing, NoCluster};
+
+/// Asks every other founding member (client address, channel) for its
+/// membership.
+async fn find_cluster(me: NodeId, founders: &[(String, Option<Channel>)]) -> Found {
+    use cairn_proto::cluster::{cluster_client::ClusterClient, MembersRequest};
+    let mut all_answered = true;
+    for (addr, ch) in founders {
+        let Some(ch) = ch else {
+            all_answered = false;
+            continue;
+        };
+        let mut req = tonic::Request::new(MembersRequest {});
+        req.set_timeout(Duration::from_secs(1));
+        let mut client = ClusterClient::new(ch.clone());
+        match tokio::time::timeout(Duration::from_secs(2), client.members(req)).await {
+            Ok(Ok(r)) => {
+                let r = r.into_inner();
+                if !r.members.is_empty() {
+                    return Existing {
+                        via: addr.clone(),
+                        lists_me: r.members.iter().any(|x| x.id == me),
+                    };
+                }
+            }
+            _ => all_answered = false,
         }
     }
+    NoCluster { all_answered }
 }
 
 /// Asks the cluster at `endpoint` to add this node as a learner, waits
