@@ -15,6 +15,8 @@
 #   4. rolling restart of all three nodes (SIGTERM: the leader transfers
 #      leadership first) under a steady load: zero failed client requests;
 #   5. scale to 5 nodes (two joiners) and back to 3 (member remove, stop);
+#      the lowest founder loses its volume, is removed, starts empty and
+#      rejoins the running cluster;
 #   6. every acknowledged write is present exactly once (version 1).
 # Every wait is bounded; the containers, volumes and network are removed on
 # exit whatever happens (KEEP=1 keeps them for a look).
@@ -234,6 +236,21 @@ docker volume rm "$(node 4)" "$(node 5)" >/dev/null
 [[ $(members_voters) == "[1, 2, 3]" ]] || fail "voters after scaling down: $(members_voters)"
 ctl put e2e/scaled three >/dev/null || fail "write after scaling down"
 log "3 voters again: $(members_voters)"
+
+# ---------------------------------------------------------------- 5b. lose a volume
+log "node 1 (the founder that initializes) loses its volume: remove it, start it empty"
+docker exec "$(node 1)" cairn step-down --addr 127.0.0.1:7000 >/dev/null 2>&1 || fail "step-down on node 1"
+ctl_at "$(node 2):7000" member remove 1 >/dev/null
+docker rm -f "$(node 1)" >/dev/null
+docker volume rm "$(node 1)" >/dev/null
+run_node 1
+node1_voter() { [[ $(ctl_at "$(node 2):7000" member list -o json | voters_of) == "[1, 2, 3]" ]]; }
+wait_for 120 "node 1 to rejoin as a voter" node1_voter
+wait_for 60 "node 1 ready" ready "$(node 1)"
+[[ $(ctl_at "$(node 1):7000" get e2e/scaled --serializable -o simple | tail -n1) == three ]] ||
+  fail "node 1 does not serve the data after rejoining"
+docker logs "$(node 1)" 2>&1 | grep -q "already runs without this node" || fail "node 1 did not join the running cluster"
+log "node 1 rejoined with empty data as a learner, then voter: $(members_voters)"
 
 for i in 1 2 3; do
   healthy() { [[ $(docker inspect -f '{{.State.Health.Status}}' "$(node "$i")") == healthy ]]; }
