@@ -24,6 +24,14 @@ trap 'rm -rf "$out"' EXIT
 kubectl kustomize deploy/k8s >"$out/cairn.yaml"
 echo "validate: $(grep -c '^kind:' "$out/cairn.yaml") objects rendered" >&2
 "$VENV/bin/kubernetes-validate" --strict --quiet "$out/cairn.yaml"
+# The overlay needs kustomize v4+ (kubectl 1.21+); Debian's kubectl is older.
+if kubectl kustomize deploy/overlays/single-host >"$out/single-host.yaml" 2>"$out/err"; then
+  "$VENV/bin/kubernetes-validate" --strict --quiet "$out/single-host.yaml"
+  grep -q preferredDuringScheduling "$out/single-host.yaml"
+  mv "$out/single-host.yaml" "$out/overlays-single-host.yaml.txt"
+else
+  echo "validate: skipping the single-host overlay: $(head -c 200 "$out/err")" >&2
+fi
 # The StatefulSet's start script must at least parse.
 python3 deploy/e2e/k8s_env.py node-script >"$out/start.sh"
 sh -n "$out/start.sh"
