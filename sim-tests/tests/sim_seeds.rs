@@ -18,6 +18,10 @@ fn run_fresh(seed: u64) -> Result<String, String> {
 
 /// [`run_fresh`] with a planted bug switched on.
 fn run_fresh_with(seed: u64, plant: Option<Bug>) -> Result<String, String> {
+    run_fresh_env(seed, plant, &[])
+}
+
+fn run_fresh_env(seed: u64, plant: Option<Bug>, env: &[(&str, &str)]) -> Result<String, String> {
     let out = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -29,6 +33,7 @@ fn run_fresh_with(seed: u64, plant: Option<Bug>) -> Result<String, String> {
         ])
         .env("SIM_ONE_SEED", seed.to_string())
         .env("SIM_PLANT", plant.map_or("", Bug::name))
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     let text = format!(
@@ -59,6 +64,13 @@ fn field(line: &str, name: &str) -> u64 {
 #[test]
 #[ignore = "run by the other tests in a fresh process"]
 fn one_seed() {
+    if std::env::var_os("SIM_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_env("SIM_LOG"))
+            .without_time()
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     let seed: u64 = std::env::var("SIM_ONE_SEED").unwrap().parse().unwrap();
     if let Some(bug) = std::env::var("SIM_PLANT")
         .ok()
@@ -66,15 +78,39 @@ fn one_seed() {
     {
         planted::set(bug, true);
     }
-    match run(&Options::new(seed)) {
-        Ok(r) => println!(
-            "SEED {seed} TRACE {} OPS {} UNKNOWN {} FAULTS {} SIMSECS {}",
-            r.trace_hash,
-            r.history.len(),
-            r.history.iter().filter(|o| o.ret.is_none()).count(),
-            r.faults.len(),
-            r.elapsed.as_secs()
-        ),
+    let mut opts = Options::new(seed);
+    opts.transfers = std::env::var_os("SIM_NO_TRANSFERS").is_none();
+    match run(&opts) {
+        Ok(r) => {
+            if std::env::var_os("SIM_PRINT_FAULTS").is_some() {
+                for f in &r.faults {
+                    println!("FAULT {f}");
+                }
+                for o in &r.history {
+                    println!("OP {o:?}");
+                }
+            }
+            let admin = |what: &str, ok: &str| {
+                r.faults
+                    .iter()
+                    .filter(|f| f.contains(what) && f.contains(ok))
+                    .count()
+            };
+            println!(
+                "SEED {seed} TRACE {} OPS {} UNKNOWN {} FAULTS {} SIMSECS {} ADDS {} REMOVES {} TRANSFERS {} SNAPSHOTS {} CHECKS {} TERMS {}",
+                r.trace_hash,
+                r.history.len(),
+                r.history.iter().filter(|o| o.ret.is_none()).count(),
+                r.faults.len(),
+                r.elapsed.as_secs(),
+                admin("admin add", ": voter"),
+                admin("admin remove", ": done"),
+                admin("admin transfer leader", ": now"),
+                admin("admin snapshot", ": at"),
+                r.invariants.0,
+                r.invariants.1,
+            )
+        }
         Err(e) => panic!("{e}"),
     }
 }
@@ -93,6 +129,8 @@ fn seeds_pass_the_checker() {
     };
     let started = std::time::Instant::now();
     let (mut ops, mut faults, mut unknown) = (0, 0, 0);
+    let mut admin = [0u64; 4];
+    let (mut checks, mut terms) = (0, 0);
     let mut failures = Vec::new();
     for &seed in &seeds {
         match run_fresh(seed) {
@@ -102,6 +140,14 @@ fn seeds_pass_the_checker() {
                 let f = field(&line, "FAULTS");
                 assert!(f >= 2, "seed {seed} injected only {f} faults: {line}");
                 faults += f;
+                for (i, name) in ["ADDS", "REMOVES", "TRANSFERS", "SNAPSHOTS"]
+                    .iter()
+                    .enumerate()
+                {
+                    admin[i] += field(&line, name);
+                }
+                checks += field(&line, "CHECKS");
+                terms += field(&line, "TERMS");
             }
             Err(e) => {
                 eprintln!(
@@ -112,19 +158,37 @@ fn seeds_pass_the_checker() {
         }
     }
     eprintln!(
-        "{} seeds, {ops} operations ({unknown} with unknown outcome), {faults} faults, in {:?}",
+        "{} seeds, {ops} operations ({unknown} with unknown outcome), {faults} faults \
+         (of which {} voters added, {} removed, {} leader transfers, {} snapshots), \
+         {checks} Raft invariant checks over {terms} terms with a leader, in {:?}",
         seeds.len(),
+        admin[0],
+        admin[1],
+        admin[2],
+        admin[3],
         started.elapsed()
     );
     assert!(failures.is_empty(), "failing seeds: {failures:?}");
+    if seeds.len() >= 20 {
+        // The administrator must really have changed the cluster.
+        assert!(
+            admin.iter().all(|&n| n > 0),
+            "some administrative action never succeeded: {admin:?}"
+        );
+    }
 }
 
-/// The same seed in two fresh processes gives the same trace.
+/// The same seed in two fresh processes gives the same trace, with crashes,
+/// isolations, snapshots and membership changes (leader transfers off: see
+/// `Options::transfers`).
 #[test]
 fn a_seed_replays_identically() {
-    let a = run_fresh(3).unwrap();
-    let b = run_fresh(3).unwrap();
+    let env = [("SIM_NO_TRANSFERS", "1")];
+    let a = run_fresh_env(3, None, &env).unwrap();
+    let b = run_fresh_env(3, None, &env).unwrap();
     assert_ne!(field(&a, "TRACE"), 0);
+    assert!(field(&a, "ADDS") + field(&a, "SNAPSHOTS") > 0, "{a}");
+    assert_eq!(field(&a, "TRANSFERS"), 0, "{a}");
     assert_eq!(a, b);
 }
 

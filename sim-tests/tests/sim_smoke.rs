@@ -9,10 +9,12 @@ use std::time::Duration;
 use cairn_client::{Client, ClientConfig};
 use cairn_node::lsm::fs::MemFs;
 use cairn_sim_tests::harness::add_node;
+use cairn_sim_tests::invariants::Invariants;
 use cairn_sim_tests::net::SimNet;
 
 fn node(sim: &mut turmoil::Sim<'_>, id: u64, seed: u64) {
-    add_node(sim, id, seed, Arc::new(MemFs::new()));
+    let invariants = Arc::new(std::sync::Mutex::new(Invariants::default()));
+    add_node(sim, id, seed, Arc::new(MemFs::new()), invariants);
 }
 
 /// Runs the scenario for `seed`; returns what the client saw: the three

@@ -19,12 +19,50 @@ use crate::raft::Member;
 /// The Cluster service.
 pub struct ClusterService {
     core: Arc<NodeCore>,
+    /// Serializes membership changes made through this node.
+    membership: tokio::sync::Mutex<()>,
 }
 
 impl ClusterService {
     /// A service over `core`.
     pub fn new(core: Arc<NodeCore>) -> Self {
-        ClusterService { core }
+        ClusterService {
+            core,
+            membership: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Admits one membership change at a time, and only on a leader that is
+    /// a voter of its own effective membership. A leader that has just
+    /// removed itself keeps leading until it steps down; the pinned openraft
+    /// must not append a membership entry from it (its debug assertion
+    /// "Only leader is allowed to call update_effective_membership" fires;
+    /// found by the simulation). The check runs inside Raft, not on
+    /// possibly stale metrics.
+    async fn membership_leader(&self) -> Result<tokio::sync::MutexGuard<'_, ()>, Status> {
+        let guard = self.membership.lock().await;
+        self.leader_only()?;
+        let me = self.core.config.id;
+        let voter_leader = self
+            .core
+            .scope
+            .run(self.core.raft.with_raft_state(move |st| {
+                st.server_state == ServerState::Leader
+                    && st
+                        .membership_state
+                        .effective()
+                        .membership()
+                        .voter_ids()
+                        .any(|v| v == me)
+            }))
+            .await;
+        match voter_leader {
+            Ok(true) => Ok(guard),
+            Ok(false) => Err(Status::unavailable(
+                "this leader was removed from the cluster and is stepping down; retry",
+            )),
+            Err(e) => Err(Status::unavailable(format!("raft: {e}"))),
+        }
     }
 
     fn members(&self) -> pb::MembersResponse {
@@ -68,7 +106,7 @@ impl ClusterService {
         &self,
         change: ChangeMembers<u64, Member>,
     ) -> Result<pb::MembersResponse, Status> {
-        self.leader_only()?;
+        let _one_at_a_time = self.membership_leader().await?;
         self.core
             .scope
             .run(self.core.raft.change_membership(change, false))
@@ -160,7 +198,7 @@ impl pb::cluster_server::Cluster for ClusterService {
                     "a learner needs a non-zero id, a client address and a peer address",
                 ));
             }
-            self.leader_only()?;
+            let _one_at_a_time = self.membership_leader().await?;
             let member = Member {
                 client_addr: r.client_addr,
                 peer_addr: r.peer_addr,
