@@ -1,7 +1,9 @@
 //! One simulated run: three founding nodes and two spare hosts on turmoil
 //! hosts with simulated disks, clients issuing register operations through
-//! the real client library, a nemesis partitioning and crashing nodes (a
-//! crash loses what was not synced), an administrator transferring
+//! the real client library, a nemesis isolating nodes, splitting the
+//! hosts into a minority and a majority, cutting a node's outgoing links
+//! only, holding its messages back (they arrive late), and crashing nodes
+//! (a crash loses what was not synced), an administrator transferring
 //! leadership, triggering snapshots and growing and shrinking the cluster
 //! between 3 and 5 voters, then a liveness phase with every fault healed in
 //! which the members must converge to identical data. The recorded history
@@ -35,8 +37,9 @@ pub struct Options {
     pub keys: u64,
     /// Whether the nemesis runs.
     pub faults: bool,
-    /// Which faults: crashes (with the loss of unsynced data) and
-    /// isolations of one node.
+    /// Which faults: crashes (with the loss of unsynced data) and network
+    /// faults (isolation, minority/majority split, one-way cut, held
+    /// messages).
     pub crashes: bool,
     /// See `crashes`.
     pub partitions: bool,
@@ -82,6 +85,47 @@ pub struct Report {
     /// Raft invariants: metric changes checked, terms with a leader seen,
     /// log indexes seen applied.
     pub invariants: (u64, usize, usize),
+}
+
+impl Report {
+    /// One line about the run, `NAME VALUE` pairs: SEED, TRACE (the trace
+    /// hash), OPS, UNKNOWN (operations with an unknown outcome), FAULTS
+    /// (faults and administrative actions), SIMSECS, ADDS, REMOVES,
+    /// TRANSFERS, SNAPSHOTS (administrative actions that succeeded),
+    /// CHECKS (Raft invariant checks), TERMS (terms with a leader seen).
+    pub fn summary(&self, seed: u64) -> String {
+        let admin = |what: &str, ok: &str| {
+            self.faults
+                .iter()
+                .filter(|f| f.contains(what) && f.contains(ok))
+                .count()
+        };
+        format!(
+            "SEED {seed} TRACE {} OPS {} UNKNOWN {} FAULTS {} SIMSECS {} ADDS {} REMOVES {} TRANSFERS {} SNAPSHOTS {} CHECKS {} TERMS {}",
+            self.trace_hash,
+            self.history.len(),
+            self.history.iter().filter(|o| o.ret.is_none()).count(),
+            self.faults.len(),
+            self.elapsed.as_secs(),
+            admin("admin add", ": voter"),
+            admin("admin remove", ": done"),
+            admin("admin transfer leader", ": now"),
+            admin("admin snapshot", ": at"),
+            self.invariants.0,
+            self.invariants.1,
+        )
+    }
+}
+
+/// The value after `name` in a [`Report::summary`] line (0 if absent).
+pub fn summary_field(line: &str, name: &str) -> u64 {
+    let mut it = line.split_whitespace();
+    while let Some(w) = it.next() {
+        if w == name {
+            return it.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+        }
+    }
+    0
 }
 
 /// The founding members (`--initial-cluster`).
@@ -427,16 +471,107 @@ fn push(log: &Arc<Mutex<Vec<String>>>, what: String) -> Result<(), String> {
     Ok(())
 }
 
-/// Ends a fault: restarts crashed hosts, or reconnects isolated ones.
-fn heal(sim: &mut turmoil::Sim<'_>, all: &[String], hosts: &[String], crashed: bool) {
-    for host in hosts {
-        if crashed {
-            sim.bounce(host.as_str());
-        } else {
-            for other in all.iter().filter(|o| *o != host) {
-                sim.repair(host.as_str(), other.as_str());
+/// One fault at a time.
+#[derive(Debug, Clone)]
+enum Fault {
+    /// Hosts crashed (their unsynced data lost).
+    Crash(Vec<String>),
+    /// Every link between the two sides cut both ways (one host alone, or
+    /// a random minority/majority split).
+    Split(Vec<String>, Vec<String>),
+    /// A host's outgoing links cut: it hears the others, they do not hear
+    /// it.
+    Mute(String),
+    /// A host's links held: messages wait and arrive late, at the heal.
+    Hold(String),
+}
+
+impl Fault {
+    fn describe(&self) -> String {
+        match self {
+            Fault::Crash(h) => format!("crash {}", h.join(",")),
+            Fault::Split(a, b) => format!("split {} | {}", a.join(","), b.join(",")),
+            Fault::Mute(h) => format!("mute {h} (one-way)"),
+            Fault::Hold(h) => format!("hold {h}"),
+        }
+    }
+
+    fn apply(&self, sim: &mut turmoil::Sim<'_>, all: &[String]) {
+        match self {
+            Fault::Crash(hosts) => {
+                for h in hosts {
+                    sim.crash(h.as_str());
+                }
+            }
+            Fault::Split(a, b) => {
+                for x in a {
+                    for y in b {
+                        sim.partition(x.as_str(), y.as_str());
+                    }
+                }
+            }
+            Fault::Mute(h) => {
+                for o in all.iter().filter(|o| *o != h) {
+                    sim.partition_oneway(h.as_str(), o.as_str());
+                }
+            }
+            Fault::Hold(h) => {
+                for o in all.iter().filter(|o| *o != h) {
+                    sim.hold(h.as_str(), o.as_str());
+                }
             }
         }
+    }
+
+    /// Ends the fault: restarts crashed hosts, reconnects cut links,
+    /// releases held messages.
+    fn heal(&self, sim: &mut turmoil::Sim<'_>, all: &[String]) {
+        match self {
+            Fault::Crash(hosts) => {
+                for h in hosts {
+                    sim.bounce(h.as_str());
+                }
+            }
+            Fault::Split(a, b) => {
+                for x in a {
+                    for y in b {
+                        sim.repair(x.as_str(), y.as_str());
+                    }
+                }
+            }
+            Fault::Mute(h) => {
+                for o in all.iter().filter(|o| *o != h) {
+                    sim.repair_oneway(h.as_str(), o.as_str());
+                }
+            }
+            Fault::Hold(h) => {
+                for o in all.iter().filter(|o| *o != h) {
+                    sim.release(h.as_str(), o.as_str());
+                }
+            }
+        }
+    }
+}
+
+/// A partition-type fault chosen by `rng`.
+fn network_fault(rng: &mut impl Rng, all: &[String]) -> Fault {
+    let host = all[rng.random_range(0..all.len())].clone();
+    match rng.random_range(0..4) {
+        0 => {
+            let rest = all.iter().filter(|o| **o != host).cloned().collect();
+            Fault::Split(vec![host], rest)
+        }
+        1 => {
+            // A random minority (one or two hosts) against the rest.
+            let mut hosts = all.to_vec();
+            let mut minority = Vec::new();
+            for _ in 0..rng.random_range(1..=2) {
+                minority.push(hosts.remove(rng.random_range(0..hosts.len())));
+            }
+            Fault::Split(minority, hosts)
+        }
+        2 => Fault::Mute(host),
+        _ => Fault::Hold(host),
     }
 }
 
@@ -471,7 +606,7 @@ pub fn run(opts: &Options) -> Result<Report, String> {
     // One fault at a time, healed before the next: a node isolated, a
     // node crashed, or (rarely) every node crashed at once (a power loss).
     let mut next_fault = Duration::from_secs(1);
-    let mut active: Option<(Vec<String>, bool)> = None;
+    let mut active: Option<Fault> = None;
     let all: Vec<String> = (1..=NODES).map(|i| format!("n{i}")).collect();
     loop {
         let done = sim.step().map_err(|e| format!("simulation: {e}"))?;
@@ -484,45 +619,42 @@ pub fn run(opts: &Options) -> Result<Report, String> {
         let t = sim.elapsed();
         next_fault = t + Duration::from_millis(rng.random_range(500..2500));
         match active.take() {
-            Some((hosts, crashed)) => {
-                heal(&mut sim, &all, &hosts, crashed);
-                let what = if crashed { "restart" } else { "heal" };
-                faults.push(format!("{t:?} {what} {}", hosts.join(",")));
+            Some(fault) => {
+                fault.heal(&mut sim, &all);
+                faults.push(format!("{t:?} heal {}", fault.describe()));
             }
             None => {
-                let n = rng.random_range(1..=NODES);
-                let host = format!("n{n}");
                 let crash = match (opts.crashes, opts.partitions) {
                     (true, true) => rng.random_bool(0.5),
                     (c, _) => c,
                 };
-                if crash {
+                let (fault, crashed) = if crash {
                     let hosts: Vec<u64> = if rng.random_bool(0.15) {
                         (1..=NODES).collect()
                     } else {
-                        vec![n]
+                        vec![rng.random_range(1..=NODES)]
                     };
-                    for &h in &hosts {
-                        sim.crash(format!("n{h}").as_str());
-                        disks[(h - 1) as usize].crash(true, rng.random());
-                    }
-                    let hosts: Vec<String> = hosts.iter().map(|h| format!("n{h}")).collect();
-                    faults.push(format!("{t:?} crash {}", hosts.join(",")));
-                    active = Some((hosts, true));
+                    let names = hosts.iter().map(|h| format!("n{h}")).collect();
+                    (Fault::Crash(names), hosts)
                 } else {
-                    for other in all.iter().filter(|o| **o != host) {
-                        sim.partition(host.as_str(), other.as_str());
-                    }
-                    faults.push(format!("{t:?} isolate {host}"));
-                    active = Some((vec![host], false));
+                    (network_fault(&mut rng, &all), Vec::new())
+                };
+                fault.apply(&mut sim, &all);
+                // The disks lose their unsynced data after the hosts are
+                // gone: whatever the dying hosts' destructors wrote is lost
+                // too, as in a power cut.
+                for &h in &crashed {
+                    disks[(h - 1) as usize].crash(true, rng.random());
                 }
+                faults.push(format!("{t:?} {}", fault.describe()));
+                active = Some(fault);
             }
         }
     }
     // The liveness phase: every fault healed, the replicas must converge
     // to the same state and serve it.
-    if let Some((hosts, crashed)) = active.take() {
-        heal(&mut sim, &all, &hosts, crashed);
+    if let Some(fault) = active.take() {
+        fault.heal(&mut sim, &all);
         faults.push(format!("{:?} heal all", sim.elapsed()));
     }
     let converged = Arc::new(Mutex::new(None));

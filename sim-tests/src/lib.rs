@@ -5,13 +5,15 @@
 //! register histories (with unknown outcomes) and the check of
 //! serializable reads; [`net`], the simulated network under the real
 //! client, node and gateway code; [`harness`], a run of three nodes and
-//! several clients under a nemesis that isolates and crashes nodes and an
+//! several clients under a nemesis that isolates, splits, mutes (one-way),
+//! delays and crashes nodes and an
 //! administrator that transfers leadership, triggers snapshots and grows
 //! and shrinks the cluster between 3 and 5 voters, its history checked;
 //! [`invariants`], Raft's safety properties checked while it runs.
 //!
 //! Run seeds with `cargo test -p cairn-sim-tests` (`SIM_SEEDS=N` for more,
-//! `SIM_SEED=S` for one).
+//! `SIM_SEED=S` for one), or sweep many in parallel processes with
+//! `cargo run --release -p cairn-sim-tests --bin sweep -- --seeds N`.
 
 pub mod checker;
 pub mod harness;

@@ -512,9 +512,9 @@ async fn serve_client(core: Arc<NodeCore>, incoming: Incoming, mut stop: watch::
 /// cluster already runs: if one does and does not list this node, the node
 /// joins it as a learner (a member whose data was lost and which was removed
 /// comes back this way, never founding a second cluster); if one lists it as
-/// a member, it waits for the leader to replicate to it. Only when no
-/// founding member knows a cluster does the lowest id initialize one, once
-/// every other founding member has answered or after a grace period.
+/// a member, it waits for the leader to replicate to it. Only when every
+/// other founding member has answered and none knows a cluster does the
+/// lowest id initialize one (so the first start needs every founder up).
 async fn bootstrap(core: Arc<NodeCore>) {
     let initialized = || async {
         core.scope
@@ -535,11 +535,11 @@ async fn bootstrap(core: Arc<NodeCore>) {
     }
     let lowest = c.initial_cluster.keys().next() == Some(&c.id);
     let started = tokio::time::Instant::now();
-    let grace = Duration::from_millis(c.election_timeout_ms.saturating_mul(10));
+    let patience = Duration::from_millis(c.election_timeout_ms.saturating_mul(30));
     let mut warned = false;
     // One channel per other founder for the whole search (None: the
     // address is unusable, which counts as no answer).
-    let founders: Vec<(String, Option<Channel>)> = c
+    let mut founders: Vec<(String, Option<Channel>)> = c
         .initial_cluster
         .iter()
         .filter(|(id, _)| **id != c.id)
@@ -552,7 +552,7 @@ async fn bootstrap(core: Arc<NodeCore>) {
         if core.draining.load(Ordering::Relaxed) || initialized().await {
             return;
         }
-        match find_cluster(c.id, &founders).await {
+        match find_cluster(&core, &mut founders).await {
             Existing {
                 via,
                 lists_me: false,
@@ -565,7 +565,7 @@ async fn bootstrap(core: Arc<NodeCore>) {
                 lists_me: true,
                 via,
             } => {
-                if !warned && started.elapsed() > grace * 3 {
+                if !warned && started.elapsed() > patience {
                     warned = true;
                     tracing::warn!(
                         %via,
@@ -578,7 +578,9 @@ async fn bootstrap(core: Arc<NodeCore>) {
                 }
             }
             NoCluster { all_answered } => {
-                if lowest && (all_answered || started.elapsed() > grace) {
+                // Never on a timeout: a founder that lost its data and
+                // cannot reach the others must not found a second cluster.
+                if lowest && all_answered {
                     let members: BTreeMap<NodeId, Member> = c.initial_cluster.clone();
                     match core.scope.run(core.raft.initialize(members)).await {
                         Ok(()) => tracing::info!("initialized a new cluster"),
@@ -605,28 +607,34 @@ use Found::{Existing, NoCluster};
 
 /// Asks every other founding member (client address, channel) for its
 /// membership.
-async fn find_cluster(me: NodeId, founders: &[(String, Option<Channel>)]) -> Found {
+async fn find_cluster(core: &NodeCore, founders: &mut [(String, Option<Channel>)]) -> Found {
     use cairn_proto::cluster::{cluster_client::ClusterClient, MembersRequest};
     let mut all_answered = true;
-    for (addr, ch) in founders {
-        let Some(ch) = ch else {
+    for (addr, slot) in founders.iter_mut() {
+        let Some(ch) = slot.clone() else {
             all_answered = false;
+            *slot = crate::raft::network::lazy_channel(&core.net, addr).ok();
             continue;
         };
         let mut req = tonic::Request::new(MembersRequest {});
         req.set_timeout(Duration::from_secs(1));
-        let mut client = ClusterClient::new(ch.clone());
+        let mut client = ClusterClient::new(ch);
         match tokio::time::timeout(Duration::from_secs(2), client.members(req)).await {
             Ok(Ok(r)) => {
                 let r = r.into_inner();
                 if !r.members.is_empty() {
                     return Existing {
                         via: addr.clone(),
-                        lists_me: r.members.iter().any(|x| x.id == me),
+                        lists_me: r.members.iter().any(|x| x.id == core.config.id),
                     };
                 }
             }
-            _ => all_answered = false,
+            failed => {
+                tracing::debug!(%addr, ?failed, "founder did not answer");
+                all_answered = false;
+                // A fresh channel for the next round.
+                *slot = crate::raft::network::lazy_channel(&core.net, addr).ok();
+            }
         }
     }
     NoCluster { all_answered }
