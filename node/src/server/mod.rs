@@ -534,6 +534,10 @@ async fn bootstrap(core: Arc<NodeCore>) {
         return;
     }
     let lowest = c.initial_cluster.keys().next() == Some(&c.id);
+    tracing::info!(
+        lowest,
+        "no data yet: asking the other founders whether a cluster runs"
+    );
     let started = tokio::time::Instant::now();
     let patience = Duration::from_millis(c.election_timeout_ms.saturating_mul(30));
     let mut warned = false;
