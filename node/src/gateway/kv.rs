@@ -147,11 +147,7 @@ impl Kv for Proxy {
 impl Proxy {
     async fn open_watch(&self, r: pb::WatchRequest) -> Result<WatchStream, Status> {
         let g = self.0.clone();
-        if g.draining.load(Ordering::Relaxed) {
-            return Err(Status::unavailable(
-                "the gateway is shutting down; retry elsewhere",
-            ));
-        }
+        g.refuse_if_draining()?;
         if !r.prefix && r.key.is_empty() {
             return Err(Status::invalid_argument(
                 "key must not be empty (use prefix=true with an empty key to watch everything)",

@@ -89,6 +89,10 @@ impl GatewayArgs {
     }
 }
 
+/// How long no request may have arrived before a draining gateway
+/// closes its connections.
+const DRAIN_QUIET: Duration = Duration::from_millis(500);
+
 /// What every handler shares.
 pub struct Gateway {
     args: GatewayArgs,
@@ -96,6 +100,10 @@ pub struct Gateway {
     inflight: Arc<Semaphore>,
     per_conn: Mutex<HashMap<SocketAddr, usize>>,
     draining: AtomicBool,
+    /// When the last request arrived (admitted or refused), in
+    /// milliseconds since `epoch`: the drain waits for a quiet spell.
+    last_arrival_ms: std::sync::atomic::AtomicU64,
+    epoch: std::time::Instant,
     watchers: std::sync::atomic::AtomicUsize,
     hub: watch::Hub,
     /// Becomes true when the drain starts: open watches end.
@@ -132,13 +140,28 @@ impl Gateway {
             && self.client.cached_leader().is_some()
     }
 
-    /// Admits a request under the bounds, or refuses it at once.
-    fn admit<T>(&self, req: &tonic::Request<T>) -> Result<Admitted<'_>, Status> {
+    /// Notes a request's arrival and refuses it with UNAVAILABLE once
+    /// the drain has begun.
+    fn refuse_if_draining(&self) -> Result<(), Status> {
+        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_arrival_ms.store(now, Ordering::Relaxed);
         if self.draining.load(Ordering::Relaxed) {
             return Err(Status::unavailable(
                 "the gateway is shutting down; retry elsewhere",
             ));
         }
+        Ok(())
+    }
+
+    /// How long ago the last request arrived.
+    fn since_last_arrival(&self) -> Duration {
+        let last = Duration::from_millis(self.last_arrival_ms.load(Ordering::Relaxed));
+        self.epoch.elapsed().saturating_sub(last)
+    }
+
+    /// Admits a request under the bounds, or refuses it at once.
+    fn admit<T>(&self, req: &tonic::Request<T>) -> Result<Admitted<'_>, Status> {
+        self.refuse_if_draining()?;
         let permit = self.inflight.clone().try_acquire_owned().map_err(|_| {
             metrics::counter!("cairn_gateway_rejected_total", "bound" => "total").increment(1);
             Status::resource_exhausted(format!(
@@ -252,6 +275,8 @@ impl RunningGateway {
             client,
             per_conn: Mutex::new(HashMap::new()),
             draining: AtomicBool::new(false),
+            last_arrival_ms: std::sync::atomic::AtomicU64::new(0),
+            epoch: std::time::Instant::now(),
             watchers: std::sync::atomic::AtomicUsize::new(0),
             drain: drain_rx,
             args,
@@ -296,15 +321,20 @@ impl RunningGateway {
 
     /// Drains and stops: readiness goes false, new requests are refused
     /// with UNAVAILABLE, watches end (their clients resume elsewhere),
-    /// in-flight requests finish within the drain timeout; then the
-    /// servers stop.
+    /// in-flight requests finish, and clients still sending have had a
+    /// quiet spell to hear the refusal (closing the connection under a
+    /// request that is on the wire would fail it with a transport error
+    /// instead of a retryable status); all within the drain timeout.
+    /// Then the servers stop.
     pub async fn shutdown(self) {
         let g = &self.gateway;
         g.draining.store(true, Ordering::Relaxed);
         let _ = self.drain_tx.send(true);
         let deadline = tokio::time::Instant::now() + Duration::from_millis(g.args.drain_timeout_ms);
         let all = g.args.max_inflight.max(1);
-        while g.inflight.available_permits() < all && tokio::time::Instant::now() < deadline {
+        while (g.inflight.available_permits() < all || g.since_last_arrival() < DRAIN_QUIET)
+            && tokio::time::Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let left = all - g.inflight.available_permits();
