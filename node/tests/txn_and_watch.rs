@@ -265,3 +265,95 @@ async fn a_compacted_start_revision_gets_a_clear_error() {
     let msg = s.next().await.unwrap().unwrap();
     assert_eq!(msg.events[0].kv.as_ref().unwrap().mod_revision, oldest);
 }
+
+/// A watch on a follower that falls behind the leader's purged log and
+/// catches up by installing a snapshot: the revisions the snapshot brought
+/// are delivered from its history, none skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_on_a_follower_survives_its_snapshot_install() {
+    let c = TestCluster::start(3, &[]).await;
+    let leader = c.wait_leader(Duration::from_secs(10)).await;
+    let follower = c.running().into_iter().find(|&i| i != leader).unwrap();
+    let mut fk = kv(&c.addr(follower)).await;
+    let mut stream = fk
+        .watch(pb::WatchRequest {
+            key: b"s/".to_vec().into(),
+            prefix: true,
+            start_revision: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // The first message confirms the watch.
+    stream.next().await.unwrap().unwrap();
+
+    // The follower stops; the others go on past the log it would need.
+    let pid = c.nodes[&follower].pid().to_string();
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} {pid}");
+    };
+    signal("-STOP");
+    let addr = c.addr(leader);
+    let mut tasks = Vec::new();
+    for w in 0..8u64 {
+        let addr = addr.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut k = kv(&addr).await;
+            let mut revs = Vec::new();
+            for i in 0..200u64 {
+                let key = format!("s/{w}/{i:03}");
+                let r = k.put(put_req(&key, "v")).await.unwrap().into_inner();
+                revs.push((r.header.unwrap().revision, key));
+            }
+            revs
+        }));
+    }
+    let mut written = Vec::new();
+    for t in tasks {
+        written.extend(t.await.unwrap());
+    }
+    written.sort();
+    let first = written[0].0;
+    cluster(&addr)
+        .await
+        .snapshot(cairn_proto::cluster::SnapshotRequest {})
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while status(&addr).await.unwrap().purged_index <= first {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the leader never purged its log past {first}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    signal("-CONT");
+
+    let last = written.last().unwrap().0;
+    let mut seen = Vec::new();
+    let got = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(msg) = stream.next().await {
+            let msg = msg.unwrap();
+            let rev = msg.header.unwrap().revision;
+            for e in msg.events {
+                seen.push((rev, String::from_utf8(e.kv.unwrap().key.to_vec()).unwrap()));
+            }
+            if rev >= last {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(got.is_ok(), "the watch stalled after {} events", seen.len());
+    let m = c.nodes[&follower].metrics.clone();
+    assert!(
+        metric(&m, "cairn_snapshots_installed_total") >= 1.0,
+        "the follower caught up without a snapshot: the test did not test"
+    );
+    assert_eq!(seen, written, "the watch skipped or repeated revisions");
+}

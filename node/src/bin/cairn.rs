@@ -144,7 +144,16 @@ async fn run_node(config: NodeConfig) -> Result<(), String> {
     let node = RunningNode::start(config)
         .await
         .map_err(|e| e.to_string())?;
-    wait_for_signal().await;
+    let failed = tokio::select! {
+        () = wait_for_signal() => None,
+        why = node.failed() => Some(why),
+    };
+    if let Some(why) = failed {
+        // Exit at once, non-zero: the supervisor restarts the node, which
+        // recovers from what is durable.
+        tracing::error!(reason = %why, "Raft stopped on a storage error: exiting");
+        return Err(format!("Raft stopped: {why}"));
+    }
     tracing::info!("signal received: shutting down");
     node.shutdown().await;
     Ok(())
@@ -313,6 +322,9 @@ fn main() -> ExitCode {
             }
         }
     });
+    // Background work that does not end by itself (a node that stopped on
+    // a storage error leaves its tasks behind) must not hold the exit.
+    rt.shutdown_timeout(Duration::from_secs(2));
     match res {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -103,7 +103,7 @@ pub struct Gateway {
     /// When the last request arrived (admitted or refused), in
     /// milliseconds since `epoch`: the drain waits for a quiet spell.
     last_arrival_ms: std::sync::atomic::AtomicU64,
-    epoch: std::time::Instant,
+    epoch: tokio::time::Instant,
     watchers: std::sync::atomic::AtomicUsize,
     hub: watch::Hub,
     /// Becomes true when the drain starts: open watches end.
@@ -237,17 +237,20 @@ impl RunningGateway {
     /// Binds the listeners and starts serving; backends are learned in the
     /// background, so the gateway starts even before the cluster answers.
     pub async fn start(args: GatewayArgs) -> std::io::Result<RunningGateway> {
-        Self::start_in(args, cairn_client::net::tcp()).await
+        Self::start_in(args, cairn_client::net::tcp(), None).await
     }
 
-    /// [`RunningGateway::start`] over a given network (the simulation's).
-    /// The metrics listener, if any, is always TCP.
+    /// [`RunningGateway::start`] over a given network (the simulation's),
+    /// its balancing seeded by `seed` (random when None). The metrics
+    /// listener, if any, is always TCP.
     pub async fn start_in(
         args: GatewayArgs,
         net: Arc<dyn cairn_client::net::Net>,
+        seed: Option<u64>,
     ) -> std::io::Result<RunningGateway> {
         let cfg = ClientConfig {
             net: net.clone(),
+            seed,
             timeout: Duration::from_millis(args.request_timeout_ms),
             discover_members: true,
             refresh_interval: Some(Duration::from_millis(args.refresh_ms.max(50))),
@@ -276,7 +279,7 @@ impl RunningGateway {
             per_conn: Mutex::new(HashMap::new()),
             draining: AtomicBool::new(false),
             last_arrival_ms: std::sync::atomic::AtomicU64::new(0),
-            epoch: std::time::Instant::now(),
+            epoch: tokio::time::Instant::now(),
             watchers: std::sync::atomic::AtomicUsize::new(0),
             drain: drain_rx,
             args,

@@ -273,6 +273,8 @@ struct MemState {
     /// Bytes the disk still accepts before it reports "no space".
     space_left: Option<u64>,
     fail_sync: bool,
+    /// Where injected faults hit (a refused write or sync), oldest first.
+    failed: Vec<PathBuf>,
     bytes_written: u64,
     syncs: u64,
 }
@@ -305,6 +307,12 @@ impl MemFs {
         self.state.lock().bytes_written
     }
 
+    /// The files and directories an injected fault has hit since the
+    /// last [`MemFs::crash`], oldest first.
+    pub fn failed(&self) -> Vec<PathBuf> {
+        self.state.lock().failed.clone()
+    }
+
     /// Number of successful file syncs.
     pub fn syncs(&self) -> u64 {
         self.state.lock().syncs
@@ -335,6 +343,7 @@ impl MemFs {
         st.dirs.extend(parents);
         st.space_left = None;
         st.fail_sync = false;
+        st.failed.clear();
         for inode in st.live.values() {
             let mut inode = inode.lock();
             let unsynced = inode.data.len() - inode.synced;
@@ -385,6 +394,7 @@ fn not_found(path: &Path) -> io::Error {
 
 struct MemWritable {
     fs: MemFs,
+    path: PathBuf,
     inode: InodeRef,
     /// Where the next append lands (before the end after a preallocate).
     pos: usize,
@@ -411,6 +421,7 @@ impl WritableFile for MemWritable {
         inode.synced = inode.synced.min(self.pos);
         self.pos = end;
         if full {
+            st.failed.push(self.path.clone());
             return Err(io::Error::new(io::ErrorKind::StorageFull, "disk full"));
         }
         Ok(())
@@ -421,6 +432,7 @@ impl WritableFile for MemWritable {
     fn sync(&mut self) -> io::Result<()> {
         let mut st = self.fs.state.lock();
         if st.fail_sync {
+            st.failed.push(self.path.clone());
             return Err(io::Error::other("injected fsync failure"));
         }
         st.syncs += 1;
@@ -475,6 +487,7 @@ impl FileSystem for MemFs {
             .insert(path.to_path_buf(), inode.clone());
         Ok(Box::new(MemWritable {
             fs: self.clone(),
+            path: path.to_path_buf(),
             inode,
             pos: 0,
         }))
@@ -484,6 +497,7 @@ impl FileSystem for MemFs {
         let pos = inode.lock().data.len();
         Ok(Box::new(MemWritable {
             fs: self.clone(),
+            path: path.to_path_buf(),
             inode,
             pos,
         }))
@@ -584,6 +598,7 @@ impl FileSystem for MemFs {
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let mut st = self.state.lock();
         if st.fail_sync {
+            st.failed.push(dir.to_path_buf());
             return Err(io::Error::other("injected fsync failure"));
         }
         let st = &mut *st;

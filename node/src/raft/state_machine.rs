@@ -49,6 +49,10 @@ pub struct RevisionEvents {
     pub revision: u64,
     /// What changed.
     pub events: Vec<WatchEvent>,
+    /// A snapshot was installed: the applied revision jumped to
+    /// `revision` without the revisions between being broadcast, so
+    /// watchers must read them from the history.
+    pub installed_snapshot: bool,
 }
 
 /// Capacity of the watch broadcast; a watcher that falls further behind
@@ -377,6 +381,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 let _ = self.shared.events.send(Arc::new(RevisionEvents {
                     revision: index,
                     events,
+                    installed_snapshot: false,
                 }));
             }
             if let Some(r) = responder {
@@ -461,6 +466,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.state = state;
         *self.shared.db.write() = Arc::new(db);
         self.publish();
+        let _ = self.shared.events.send(Arc::new(RevisionEvents {
+            revision: self.shared.applied(),
+            events: Vec::new(),
+            installed_snapshot: true,
+        }));
         replace_current(&self.current, &*self.env.fs, keep)?;
         // The old database closes when its last reader lets go; its files
         // are unlinked now (open handles keep working).

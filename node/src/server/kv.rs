@@ -397,6 +397,9 @@ impl pb::kv_server::Kv for KvService {
             ));
         }
         let core = self.core.clone();
+        if !core.in_contact() {
+            return Err(out_of_contact());
+        }
         // Subscribe before reading the applied revision: nothing applied
         // after this point is missed.
         let live = core.sm.subscribe();
@@ -458,6 +461,14 @@ impl<S> Drop for WatchGuard<S> {
     fn drop(&mut self) {
         metrics::gauge!("cairn_watchers").decrement(1.0);
     }
+}
+
+/// The error that ends (or refuses) a watch on a node out of touch with
+/// its leader: the client resumes it elsewhere.
+fn out_of_contact() -> Status {
+    Status::unavailable(
+        "this node is not in touch with a leader (partitioned, removed or not joined yet); watch through another node",
+    )
 }
 
 fn compacted(start: u64, oldest: u64) -> Status {
@@ -525,16 +536,43 @@ async fn run_watch(
                 _ => applied + 1,
             };
         }
-        // Follow the live broadcast.
+        // Follow the live broadcast, as long as this node hears from its
+        // leader (otherwise the stream would stall without a word).
+        // A pause of this process (a stop signal, a stall) is not enough:
+        // it must stay out of touch for a contact window of its own.
+        let period = std::time::Duration::from_millis(core.config.election_timeout_ms);
+        let mut check = tokio::time::interval(period);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut out_since: Option<tokio::time::Instant> = None;
         loop {
-            match live.recv().await {
+            let received = tokio::select! {
+                r = live.recv() => r,
+                _ = check.tick() => {
+                    if core.in_contact() {
+                        out_since = None;
+                        continue;
+                    }
+                    let since = *out_since.get_or_insert_with(tokio::time::Instant::now);
+                    if since.elapsed() >= core.contact_window() {
+                        return Err(out_of_contact());
+                    }
+                    continue;
+                }
+            };
+            match received {
+                Ok(rev) if rev.installed_snapshot => {
+                    // The revisions the snapshot brought were not
+                    // broadcast: read them from its history.
+                    break;
+                }
                 Ok(rev) => {
                     if rev.revision < next {
                         continue;
                     }
                     // A jump past `next` means the revisions between had
-                    // no events: the broadcast loses nothing unless it
-                    // reports a lag.
+                    // no events: apply broadcasts every revision with
+                    // events, a snapshot install says so, and the
+                    // broadcast reports a lag.
                     let events: Vec<WatchEvent> = rev
                         .events
                         .iter()

@@ -88,6 +88,10 @@ pub struct NodeCore {
     pub net: Arc<dyn Net>,
     /// Set while shutting down: new requests are refused.
     pub draining: AtomicBool,
+    /// Milliseconds after `epoch` (plus one; 0: never) at which a leader's
+    /// append was last accepted here.
+    leader_contact: std::sync::atomic::AtomicU64,
+    epoch: tokio::time::Instant,
 }
 
 impl NodeCore {
@@ -117,6 +121,42 @@ impl NodeCore {
             .map(|n| n.client_addr.clone())
             .unwrap_or_default();
         Some((id, addr))
+    }
+
+    /// How long without a leader's word a node still counts as in touch:
+    /// two election timeouts, and at least three seconds (a leader backs
+    /// off from a follower that stopped answering for a while).
+    pub fn contact_window(&self) -> Duration {
+        Duration::from_millis(self.config.election_timeout_ms.saturating_mul(2).max(3000))
+    }
+
+    /// Notes that a leader's append (a heartbeat included) was accepted.
+    pub fn heard_from_leader(&self) {
+        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        self.leader_contact.store(ms + 1, Ordering::Relaxed);
+    }
+
+    /// Whether this node is in touch with its cluster's leader: it leads
+    /// and a quorum acknowledged it recently, or a leader's append reached
+    /// it recently (within [`NodeCore::contact_window`]). A node that is
+    /// partitioned away, was removed, or has not joined yet is not, and
+    /// must not hold a watch that would silently stall.
+    pub fn in_contact(&self) -> bool {
+        use openraft::Instant as _;
+        let window = self.contact_window();
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        if m.state == ServerState::Leader {
+            let alone = m.membership_config.membership().voter_ids().count() <= 1;
+            return alone
+                || m.last_quorum_acked
+                    .as_ref()
+                    .is_some_and(|t| t.elapsed() < window);
+        }
+        let at = self.leader_contact.load(Ordering::Relaxed);
+        at > 0
+            && m.current_leader.is_some()
+            && self.epoch.elapsed() < Duration::from_millis(at - 1) + window
     }
 
     /// Ready: a leader is known and this node has applied what it knows
@@ -208,6 +248,11 @@ fn raft_config(c: &NodeConfig) -> Result<Arc<Config>, StartError> {
         max_payload_entries: 512,
         install_snapshot_timeout: 60_000,
         enable_pre_vote: Some(true),
+        // A restarted leader must win a new election: resuming its old term
+        // could reuse (term, index) pairs for different entries when its
+        // unsynced tail was lost after followers had stored it (the
+        // simulation found this, seed 26).
+        enable_leader_restore: Some(false),
         ..Default::default()
     };
     config
@@ -324,6 +369,8 @@ impl RunningNode {
             fs: fs.clone(),
             net,
             draining: AtomicBool::new(false),
+            leader_contact: std::sync::atomic::AtomicU64::new(0),
+            epoch: tokio::time::Instant::now(),
         });
         let (stop, stop_rx) = watch::channel(false);
         // tasks[0] is the peer server (shutdown relies on the order).
@@ -375,6 +422,37 @@ impl RunningNode {
             stop,
             tasks,
         })
+    }
+
+    /// Resolves when this node's Raft stops by itself: a storage error (a
+    /// failed fsync, a full disk) is fatal, since after a failed fsync
+    /// nothing says what reached the disk. The node must not go on; the
+    /// caller exits, and the node restarts from what is durable. Returns
+    /// why.
+    pub async fn failed(&self) -> String {
+        let mut rx = self.core.raft.metrics();
+        loop {
+            if let Err(fatal) = &rx.borrow_watched().running_state {
+                return fatal.to_string();
+            }
+            if rx.changed().await.is_err() {
+                return "Raft stopped".into();
+            }
+        }
+    }
+
+    /// Stops serving at once, as a process exit would: no leadership
+    /// hand-over, no final flush (after [`RunningNode::failed`], storage
+    /// cannot be trusted with one).
+    pub async fn abort(self) {
+        let _ = self.stop.send(true);
+        for t in &self.tasks {
+            t.abort();
+        }
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let _ = self.core.scope.run(self.core.raft.shutdown()).await;
     }
 
     /// Graceful shutdown: refuse new requests, hand leadership to another

@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use cairn_proto::raft as pb;
 use futures::StreamExt;
-use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, StreamAppendError, TransferLeaderRequest,
+    VoteRequest,
+};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::watch;
@@ -107,6 +110,9 @@ impl pb::raft_server::Raft for PeerService {
                 let out = core.raft.stream_append(Box::pin(input));
                 futures::pin_mut!(out);
                 while let Some(item) = out.next().await {
+                    if matches!(item, Ok(Ok(_) | Err(StreamAppendError::Conflict(_)))) {
+                        core.heard_from_leader();
+                    }
                     let last = item.is_err();
                     let msg = match item {
                         Ok(r) => reply(Ok::<_, String>(r)),
@@ -130,12 +136,15 @@ impl pb::raft_server::Raft for PeerService {
         req: Request<pb::RaftMessage>,
     ) -> Result<Response<pb::RaftMessage>, Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = decode(req.get_ref())?;
-        reply(
-            self.core
-                .scope
-                .run(self.core.raft.append_entries(rpc))
-                .await,
-        )
+        let res = self
+            .core
+            .scope
+            .run(self.core.raft.append_entries(rpc))
+            .await;
+        if matches!(&res, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
+            self.core.heard_from_leader();
+        }
+        reply(res)
     }
 
     async fn vote(
@@ -208,6 +217,8 @@ impl pb::raft_server::Raft for PeerService {
                 BTreeMap::new();
             while let Some(chunk) = stream.next().await {
                 let chunk = chunk?;
+                // The leader is bringing this node up to date.
+                core.heard_from_leader();
                 let Some(pb::snapshot_chunk::Chunk::File(f)) = chunk.chunk else {
                     return Err(Status::invalid_argument(
                         "a second meta in a snapshot stream",
