@@ -1,21 +1,27 @@
 //! One simulated run: three founding nodes and two spare hosts on turmoil
-//! hosts with simulated disks, clients issuing register operations through
-//! the real client library, a nemesis isolating nodes, splitting the
-//! hosts into a minority and a majority, cutting a node's outgoing links
-//! only, holding its messages back (they arrive late), and crashing nodes
-//! (a crash loses what was not synced), an administrator transferring
-//! leadership, triggering snapshots and growing and shrinking the cluster
-//! between 3 and 5 voters, then a liveness phase with every fault healed in
-//! which the members must converge to identical data. The recorded history
-//! goes to the [`checker`](crate::checker); Raft's invariants are checked
-//! while the run goes on ([`invariants`](crate::invariants)).
+//! hosts with simulated disks, a gateway, clients issuing register
+//! operations through the real client library (straight to the nodes or
+//! through the gateway), two watchers of every key, a nemesis isolating
+//! nodes, splitting the hosts into a minority and a majority, cutting a
+//! node's outgoing links only, holding its messages back (they arrive
+//! late), crashing nodes or the gateway (a crash loses what was not
+//! synced) and failing a node's disk (fsyncs fail, or it fills up: the node
+//! must stop), an administrator transferring leadership, triggering
+//! snapshots and growing and shrinking the cluster between 3 and 5 voters,
+//! then a liveness phase with every fault healed in which the members must
+//! converge to identical data and watch histories and the watchers reach
+//! an end marker. The recorded history goes to the
+//! [`checker`](crate::checker), the watch streams to
+//! [`watches`](crate::watches); Raft's invariants are checked while the run
+//! goes on ([`invariants`](crate::invariants)).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cairn_client::{Client, ClientConfig, Consistency, Error};
+use cairn_client::{Client, ClientConfig, Consistency, Error, EventKind, Watch};
+use cairn_node::gateway::{GatewayArgs, RunningGateway};
 use cairn_node::lsm::executor::InlineExecutor;
-use cairn_node::lsm::fs::MemFs;
+use cairn_node::lsm::fs::{Faults, MemFs};
 use cairn_node::server::config::NodeArgs;
 use cairn_node::server::{NodeEnv, RunningNode};
 use rand::{Rng, SeedableRng};
@@ -23,6 +29,7 @@ use rand::{Rng, SeedableRng};
 use crate::checker::{check, Input, Operation, Output, Value, Verdict};
 use crate::invariants::Invariants;
 use crate::net::SimNet;
+use crate::watches::{self, State, END_KEY};
 
 /// What a run does.
 #[derive(Debug, Clone)]
@@ -43,6 +50,13 @@ pub struct Options {
     pub crashes: bool,
     /// See `crashes`.
     pub partitions: bool,
+    /// Disk faults: a node's fsyncs fail, or its disk fills up; the node
+    /// must stop (never go on acknowledging) and is restarted at the heal
+    /// from what it had synced.
+    pub disk_faults: bool,
+    /// Whether a gateway runs: even-numbered clients and a second watcher
+    /// go through it (and the nemesis may crash it).
+    pub gateway: bool,
     /// Whether the administrator runs (leader transfers, snapshots,
     /// membership changes with the two spare hosts).
     pub admin: bool,
@@ -65,8 +79,29 @@ impl Options {
             faults: true,
             crashes: true,
             partitions: true,
+            disk_faults: true,
+            gateway: true,
             admin: true,
             transfers: true,
+        }
+    }
+}
+
+impl Options {
+    /// The default run for `seed`, with parts switched off by environment
+    /// variables (set to anything): SIM_NO_TRANSFERS, SIM_NO_ADMIN,
+    /// SIM_NO_DISK_FAULTS, SIM_NO_GATEWAY, SIM_NO_CRASHES,
+    /// SIM_NO_PARTITIONS.
+    pub fn from_env(seed: u64) -> Options {
+        let off = |name: &str| std::env::var_os(name).is_some();
+        Options {
+            transfers: !off("SIM_NO_TRANSFERS"),
+            admin: !off("SIM_NO_ADMIN"),
+            disk_faults: !off("SIM_NO_DISK_FAULTS"),
+            gateway: !off("SIM_NO_GATEWAY"),
+            crashes: !off("SIM_NO_CRASHES"),
+            partitions: !off("SIM_NO_PARTITIONS"),
+            ..Options::new(seed)
         }
     }
 }
@@ -82,9 +117,11 @@ pub struct Report {
     pub elapsed: Duration,
     /// A hash of the history and the faults: equal runs have equal hashes.
     pub trace_hash: u64,
-    /// Raft invariants: metric changes checked, terms with a leader seen,
+    /// Raft invariants: metric changes checked, leader ids (term, node) seen,
     /// log indexes seen applied.
     pub invariants: (u64, usize, usize),
+    /// Events each watcher received (checked against the history).
+    pub watched: Vec<usize>,
 }
 
 impl Report {
@@ -92,7 +129,9 @@ impl Report {
     /// hash), OPS, UNKNOWN (operations with an unknown outcome), FAULTS
     /// (faults and administrative actions), SIMSECS, ADDS, REMOVES,
     /// TRANSFERS, SNAPSHOTS (administrative actions that succeeded),
-    /// CHECKS (Raft invariant checks), TERMS (terms with a leader seen).
+    /// DISKFAULTS (disk faults injected), STOPS (nodes that stopped on a
+    /// storage error), CHECKS (Raft invariant checks), LEADERS (leader ids (term, node) with a
+    /// leader seen), WATCHED (watch events checked, all watchers).
     pub fn summary(&self, seed: u64) -> String {
         let admin = |what: &str, ok: &str| {
             self.faults
@@ -101,7 +140,7 @@ impl Report {
                 .count()
         };
         format!(
-            "SEED {seed} TRACE {} OPS {} UNKNOWN {} FAULTS {} SIMSECS {} ADDS {} REMOVES {} TRANSFERS {} SNAPSHOTS {} CHECKS {} TERMS {}",
+            "SEED {seed} TRACE {} OPS {} UNKNOWN {} FAULTS {} SIMSECS {} ADDS {} REMOVES {} TRANSFERS {} SNAPSHOTS {} DISKFAULTS {} STOPS {} CHECKS {} LEADERS {} WATCHED {}",
             self.trace_hash,
             self.history.len(),
             self.history.iter().filter(|o| o.ret.is_none()).count(),
@@ -111,8 +150,11 @@ impl Report {
             admin("admin remove", ": done"),
             admin("admin transfer leader", ": now"),
             admin("admin snapshot", ": at"),
+            self.faults.iter().filter(|f| f.contains(" disk ") && !f.contains("heal")).count(),
+            self.faults.iter().filter(|f| f.contains(" stopped: ")).count(),
             self.invariants.0,
             self.invariants.1,
+            self.watched.iter().sum::<usize>(),
         )
     }
 }
@@ -141,21 +183,29 @@ fn initial_cluster() -> String {
         .join(",")
 }
 
+/// Nodes that stopped by themselves (their Raft hit a storage error):
+/// (node id, simulated time, why).
+pub type Stops = Arc<Mutex<Vec<(u64, Duration, String)>>>;
+
 /// Adds node `id` (host `n{id}`, client port 7001, peer port 7101), on
 /// disk `fs`, its Raft seeded from `seed`, the host and the boot; ids up to
 /// 3 found the cluster, higher ids wait to be added. Every boot's Raft
-/// metrics are checked against `invariants`.
+/// metrics are checked against `invariants`. A node whose Raft stops on a
+/// storage error stops serving, as the `cairn` process exits, and is
+/// noted in `stops`; the host stays down until it is restarted.
 pub fn add_node(
     sim: &mut turmoil::Sim<'_>,
     id: u64,
     seed: u64,
     fs: Arc<MemFs>,
     invariants: Arc<Mutex<Invariants>>,
+    stops: Stops,
 ) {
     let boots = Arc::new(std::sync::atomic::AtomicU64::new(0));
     sim.host(format!("n{id}"), move || {
         let fs = fs.clone();
         let invariants = invariants.clone();
+        let stops = stops.clone();
         let boot = boots.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         async move {
             let config = NodeArgs {
@@ -180,11 +230,113 @@ pub fn add_node(
                 seed: Some(seed ^ (id << 32) ^ (boot << 48)),
             };
             let node = RunningNode::start_in(config, env).await?;
+            // Returns when this boot's Raft has stopped.
             crate::invariants::watch(&node, invariants).await;
+            let why = node.failed().await;
+            node.abort().await;
+            stops
+                .lock()
+                .map_err(|e| e.to_string())?
+                .push((id, turmoil::elapsed(), why));
+            Ok(())
+        }
+    });
+}
+
+/// The gateway's host and its client address.
+const GATEWAY: &str = "gw";
+const GATEWAY_ADDR: &str = "gw:7001";
+
+/// Adds the gateway (host `gw`) in front of every node host.
+fn add_gateway(sim: &mut turmoil::Sim<'_>, seed: u64) {
+    let boots = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    sim.host(GATEWAY, move || {
+        let boot = boots.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        async move {
+            let seeds: Vec<String> = (1..=NODES).map(|i| format!("n{i}:7001")).collect();
+            let mut args = GatewayArgs::with_defaults("0.0.0.0:7001", "", &seeds);
+            args.refresh_ms = 1000;
+            let _gw = RunningGateway::start_in(
+                args,
+                Arc::new(SimNet),
+                Some(seed ^ 0x9a7e ^ (boot << 48)),
+            )
+            .await?;
             std::future::pending::<()>().await;
             Ok(())
         }
     });
+}
+
+/// What a watcher received.
+#[derive(Debug, Default)]
+struct WatchLog {
+    events: Vec<watches::Event>,
+    /// The end marker arrived, or the stream failed (`error`).
+    done: bool,
+    error: Option<String>,
+}
+
+/// Watches every key from revision 1 through `endpoints` until the end
+/// marker, recording every event.
+async fn watch_loop(
+    endpoints: Vec<String>,
+    seed: u64,
+    log: Arc<Mutex<WatchLog>>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let cfg = ClientConfig {
+        net: Arc::new(SimNet),
+        seed: Some(seed),
+        timeout: Duration::from_secs(5),
+        attempt_timeout: Duration::from_secs(1),
+        ..ClientConfig::default()
+    };
+    let c = Client::new_lazy(&endpoints, cfg)?;
+    let w = Watch::prefix("")
+        .from_revision(1)
+        .give_up_after(Duration::from_secs(300));
+    let finish = |error: Option<String>| -> Result<(), Box<dyn std::error::Error>> {
+        let mut l = log.lock().map_err(|e| e.to_string())?;
+        l.done = true;
+        l.error = error;
+        Ok(())
+    };
+    // The cluster may not serve yet.
+    let mut stream = loop {
+        match c.watch(w.clone()).await {
+            Ok(s) => break s,
+            Err(e) if turmoil::elapsed() > Duration::from_secs(120) => {
+                return finish(Some(format!("the watch never started: {e}")));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
+    while let Some(batch) = futures::StreamExt::next(&mut stream).await {
+        let batch = match batch {
+            Ok(b) => b,
+            Err(e) => return finish(Some(format!("the stream failed: {e}"))),
+        };
+        let mut end = false;
+        {
+            let mut l = log.lock().map_err(|e| e.to_string())?;
+            for e in batch.events {
+                end |= e.kv.key[..] == *END_KEY;
+                l.events.push(watches::Event {
+                    revision: batch.revision,
+                    put: e.kind == EventKind::Put,
+                    key: e.kv.key.to_vec(),
+                    value: e.kv.value.to_vec(),
+                    create_revision: e.kv.create_revision,
+                    mod_revision: e.kv.mod_revision,
+                    version: e.kv.version,
+                });
+            }
+        }
+        if end {
+            return finish(None);
+        }
+    }
+    finish(Some("the stream ended".into()))
 }
 
 fn now_nanos() -> u64 {
@@ -224,7 +376,11 @@ async fn client_loop(
         attempt_timeout: Duration::from_secs(1),
         ..ClientConfig::default()
     };
-    let endpoints: Vec<String> = (1..=NODES).map(|i| format!("n{i}:7001")).collect();
+    let endpoints: Vec<String> = if opts.gateway && id.is_multiple_of(2) {
+        vec![GATEWAY_ADDR.into()]
+    } else {
+        (1..=NODES).map(|i| format!("n{i}:7001")).collect()
+    };
     let c = Client::new_lazy(&endpoints, cfg).map_err(|e| e.to_string())?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed ^ (id << 24) ^ 0xc11e);
     let mut seq = 0u64;
@@ -294,9 +450,6 @@ async fn client_loop(
     Ok(())
 }
 
-/// One replica's data: (key, value, create, mod revision, version).
-type Dump = Vec<(Vec<u8>, Vec<u8>, u64, u64, u64)>;
-
 /// The members' client addresses as the highest-term leader sees them.
 async fn current_members(c: &Client, cfg: &ClientConfig) -> Result<Vec<String>, String> {
     let mut best: Option<(u64, String)> = None;
@@ -316,8 +469,9 @@ async fn current_members(c: &Client, cfg: &ClientConfig) -> Result<Vec<String>, 
 
 /// Waits (60 simulated seconds at most) until every member has applied the
 /// same index with a leader known, then reads every pair from each member
-/// serializably; they must be equal. Returns the common applied index.
-async fn converge(seed: u64) -> Result<u64, Box<dyn std::error::Error>> {
+/// serializably; they must be equal, and the index unchanged after the
+/// reads. Returns the common applied index and the state there.
+async fn converge(seed: u64) -> Result<(u64, State), Box<dyn std::error::Error>> {
     let cfg = ClientConfig {
         net: Arc::new(SimNet),
         seed: Some(seed ^ 0x11fe),
@@ -340,51 +494,154 @@ async fn converge(seed: u64) -> Result<u64, Box<dyn std::error::Error>> {
             last = e;
             Vec::new()
         });
-        let mut applied = Vec::new();
-        for n in &nodes {
-            match c.status_of(n).await {
-                Ok(s) if s.leader != 0 && s.applied == s.committed => applied.push(s.applied),
-                Ok(s) => {
-                    last = format!(
-                        "{n}: leader {} applied {} committed {}",
-                        s.leader, s.applied, s.committed
-                    )
-                }
-                Err(e) => last = format!("{n}: {e}"),
-            }
-        }
-        if !nodes.is_empty()
-            && applied.len() == nodes.len()
-            && applied.iter().all(|a| *a == applied[0])
-        {
-            let mut dumps: Vec<Dump> = Vec::new();
+        let applied = caught_up(&c, &nodes, &mut last).await;
+        if let Some(index) = applied {
+            let mut dumps: Vec<State> = Vec::new();
             for n in &nodes {
-                let one = Client::new_lazy([n.as_str()], cfg.clone())?;
-                let mut d = Dump::new();
-                let mut scan = Box::pin(
-                    one.scan(cairn_client::Scan::all().consistency(Consistency::Serializable)),
-                );
-                while let Some(kv) = futures::StreamExt::next(&mut scan).await {
-                    let kv = kv?;
-                    d.push((
-                        kv.key.to_vec(),
-                        kv.value.to_vec(),
-                        kv.create_revision,
-                        kv.mod_revision,
-                        kv.version,
-                    ));
+                dumps.push(dump(n, &cfg).await?);
+            }
+            if dumps.iter().any(|d| *d != dumps[0]) {
+                last = format!("members {nodes:?} differ at applied {index}");
+            } else if caught_up(&c, &nodes, &mut last).await == Some(index) {
+                // Their watch histories must agree too.
+                let mut histories = Vec::new();
+                for n in &nodes {
+                    histories.push((n, history_of(n, &cfg, index).await?));
                 }
-                dumps.push(d);
+                if let Some((n, h)) = histories.iter().find(|(_, h)| *h != histories[0].1) {
+                    let (n0, h0) = &histories[0];
+                    let at = h0.iter().zip(h.iter()).position(|(x, y)| x != y);
+                    return Err(format!(
+                        "the watch histories of {n0} and {n} differ: at event {at:?}: {:?} and {:?}",
+                        at.and_then(|i| h0.get(i)),
+                        at.and_then(|i| h.get(i))
+                    )
+                    .into());
+                }
+                return Ok((index, dumps.swap_remove(0)));
             }
-            if dumps.iter().all(|d| *d == dumps[0]) {
-                return Ok(applied[0]);
-            }
-            last = format!("members {nodes:?} differ at applied {}", applied[0]);
         }
         if tokio::time::Instant::now() > deadline {
             return Err(format!("replicas did not converge in 60 s: {last}").into());
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The index every one of `nodes` has applied, if they agree and each
+/// knows a leader; otherwise why not, in `why`.
+async fn caught_up(c: &Client, nodes: &[String], why: &mut String) -> Option<u64> {
+    let mut applied = Vec::new();
+    for n in nodes {
+        match c.status_of(n).await {
+            Ok(s) if s.leader != 0 && s.applied == s.committed => applied.push(s.applied),
+            Ok(s) => {
+                *why = format!(
+                    "{n}: leader {} applied {} committed {}",
+                    s.leader, s.applied, s.committed
+                );
+            }
+            Err(e) => *why = format!("{n}: {e}"),
+        }
+    }
+    (!nodes.is_empty() && applied.len() == nodes.len() && applied.iter().all(|a| *a == applied[0]))
+        .then(|| applied[0])
+}
+
+/// Every pair `node` holds, read serializably.
+async fn dump(node: &str, cfg: &ClientConfig) -> Result<State, Box<dyn std::error::Error>> {
+    let one = Client::new_lazy([node], cfg.clone())?;
+    let mut d = State::new();
+    let mut scan =
+        Box::pin(one.scan(cairn_client::Scan::all().consistency(Consistency::Serializable)));
+    while let Some(kv) = futures::StreamExt::next(&mut scan).await {
+        let kv = kv?;
+        d.insert(
+            kv.key.to_vec(),
+            (
+                kv.value.to_vec(),
+                kv.create_revision,
+                kv.mod_revision,
+                kv.version,
+            ),
+        );
+    }
+    Ok(d)
+}
+
+/// `node`'s watch history of every key from revision 1 up to `applied`:
+/// (revision, key, value, version) per event.
+async fn history_of(
+    node: &str,
+    cfg: &ClientConfig,
+    applied: u64,
+) -> Result<Vec<(u64, Vec<u8>, Vec<u8>, u64)>, Box<dyn std::error::Error>> {
+    let one = Client::new_lazy([node], cfg.clone())?;
+    let mut stream = one.watch(Watch::prefix("").from_revision(1)).await?;
+    let mut out = Vec::new();
+    loop {
+        let next = tokio::time::timeout(
+            Duration::from_secs(2),
+            futures::StreamExt::next(&mut stream),
+        )
+        .await;
+        match next {
+            Ok(Some(batch)) => {
+                let batch = batch?;
+                if batch.revision > applied {
+                    break;
+                }
+                for e in batch.events {
+                    out.push((
+                        batch.revision,
+                        e.kv.key.to_vec(),
+                        e.kv.value.to_vec(),
+                        e.kv.version,
+                    ));
+                }
+            }
+            // Caught up: nothing more below `applied`.
+            Ok(None) | Err(_) => break,
+        }
+    }
+    Ok(out)
+}
+
+/// After the liveness phase: writes the end marker and waits (60
+/// simulated seconds at most) for every watcher to reach it.
+async fn end_watches(seed: u64, watchers: &[Arc<Mutex<WatchLog>>]) -> Result<(), String> {
+    let cfg = ClientConfig {
+        net: Arc::new(SimNet),
+        seed: Some(seed ^ 0xe9d),
+        ..ClientConfig::default()
+    };
+    let all: Vec<String> = (1..=NODES).map(|i| format!("n{i}:7001")).collect();
+    let c = Client::new_lazy(&all, cfg).map_err(|e| e.to_string())?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while let Err(e) = c.put(END_KEY, "end").await {
+        if tokio::time::Instant::now() > deadline {
+            return Err(format!("the end marker could not be written: {e}"));
+        }
+    }
+    loop {
+        let mut pending = Vec::new();
+        for (i, w) in watchers.iter().enumerate() {
+            let w = w.lock().map_err(|e| e.to_string())?;
+            if !w.done {
+                let last = w.events.last().map_or(0, |e| e.revision);
+                pending.push(format!("w{} (last revision {last})", i + 1));
+            }
+        }
+        if pending.is_empty() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(format!(
+                "watchers {} did not reach the end marker in 60 s",
+                pending.join(", ")
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -484,6 +741,16 @@ enum Fault {
     Mute(String),
     /// A host's links held: messages wait and arrive late, at the heal.
     Hold(String),
+    /// A node's disk fails: every fsync fails (`None`), or it is full
+    /// after this many more bytes. The heal restarts the node (if it is
+    /// still up) from what it had synced.
+    Disk(String, Option<u64>),
+}
+
+/// The disk of host `n{i}`.
+fn disk_of<'a>(disks: &'a [Arc<MemFs>], host: &str) -> Option<&'a Arc<MemFs>> {
+    let i: usize = host.strip_prefix('n')?.parse().ok()?;
+    disks.get(i.checked_sub(1)?)
 }
 
 impl Fault {
@@ -493,14 +760,22 @@ impl Fault {
             Fault::Split(a, b) => format!("split {} | {}", a.join(","), b.join(",")),
             Fault::Mute(h) => format!("mute {h} (one-way)"),
             Fault::Hold(h) => format!("hold {h}"),
+            Fault::Disk(h, None) => format!("disk {h}: fsync fails"),
+            Fault::Disk(h, Some(n)) => format!("disk {h}: full after {n} bytes"),
         }
     }
 
-    fn apply(&self, sim: &mut turmoil::Sim<'_>, all: &[String]) {
+    /// Starts the fault. Crashed hosts' disks lose their unsynced data
+    /// after the hosts are gone (whatever the dying hosts' destructors
+    /// wrote is lost too, as in a power cut), torn as `seed` says.
+    fn apply(&self, sim: &mut turmoil::Sim<'_>, all: &[String], disks: &[Arc<MemFs>], seed: u64) {
         match self {
             Fault::Crash(hosts) => {
                 for h in hosts {
                     sim.crash(h.as_str());
+                }
+                for d in hosts.iter().filter_map(|h| disk_of(disks, h)) {
+                    d.crash(true, seed);
                 }
             }
             Fault::Split(a, b) => {
@@ -520,12 +795,21 @@ impl Fault {
                     sim.hold(h.as_str(), o.as_str());
                 }
             }
+            Fault::Disk(h, full) => {
+                if let Some(d) = disk_of(disks, h) {
+                    d.set_faults(Faults {
+                        space_left: *full,
+                        fail_sync: full.is_none(),
+                    });
+                }
+            }
         }
     }
 
     /// Ends the fault: restarts crashed hosts, reconnects cut links,
-    /// releases held messages.
-    fn heal(&self, sim: &mut turmoil::Sim<'_>, all: &[String]) {
+    /// releases held messages, gives a failed disk back (its node
+    /// restarted from what it had synced).
+    fn heal(&self, sim: &mut turmoil::Sim<'_>, all: &[String], disks: &[Arc<MemFs>], seed: u64) {
         match self {
             Fault::Crash(hosts) => {
                 for h in hosts {
@@ -548,6 +832,13 @@ impl Fault {
                 for o in all.iter().filter(|o| *o != h) {
                     sim.release(h.as_str(), o.as_str());
                 }
+            }
+            Fault::Disk(h, _) => {
+                sim.crash(h.as_str());
+                if let Some(d) = disk_of(disks, h) {
+                    d.crash(true, seed);
+                }
+                sim.bounce(h.as_str());
             }
         }
     }
@@ -575,6 +866,40 @@ fn network_fault(rng: &mut impl Rng, all: &[String]) -> Fault {
     }
 }
 
+/// The next fault, chosen by `rng` among the kinds `opts` allows.
+fn next_fault(rng: &mut impl Rng, opts: &Options, nodes: &[String]) -> Option<Fault> {
+    let mut kinds = Vec::new();
+    if opts.crashes {
+        kinds.extend([0, 0, 0]);
+    }
+    if opts.partitions {
+        kinds.extend([1, 1, 1]);
+    }
+    if opts.disk_faults {
+        kinds.push(2);
+    }
+    let kind = *kinds.get(rng.random_range(0..kinds.len().max(1)))?;
+    let node = nodes[rng.random_range(0..nodes.len())].clone();
+    Some(match kind {
+        0 => {
+            let hosts = if rng.random_bool(0.15) {
+                // A power loss: every node at once.
+                nodes.to_vec()
+            } else if opts.gateway && rng.random_bool(0.1) {
+                vec![GATEWAY.to_string()]
+            } else {
+                vec![node]
+            };
+            Fault::Crash(hosts)
+        }
+        1 => network_fault(rng, nodes),
+        _ => Fault::Disk(
+            node,
+            rng.random_bool(0.5).then(|| rng.random_range(0..256 << 10)),
+        ),
+    })
+}
+
 /// Runs one simulation and checks its history.
 pub fn run(opts: &Options) -> Result<Report, String> {
     let mut sim = turmoil::Builder::new()
@@ -583,9 +908,35 @@ pub fn run(opts: &Options) -> Result<Report, String> {
         .build();
     let disks: Vec<Arc<MemFs>> = (0..NODES).map(|_| Arc::new(MemFs::new())).collect();
     let invariants = Arc::new(Mutex::new(Invariants::default()));
+    let stops: Stops = Arc::new(Mutex::new(Vec::new()));
     for id in 1..=NODES {
         let disk = disks[(id - 1) as usize].clone();
-        add_node(&mut sim, id, opts.seed, disk, invariants.clone());
+        add_node(
+            &mut sim,
+            id,
+            opts.seed,
+            disk,
+            invariants.clone(),
+            stops.clone(),
+        );
+    }
+    if opts.gateway {
+        add_gateway(&mut sim, opts.seed);
+    }
+    // Watchers: one straight to the nodes, one through the gateway.
+    let mut watchers = Vec::new();
+    let mut routes: Vec<Vec<String>> = vec![(1..=NODES).map(|i| format!("n{i}:7001")).collect()];
+    if opts.gateway {
+        routes.push(vec![GATEWAY_ADDR.into()]);
+    }
+    for (i, endpoints) in routes.into_iter().enumerate() {
+        let log = Arc::new(Mutex::new(WatchLog::default()));
+        watchers.push(log.clone());
+        let seed = opts.seed ^ 0x3a7c ^ ((i as u64) << 40);
+        // A host, not a client: the run does not wait for it to finish.
+        sim.host(format!("w{}", i + 1), move || {
+            watch_loop(endpoints.clone(), seed, log.clone())
+        });
     }
     let admin_log = Arc::new(Mutex::new(Vec::new()));
     if opts.faults && opts.admin {
@@ -603,66 +954,81 @@ pub fn run(opts: &Options) -> Result<Report, String> {
     }
     let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed ^ 0x7e5e);
     let mut faults = Vec::new();
-    // One fault at a time, healed before the next: a node isolated, a
-    // node crashed, or (rarely) every node crashed at once (a power loss).
-    let mut next_fault = Duration::from_secs(1);
-    let mut active: Option<Fault> = None;
+    let mut violations = Vec::new();
+    // One fault at a time, healed before the next.
+    let mut next_at = Duration::from_secs(1);
+    let mut active: Option<(Fault, usize)> = None;
+    // When the active disk fault first failed a write to a Raft log.
+    let mut log_failed_at: Option<Duration> = None;
     let all: Vec<String> = (1..=NODES).map(|i| format!("n{i}")).collect();
+    let stopped = |host: &str, since: usize| -> Result<bool, String> {
+        Ok(stops
+            .lock()
+            .map_err(|e| e.to_string())?
+            .iter()
+            .skip(since)
+            .any(|(id, ..)| format!("n{id}") == host))
+    };
     loop {
         let done = sim.step().map_err(|e| format!("simulation: {e}"))?;
         if done {
             break;
         }
-        if !opts.faults || sim.elapsed() < next_fault {
+        if let Some((Fault::Disk(h, _), _)) = &active {
+            if log_failed_at.is_none()
+                && disk_of(&disks, h).is_some_and(|d| {
+                    d.failed()
+                        .iter()
+                        .any(|p| p.starts_with(format!("/data/{h}/raft")))
+                })
+            {
+                log_failed_at = Some(sim.elapsed());
+            }
+        }
+        if !opts.faults || sim.elapsed() < next_at {
             continue;
         }
         let t = sim.elapsed();
-        next_fault = t + Duration::from_millis(rng.random_range(500..2500));
+        next_at = t + Duration::from_millis(rng.random_range(500..2500));
         match active.take() {
-            Some(fault) => {
-                fault.heal(&mut sim, &all);
+            Some((fault, stops_before)) => {
+                if let (Fault::Disk(h, _), Some(at)) = (&fault, log_failed_at.take()) {
+                    // A node must stop at its first failed log write: it
+                    // cannot know what reached the disk.
+                    if t - at >= Duration::from_millis(500) && !stopped(h, stops_before)? {
+                        violations.push(format!(
+                            "{h} went on for {:?} after its Raft log failed to write",
+                            t - at
+                        ));
+                    }
+                }
+                fault.heal(&mut sim, &all, &disks, rng.random());
                 faults.push(format!("{t:?} heal {}", fault.describe()));
             }
             None => {
-                let crash = match (opts.crashes, opts.partitions) {
-                    (true, true) => rng.random_bool(0.5),
-                    (c, _) => c,
-                };
-                let (fault, crashed) = if crash {
-                    let hosts: Vec<u64> = if rng.random_bool(0.15) {
-                        (1..=NODES).collect()
-                    } else {
-                        vec![rng.random_range(1..=NODES)]
-                    };
-                    let names = hosts.iter().map(|h| format!("n{h}")).collect();
-                    (Fault::Crash(names), hosts)
-                } else {
-                    (network_fault(&mut rng, &all), Vec::new())
-                };
-                fault.apply(&mut sim, &all);
-                // The disks lose their unsynced data after the hosts are
-                // gone: whatever the dying hosts' destructors wrote is lost
-                // too, as in a power cut.
-                for &h in &crashed {
-                    disks[(h - 1) as usize].crash(true, rng.random());
+                if let Some(fault) = next_fault(&mut rng, opts, &all) {
+                    fault.apply(&mut sim, &all, &disks, rng.random());
+                    faults.push(format!("{t:?} {}", fault.describe()));
+                    let n = stops.lock().map_err(|e| e.to_string())?.len();
+                    active = Some((fault, n));
                 }
-                faults.push(format!("{t:?} {}", fault.describe()));
-                active = Some(fault);
             }
         }
     }
     // The liveness phase: every fault healed, the replicas must converge
-    // to the same state and serve it.
-    if let Some(fault) = active.take() {
-        fault.heal(&mut sim, &all);
+    // to the same state and serve it; then the watchers must reach the end.
+    if let Some((fault, _)) = active.take() {
+        fault.heal(&mut sim, &all, &disks, rng.random());
         faults.push(format!("{:?} heal all", sim.elapsed()));
     }
     let converged = Arc::new(Mutex::new(None));
     let out = converged.clone();
     let seed = opts.seed;
+    let ends = watchers.clone();
     sim.client("verify", async move {
         let state = converge(seed).await?;
         *out.lock().map_err(|e| e.to_string())? = Some(state);
+        end_watches(seed, &ends).await?;
         Ok(())
     });
     while !sim
@@ -671,24 +1037,84 @@ pub fn run(opts: &Options) -> Result<Report, String> {
     {}
     let history = history.lock().map_err(|e| e.to_string())?.clone();
     faults.extend(admin_log.lock().map_err(|e| e.to_string())?.iter().cloned());
+    for (id, at, why) in stops.lock().map_err(|e| e.to_string())?.iter() {
+        faults.push(format!("{at:?} n{id} stopped: {why}"));
+    }
     let inv = invariants.lock().map_err(|e| e.to_string())?;
-    if !inv.violations.is_empty() {
+    violations.extend(inv.violations.iter().cloned());
+    if !violations.is_empty() {
         return Err(format!(
-            "seed {}: Raft invariants violated: {:?}\nfaults: {faults:#?}",
-            opts.seed, inv.violations
+            "seed {}: violations: {violations:?}\nfaults: {faults:#?}",
+            opts.seed
         ));
     }
     let (leaders, applied) = inv.counts();
     let invariants = (inv.observations, leaders, applied);
     drop(inv);
+    let (applied, state) = converged
+        .lock()
+        .map_err(|e| e.to_string())?
+        .take()
+        .ok_or("the liveness phase did not converge")?;
+    let mut watched = Vec::new();
+    let mut streams: Vec<Vec<watches::Event>> = Vec::new();
+    for (i, w) in watchers.iter().enumerate() {
+        let w = w.lock().map_err(|e| e.to_string())?;
+        let verdict = match &w.error {
+            Some(e) => Err(e.clone()),
+            None => watches::check(&w.events, &history, &state, applied),
+        };
+        if let Err(e) = verdict {
+            return Err(format!(
+                "seed {}: watcher w{}: {e}\nfaults: {faults:#?}",
+                opts.seed,
+                i + 1
+            ));
+        }
+        watched.push(w.events.len());
+        streams.push(w.events.clone());
+    }
+    if let Some(other) = streams.iter().position(|s| *s != streams[0]) {
+        let (a, b) = (&streams[0], &streams[other]);
+        let at = a
+            .iter()
+            .zip(b)
+            .position(|(x, y)| x != y)
+            .unwrap_or(a.len().min(b.len()));
+        if std::env::var_os("SIM_PRINT_STREAMS").is_some() {
+            for (x, y) in a.iter().zip(b) {
+                eprintln!(
+                    "{:>4} {:>5} {} {} | {:>4} {:>5} {} {}",
+                    x.revision,
+                    String::from_utf8_lossy(&x.key),
+                    x.version,
+                    String::from_utf8_lossy(&x.value),
+                    y.revision,
+                    String::from_utf8_lossy(&y.key),
+                    y.version,
+                    String::from_utf8_lossy(&y.value)
+                );
+            }
+        }
+        return Err(format!(
+            "seed {}: watchers w1 and w{} received different streams: {} and {} events, first difference at event {at}: {:?} and {:?}\nfaults: {faults:#?}",
+            opts.seed,
+            other + 1,
+            a.len(),
+            b.len(),
+            a.get(at),
+            b.get(at)
+        ));
+    }
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    std::hash::Hash::hash(&format!("{history:?}{faults:?}"), &mut h);
+    std::hash::Hash::hash(&format!("{history:?}{faults:?}{streams:?}"), &mut h);
     let report = Report {
         trace_hash: std::hash::Hasher::finish(&h),
         elapsed: sim.elapsed(),
         history,
         faults,
         invariants,
+        watched,
     };
     match check(&report.history, 1 << 22) {
         Verdict::Ok => Ok(report),

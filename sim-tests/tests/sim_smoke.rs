@@ -14,7 +14,8 @@ use cairn_sim_tests::net::SimNet;
 
 fn node(sim: &mut turmoil::Sim<'_>, id: u64, seed: u64) {
     let invariants = Arc::new(std::sync::Mutex::new(Invariants::default()));
-    add_node(sim, id, seed, Arc::new(MemFs::new()), invariants);
+    let stops = Arc::new(std::sync::Mutex::new(Vec::new()));
+    add_node(sim, id, seed, Arc::new(MemFs::new()), invariants, stops);
 }
 
 /// Runs the scenario for `seed`; returns what the client saw: the three

@@ -62,7 +62,7 @@ fn main() -> ExitCode {
         }
     };
     if let Some(seed) = args.one {
-        return match run(&Options::new(seed)) {
+        return match run(&Options::from_env(seed)) {
             Ok(r) => {
                 println!("{}", r.summary(seed));
                 ExitCode::SUCCESS
