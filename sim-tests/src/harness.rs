@@ -844,11 +844,16 @@ impl Fault {
     }
 }
 
-/// A partition-type fault chosen by `rng`.
-fn network_fault(rng: &mut impl Rng, all: &[String]) -> Fault {
+/// A partition-type fault chosen by `rng`; half the isolations target
+/// the current `leader`.
+fn network_fault(rng: &mut impl Rng, all: &[String], leader: Option<&String>) -> Fault {
     let host = all[rng.random_range(0..all.len())].clone();
     match rng.random_range(0..4) {
         0 => {
+            let host = match leader {
+                Some(l) if rng.random_bool(0.5) => l.clone(),
+                _ => host,
+            };
             let rest = all.iter().filter(|o| **o != host).cloned().collect();
             Fault::Split(vec![host], rest)
         }
@@ -867,7 +872,12 @@ fn network_fault(rng: &mut impl Rng, all: &[String]) -> Fault {
 }
 
 /// The next fault, chosen by `rng` among the kinds `opts` allows.
-fn next_fault(rng: &mut impl Rng, opts: &Options, nodes: &[String]) -> Option<Fault> {
+fn next_fault(
+    rng: &mut impl Rng,
+    opts: &Options,
+    nodes: &[String],
+    leader: Option<&String>,
+) -> Option<Fault> {
     let mut kinds = Vec::new();
     if opts.crashes {
         kinds.extend([0, 0, 0]);
@@ -892,7 +902,7 @@ fn next_fault(rng: &mut impl Rng, opts: &Options, nodes: &[String]) -> Option<Fa
             };
             Fault::Crash(hosts)
         }
-        1 => network_fault(rng, nodes),
+        1 => network_fault(rng, nodes, leader),
         _ => Fault::Disk(
             node,
             rng.random_bool(0.5).then(|| rng.random_range(0..256 << 10)),
@@ -1006,7 +1016,12 @@ pub fn run(opts: &Options) -> Result<Report, String> {
                 faults.push(format!("{t:?} heal {}", fault.describe()));
             }
             None => {
-                if let Some(fault) = next_fault(&mut rng, opts, &all) {
+                let leader = invariants
+                    .lock()
+                    .map_err(|e| e.to_string())?
+                    .latest_leader()
+                    .map(|n| format!("n{n}"));
+                if let Some(fault) = next_fault(&mut rng, opts, &all, leader.as_ref()) {
                     fault.apply(&mut sim, &all, &disks, rng.random());
                     faults.push(format!("{t:?} {}", fault.describe()));
                     let n = stops.lock().map_err(|e| e.to_string())?.len();

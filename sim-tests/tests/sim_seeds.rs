@@ -84,18 +84,44 @@ fn one_seed() {
     }
 }
 
+/// `SIM_SEED=S`: replays seed S in a fresh process with a readable trace
+/// on the terminal: the node, client and simulation logs at debug
+/// (`SIM_LOG` overrides the filter), then every fault and operation.
+fn replay_traced(seed: u64) {
+    let filter = std::env::var("SIM_LOG").unwrap_or_else(|_| {
+        "info,cairn_node=debug,cairn_client=debug,cairn_sim_tests=debug,h2=info,tower=info".into()
+    });
+    let status = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "one_seed",
+            "--ignored",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env("SIM_ONE_SEED", seed.to_string())
+        .env("SIM_LOG", filter)
+        .env("SIM_PRINT_FAULTS", "1")
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "seed {seed} failed (its trace is above); replay it with:\n  SIM_SEED={seed} cargo test -p cairn-sim-tests --test sim_seeds -- --nocapture"
+    );
+}
+
 #[test]
 fn seeds_pass_the_checker() {
-    let seeds: Vec<u64> = match std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok()) {
-        Some(s) => vec![s],
-        None => {
-            let n = std::env::var("SIM_SEEDS")
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(100u64);
-            (1..=n).collect()
-        }
-    };
+    if let Some(seed) = std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok()) {
+        replay_traced(seed);
+        return;
+    }
+    let n = std::env::var("SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100u64);
+    let seeds: Vec<u64> = (1..=n).collect();
     let started = std::time::Instant::now();
     let (mut ops, mut faults, mut unknown) = (0, 0, 0);
     const COUNTED: [&str; 8] = [

@@ -397,9 +397,6 @@ impl pb::kv_server::Kv for KvService {
             ));
         }
         let core = self.core.clone();
-        if !core.in_contact() {
-            return Err(out_of_contact());
-        }
         // Subscribe before reading the applied revision: nothing applied
         // after this point is missed.
         let live = core.sm.subscribe();

@@ -148,10 +148,11 @@ impl NodeCore {
         let m = m.borrow_watched();
         if m.state == ServerState::Leader {
             let alone = m.membership_config.membership().voter_ids().count() <= 1;
+            // A new leader has no acknowledgement measured yet.
             return alone
                 || m.last_quorum_acked
                     .as_ref()
-                    .is_some_and(|t| t.elapsed() < window);
+                    .is_none_or(|t| t.elapsed() < window);
         }
         let at = self.leader_contact.load(Ordering::Relaxed);
         at > 0

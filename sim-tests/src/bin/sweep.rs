@@ -124,13 +124,16 @@ fn main() -> ExitCode {
     let Ok(t) = totals.lock() else {
         return ExitCode::FAILURE;
     };
+    let took = started.elapsed();
+    let seeds = t.0 + t.3.len() as u64;
     println!(
-        "{} seeds passed, {} failed; {} operations, {} faults; {:.1?}",
+        "{} seeds passed, {} failed; {} operations, {} faults; {:.1?} ({:.0} seeds per minute)",
         t.0,
         t.3.len(),
         t.1,
         t.2,
-        started.elapsed()
+        took,
+        seeds as f64 * 60.0 / took.as_secs_f64().max(0.001)
     );
     let mut failed = t.3.clone();
     failed.sort();
