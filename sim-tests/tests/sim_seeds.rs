@@ -11,6 +11,21 @@ use std::process::Command;
 use cairn_node::planted::{self, Bug};
 use cairn_sim_tests::harness::{run, summary_field as field, Options};
 
+/// This test binary, to run `one_seed` on `seed` in a fresh process.
+fn one_seed_command(seed: u64) -> Command {
+    let mut c = Command::new(std::env::current_exe().unwrap());
+    c.args([
+        "--exact",
+        "one_seed",
+        "--ignored",
+        "--nocapture",
+        "--test-threads",
+        "1",
+    ])
+    .env("SIM_ONE_SEED", seed.to_string());
+    c
+}
+
 /// Runs one seed in a fresh process: (its report line, or its failure).
 fn run_fresh(seed: u64) -> Result<String, String> {
     run_fresh_with(seed, None)
@@ -22,16 +37,7 @@ fn run_fresh_with(seed: u64, plant: Option<Bug>) -> Result<String, String> {
 }
 
 fn run_fresh_env(seed: u64, plant: Option<Bug>, env: &[(&str, &str)]) -> Result<String, String> {
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "one_seed",
-            "--ignored",
-            "--nocapture",
-            "--test-threads",
-            "1",
-        ])
-        .env("SIM_ONE_SEED", seed.to_string())
+    let out = one_seed_command(seed)
         .env("SIM_PLANT", plant.map_or("", Bug::name))
         .envs(env.iter().copied())
         .output()
@@ -91,16 +97,7 @@ fn replay_traced(seed: u64) {
     let filter = std::env::var("SIM_LOG").unwrap_or_else(|_| {
         "info,cairn_node=debug,cairn_client=debug,cairn_sim_tests=debug,h2=info,tower=info".into()
     });
-    let status = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "one_seed",
-            "--ignored",
-            "--nocapture",
-            "--test-threads",
-            "1",
-        ])
-        .env("SIM_ONE_SEED", seed.to_string())
+    let status = one_seed_command(seed)
         .env("SIM_LOG", filter)
         .env("SIM_PRINT_FAULTS", "1")
         .status()
