@@ -844,17 +844,11 @@ impl Fault {
     }
 }
 
-/// A partition-type fault chosen by `rng`; given a `leader`, half the
-/// isolations target
-/// the current `leader`.
-fn network_fault(rng: &mut impl Rng, all: &[String], leader: Option<&String>) -> Fault {
+/// A partition-type fault chosen by `rng`.
+fn network_fault(rng: &mut impl Rng, all: &[String]) -> Fault {
     let host = all[rng.random_range(0..all.len())].clone();
     match rng.random_range(0..4) {
         0 => {
-            let host = match leader {
-                Some(l) if rng.random_bool(0.5) => l.clone(),
-                _ => host,
-            };
             let rest = all.iter().filter(|o| **o != host).cloned().collect();
             Fault::Split(vec![host], rest)
         }
@@ -873,12 +867,7 @@ fn network_fault(rng: &mut impl Rng, all: &[String], leader: Option<&String>) ->
 }
 
 /// The next fault, chosen by `rng` among the kinds `opts` allows.
-fn next_fault(
-    rng: &mut impl Rng,
-    opts: &Options,
-    nodes: &[String],
-    leader: Option<&String>,
-) -> Option<Fault> {
+fn next_fault(rng: &mut impl Rng, opts: &Options, nodes: &[String]) -> Option<Fault> {
     let mut kinds = Vec::new();
     if opts.crashes {
         kinds.extend([0, 0, 0]);
@@ -903,7 +892,7 @@ fn next_fault(
             };
             Fault::Crash(hosts)
         }
-        1 => network_fault(rng, nodes, leader),
+        1 => network_fault(rng, nodes),
         _ => Fault::Disk(
             node,
             rng.random_bool(0.5).then(|| rng.random_range(0..256 << 10)),
@@ -1020,7 +1009,7 @@ pub fn run(opts: &Options) -> Result<Report, String> {
                 // Not aimed at the leader: which node leads is only known
                 // here from sampled metrics, whose timing is not
                 // reproducible, and the fault schedule must be.
-                if let Some(fault) = next_fault(&mut rng, opts, &all, None) {
+                if let Some(fault) = next_fault(&mut rng, opts, &all) {
                     fault.apply(&mut sim, &all, &disks, rng.random());
                     faults.push(format!("{t:?} {}", fault.describe()));
                     let n = stops.lock().map_err(|e| e.to_string())?.len();

@@ -81,11 +81,6 @@ impl Invariants {
         }
     }
 
-    /// The node that led the highest leader id seen (the likely leader).
-    pub fn latest_leader(&self) -> Option<u64> {
-        self.leaders.keys().next_back().map(|&(_, node)| node)
-    }
-
     /// Leaders seen and entries seen applied, for the report.
     pub fn counts(&self) -> (usize, usize) {
         (self.leaders.len(), self.applied.len())
