@@ -207,12 +207,18 @@ impl Client {
 
     /// Whether some endpoint is in rotation (not ejected).
     pub fn has_healthy_endpoint(&self) -> bool {
+        self.endpoints_in_rotation() > 0
+    }
+
+    /// How many endpoints are in rotation (not ejected).
+    pub fn endpoints_in_rotation(&self) -> usize {
         let now = Instant::now();
         self.inner
             .endpoints
             .lock()
             .iter()
-            .any(|e| !e.is_ejected(now))
+            .filter(|e| !e.is_ejected(now))
+            .count()
     }
 
     /// Requests in flight per endpoint.
@@ -509,6 +515,8 @@ async fn refresh(inner: std::sync::Weak<Inner>, every: Duration) {
                 e.eject();
             }
         }
+        metrics::gauge!("cairn_client_endpoints_in_rotation")
+            .set(client.endpoints_in_rotation() as f64);
     }
 }
 

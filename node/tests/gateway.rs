@@ -81,6 +81,17 @@ async fn every_kv_call_routed_through_the_gateway() {
     for id in 1..=3 {
         c.wait_applied(id, rev, Duration::from_secs(10)).await;
     }
+    // The gateway is ready with one backend in rotation; wait for all
+    // three (a node not yet ready at the gateway's start stays ejected
+    // until a health check finds it ready).
+    let t0 = std::time::Instant::now();
+    while g.metric("cairn_client_endpoints_in_rotation") < 3.0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the gateway never put all three nodes in rotation"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     for _ in 0..200 {
         let r = client
             .get_with("a", Consistency::Serializable)
