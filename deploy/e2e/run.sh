@@ -49,9 +49,9 @@ cleanup() {
   return 0
 }
 dump() {
-  for c in $(docker ps -a --format '{{.Names}}' --filter "name=^$P-n"); do
-    echo "--- $c (last 15 log lines)" >&2
-    docker logs --tail 15 "$c" 2>&1 | cut -c1-400 >&2 || true
+  for c in $(docker ps -a --format '{{.Names}}' --filter "name=^$P-n") "$GW"; do
+    echo "--- $c (last 25 log lines)" >&2
+    docker logs --tail 25 "$c" 2>&1 | cut -c1-400 >&2 || true
   done
 }
 trap cleanup EXIT
