@@ -47,13 +47,26 @@ pub fn cairn_binary() -> PathBuf {
     .clone()
 }
 
-/// A free TCP port on loopback.
+/// A free TCP port on loopback, for a process to bind later.
+///
+/// Taken below Linux's ephemeral range (32768-60999): a port the kernel
+/// hands out for binding to port 0 can, between this check and the
+/// process's bind, become the local port of some other test's outgoing
+/// connection ("Address already in use" under load). Each test process
+/// starts at its own offset (by pid) in 20000-31999 and walks on.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let start = (std::process::id() % 500) * 24;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = u16::try_from(LOW + (start + n) % SPAN).expect("below 32000");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on loopback in {LOW}-{}", LOW + SPAN - 1)
 }
 
 pub struct NodeProc {
