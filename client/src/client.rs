@@ -1,7 +1,7 @@
 //! The connection pool, the leader cache and the retry loop every call
 //! goes through.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -102,7 +102,10 @@ pub(crate) struct Inner {
     seeds: Vec<String>,
     /// The endpoints in rotation.
     endpoints: Mutex<Vec<Arc<Endpoint>>>,
-    channels: Mutex<HashMap<String, Channel>>,
+    /// Ordered: dropping the client closes its connections in this
+    /// order, and in the simulation that order must not depend on a
+    /// hasher's random seed (each close puts a GOAWAY on the wire).
+    channels: Mutex<BTreeMap<String, Channel>>,
     leader: Mutex<Option<String>>,
     client_id: u64,
     seq: AtomicU64,
@@ -173,7 +176,7 @@ impl Client {
                 config,
                 endpoints: Mutex::new(eps.iter().cloned().map(Endpoint::new).collect()),
                 seeds: eps,
-                channels: Mutex::new(HashMap::new()),
+                channels: Mutex::new(BTreeMap::new()),
                 leader: Mutex::new(None),
                 client_id,
                 seq: AtomicU64::new(0),

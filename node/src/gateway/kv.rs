@@ -269,19 +269,19 @@ pub async fn serve(
 ) {
     let max = g.args.max_request_bytes;
     let proxy = Proxy(g);
-    let router = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(10)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        .add_service(health)
+    let mut routes = tonic::service::Routes::new(health)
         .add_service(KvServer::new(proxy.clone()).max_decoding_message_size(max))
-        .add_service(ClusterServer::new(proxy).max_decoding_message_size(max))
-        .add_optional_service(crate::server::reflection());
-    let res = router
-        .serve_with_incoming_shutdown(incoming, async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })
-        .await;
-    if let Err(e) = res {
-        tracing::error!(error = %e, "gateway server stopped");
+        .add_service(ClusterServer::new(proxy).max_decoding_message_size(max));
+    if let Some(r) = crate::server::reflection() {
+        routes = routes.add_service(r);
     }
+    cairn_client::net::serve(
+        routes,
+        incoming,
+        crate::server::CLIENT_KEEPALIVE,
+        async move {
+            let _ = stop.wait_for(|s| *s).await;
+        },
+    )
+    .await;
 }

@@ -566,22 +566,23 @@ async fn serve_client(core: Arc<NodeCore>, incoming: Incoming, mut stop: watch::
         cluster::ClusterService::new(core.clone()),
     )
     .max_decoding_message_size(max);
-    let router = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(10)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        .add_service(health)
+    let mut routes = tonic::service::Routes::new(health)
         .add_service(kv)
-        .add_service(cluster)
-        .add_optional_service(reflection);
-    let res = router
-        .serve_with_incoming_shutdown(incoming, async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })
-        .await;
-    if let Err(e) = res {
-        tracing::error!(error = %e, "client server stopped");
+        .add_service(cluster);
+    if let Some(r) = reflection {
+        routes = routes.add_service(r);
     }
+    cairn_client::net::serve(routes, incoming, CLIENT_KEEPALIVE, async move {
+        let _ = stop.wait_for(|s| *s).await;
+    })
+    .await;
 }
+
+/// HTTP/2 keep-alive on the client port (and the gateway's).
+pub const CLIENT_KEEPALIVE: cairn_client::net::KeepAlive = cairn_client::net::KeepAlive {
+    interval: Duration::from_secs(10),
+    timeout: Duration::from_secs(20),
+};
 
 /// Initializes a new cluster or joins a running one; does nothing when the
 /// node has data (a restart).

@@ -34,17 +34,19 @@ pub async fn serve(
     let svc = pb::raft_server::RaftServer::new(PeerService { core })
         .max_decoding_message_size(MAX_PEER_MESSAGE)
         .max_encoding_message_size(MAX_PEER_MESSAGE);
-    let res = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(1)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(2)))
-        .add_service(svc)
-        .serve_with_incoming_shutdown(incoming, async move {
+    let keep_alive = cairn_client::net::KeepAlive {
+        interval: Duration::from_secs(1),
+        timeout: Duration::from_secs(2),
+    };
+    cairn_client::net::serve(
+        tonic::service::Routes::new(svc),
+        incoming,
+        keep_alive,
+        async move {
             let _ = stop.wait_for(|s| *s).await;
-        })
-        .await;
-    if let Err(e) = res {
-        tracing::error!(error = %e, "peer server stopped");
-    }
+        },
+    )
+    .await;
 }
 
 struct PeerService {
