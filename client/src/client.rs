@@ -20,9 +20,9 @@ use crate::error::{classify, Error, Failure, Result};
 pub struct ClientConfig {
     /// The deadline of every call, retries included.
     pub timeout: Duration,
-    /// The longest one attempt may take (at most what is left of the
-    /// deadline). Shorter than `timeout` so that a silent node (a
-    /// partition) leaves time to try another.
+    /// The longest one attempt may take; an attempt also gets at most
+    /// half of what is left of the deadline (but at least 250 ms), so
+    /// that a silent node (a partition) leaves time to try another.
     pub attempt_timeout: Duration,
     /// The deadline for opening a TCP connection.
     pub connect_timeout: Duration,
@@ -418,7 +418,16 @@ impl Client {
             let channel = self.channel(&target)?;
             let ep = self.endpoint(&target);
             let guard = ep.as_ref().map(|e| e.start());
-            let result = op(channel, left.min(cfg.attempt_timeout)).await;
+            // At most half of what is left (but not under a floor): one
+            // backend that went silent (a cut link drops packets, the
+            // connection hangs) must not take the caller's whole deadline,
+            // so a retry elsewhere has the other half (behind a gateway,
+            // the caller's own attempt deadline is all the gateway has).
+            let per_attempt = cfg
+                .attempt_timeout
+                .min((left / 2).max(MIN_ATTEMPT))
+                .min(left);
+            let result = op(channel, per_attempt).await;
             drop(guard);
             let code = match &result {
                 Ok(_) => "OK",
@@ -490,6 +499,9 @@ impl Client {
         }
     }
 }
+
+/// The shortest per-attempt timeout while the deadline allows it.
+const MIN_ATTEMPT: Duration = Duration::from_millis(250);
 
 /// Refreshes the members and checks every endpoint's readiness, every
 /// `every`, until the client is dropped.

@@ -863,8 +863,14 @@ impl Fault {
 }
 
 /// A partition-type fault chosen by `rng`.
-fn network_fault(rng: &mut impl Rng, all: &[String]) -> Fault {
-    let host = all[rng.random_range(0..all.len())].clone();
+fn network_fault(rng: &mut impl Rng, all: &[String], leader: Option<&String>) -> Fault {
+    let any = all[rng.random_range(0..all.len())].clone();
+    // Half the single-host faults aim at the leader when one is known:
+    // an isolated, muted or slowed leader is what tests elections most.
+    let host = match (rng.random_bool(0.5), leader) {
+        (true, Some(l)) => l.clone(),
+        _ => any,
+    };
     match rng.random_range(0..5) {
         0 => {
             let rest = all.iter().filter(|o| **o != host).cloned().collect();
@@ -886,7 +892,12 @@ fn network_fault(rng: &mut impl Rng, all: &[String]) -> Fault {
 }
 
 /// The next fault, chosen by `rng` among the kinds `opts` allows.
-fn next_fault(rng: &mut impl Rng, opts: &Options, nodes: &[String]) -> Option<Fault> {
+fn next_fault(
+    rng: &mut impl Rng,
+    opts: &Options,
+    nodes: &[String],
+    leader: Option<&String>,
+) -> Option<Fault> {
     let mut kinds = Vec::new();
     if opts.crashes {
         kinds.extend([0, 0, 0]);
@@ -911,7 +922,7 @@ fn next_fault(rng: &mut impl Rng, opts: &Options, nodes: &[String]) -> Option<Fa
             };
             Fault::Crash(hosts)
         }
-        1 => network_fault(rng, nodes),
+        1 => network_fault(rng, nodes, leader),
         _ => Fault::Disk(
             node,
             rng.random_bool(0.5).then(|| rng.random_range(0..256 << 10)),
@@ -1026,9 +1037,14 @@ pub fn run(opts: &Options) -> Result<Report, String> {
                 faults.push(format!("{t:?} heal {}", fault.describe()));
             }
             None => {
-                // Not aimed at the leader (the nemesis picks among the
-                // nodes by the seed alone).
-                if let Some(fault) = next_fault(&mut rng, opts, &all) {
+                // The leader as the invariant checker last saw it: the
+                // run is deterministic, so this is the same in a replay.
+                let leader = invariants
+                    .lock()
+                    .map_err(|e| e.to_string())?
+                    .latest_leader()
+                    .map(|id| format!("n{id}"));
+                if let Some(fault) = next_fault(&mut rng, opts, &all, leader.as_ref()) {
                     fault.apply(&mut sim, &all, &disks, rng.random());
                     faults.push(format!("{t:?} {}", fault.describe()));
                     let n = stops.lock().map_err(|e| e.to_string())?.len();
