@@ -35,8 +35,6 @@ pub struct Invariants {
     boots: u64,
     /// log index → (log id as text, the first node seen applying it).
     applied: BTreeMap<u64, (String, u64)>,
-    /// The newest leader seen: (term, node).
-    latest: Option<(u64, u64)>,
     /// How many metric changes were checked.
     pub observations: u64,
     /// Every violation seen, in order.
@@ -52,9 +50,6 @@ impl Invariants {
 
     /// `node`, in its boot `boot`, leads in `term`.
     pub fn leader(&mut self, term: u64, node: u64, boot: u64) {
-        if self.latest.is_none_or(|l| l < (term, node)) {
-            self.latest = Some((term, node));
-        }
         let first = *self.leaders.entry((term, node)).or_insert(boot);
         if first != boot {
             self.violation(format!(
@@ -89,7 +84,7 @@ impl Invariants {
     /// The node seen leading the newest term, if any (it may have lost
     /// its leadership since, unseen).
     pub fn latest_leader(&self) -> Option<u64> {
-        self.latest.map(|(_, node)| node)
+        self.leaders.keys().next_back().map(|&(_, node)| node)
     }
 
     /// Leaders seen and entries seen applied, for the report.

@@ -33,13 +33,8 @@ fn run_fresh(seed: u64) -> Result<String, String> {
 
 /// [`run_fresh`] with a planted bug switched on.
 fn run_fresh_with(seed: u64, plant: Option<Bug>) -> Result<String, String> {
-    run_fresh_env(seed, plant, &[])
-}
-
-fn run_fresh_env(seed: u64, plant: Option<Bug>, env: &[(&str, &str)]) -> Result<String, String> {
     let out = one_seed_command(seed)
         .env("SIM_PLANT", plant.map_or("", Bug::name))
-        .envs(env.iter().copied())
         .output()
         .unwrap();
     let text = format!(
