@@ -11,7 +11,9 @@
 //! (default 3; medians are reported), `LSM_BENCH_DURABLE_OPS` (default
 //! 2,000 per durable workload), `LSM_BENCH_RSS_KEYS` (default 10,000,000;
 //! 0 skips the memory check), `LSM_BENCH_DIR` (default: a temp dir),
-//! `LSM_BENCH_ONLY` (`cairn` or `fjall`: run one engine, for profiling).
+//! `LSM_BENCH_ONLY` (`cairn` or `fjall`: run one engine, for profiling),
+//! `LSM_BENCH_VERBOSE` (set: print cairn's engine stats once the memtable
+//! is flushed, before the reads).
 //!
 //! Prints a table and one JSON line per engine and workload:
 //! `{"engine","workload","ops_per_sec","p50_us","p99_us"}`.
@@ -55,9 +57,16 @@ impl Rng {
     }
 }
 
+/// `i` as 16 zero-padded decimal digits, without the allocation and
+/// formatting machinery of `format!`, so the loop times the engines rather
+/// than the formatter.
 fn key(i: u64) -> [u8; KEY_BYTES] {
-    let mut k = [0u8; KEY_BYTES];
-    k.copy_from_slice(format!("{i:016}").as_bytes());
+    let mut k = [b'0'; KEY_BYTES];
+    let mut rest = i;
+    for d in k.iter_mut().rev() {
+        *d = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
     k
 }
 
@@ -118,6 +127,9 @@ impl Engine for Cairn {
     }
     fn settle(&self) {
         self.0.flush().unwrap();
+        if std::env::var_os("LSM_BENCH_VERBOSE").is_some() {
+            eprintln!("cairn after settle: {:?}", self.0.stats());
+        }
     }
 }
 

@@ -23,9 +23,12 @@ const MAX_CHUNKS: usize = 4096;
 /// Node 0 is the head: it is nobody's successor, so 0 also means "none".
 const NIL: u32 = 0;
 
-/// Links kept in the node itself: most nodes are this short, and a search
-/// spends most of its steps on these levels.
-const LOW_LEVELS: usize = 2;
+/// Links kept in the node itself: they fill the node's cache line
+/// exactly, 99.6% of nodes are this short, and a step on these levels
+/// touches one line instead of two (the node and its high links). Measured
+/// with 1M random 16-byte keys, alternating binaries: 1M puts 1-11% (median
+/// 5%) faster than with 2 low links.
+const LOW_LEVELS: usize = 4;
 const HIGH_LEVELS: usize = MAX_HEIGHT - LOW_LEVELS;
 
 /// What a search step touches, in one 64-byte cache line: the low links
