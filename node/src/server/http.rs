@@ -134,14 +134,28 @@ pub async fn report_health(
 }
 
 /// Mirrors openraft's and the engine's state into gauges and counters.
+///
+/// openraft sends its full metrics after every batch of Raft work (each
+/// append, commit and apply), so a task waiting on them would wake
+/// thousands of times a second under load. This one wakes when the role,
+/// term or leader changes (the server metrics, so no leader change is
+/// missed) and once a second for the indexes and the engine's stats.
 pub async fn export_raft_metrics(core: Arc<NodeCore>, mut stop: watch::Receiver<bool>) {
-    let mut rx = core.raft.metrics();
+    let mut server = core.raft.server_metrics();
     let mut last_leader = None;
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
     let log_metrics = core.log.metrics();
     loop {
+        let leader = server.borrow_watched().current_leader;
+        if leader.is_some() && leader != last_leader {
+            if last_leader.is_some() {
+                metrics::counter!("cairn_leader_changes_seen_total").increment(1);
+            }
+            last_leader = leader;
+        }
         {
-            let m = rx.borrow_and_update().clone();
+            let m = core.raft.metrics();
+            let m = m.borrow_watched();
             metrics::gauge!("cairn_has_leader").set(if m.current_leader.is_some() {
                 1.0
             } else {
@@ -158,15 +172,9 @@ pub async fn export_raft_metrics(core: Arc<NodeCore>, mut stop: watch::Receiver<
             metrics::gauge!("cairn_raft_applied_index")
                 .set(m.last_applied.as_ref().map_or(0, |l| l.index) as f64);
             metrics::gauge!("cairn_raft_last_log_index").set(m.last_log_index.unwrap_or(0) as f64);
-            if m.current_leader.is_some() && m.current_leader != last_leader {
-                if last_leader.is_some() {
-                    metrics::counter!("cairn_leader_changes_seen_total").increment(1);
-                }
-                last_leader = m.current_leader;
-            }
         }
         tokio::select! {
-            r = rx.changed() => if r.is_err() { break },
+            r = server.changed() => if r.is_err() { break },
             _ = tick.tick() => {
                 let st = core.sm.db().stats();
                 metrics::gauge!("cairn_lsm_memtable_bytes").set((st.memtable_bytes + st.immutable_memtable_bytes) as f64);

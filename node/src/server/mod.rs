@@ -431,13 +431,20 @@ impl RunningNode {
     /// caller exits, and the node restarts from what is durable. Returns
     /// why.
     pub async fn failed(&self) -> String {
-        let mut rx = self.core.raft.metrics();
+        // Not a wait on the full metrics: openraft sends those after every
+        // batch of work, and this task would wake on each. The server
+        // metrics change only with role, term or leader, and their sender
+        // goes away when Raft stops, after the full metrics say why.
+        let mut server = self.core.raft.server_metrics();
         loop {
-            if let Err(fatal) = &rx.borrow_watched().running_state {
+            if let Err(fatal) = &self.core.raft.metrics().borrow_watched().running_state {
                 return fatal.to_string();
             }
-            if rx.changed().await.is_err() {
-                return "Raft stopped".into();
+            if server.changed().await.is_err() {
+                return match &self.core.raft.metrics().borrow_watched().running_state {
+                    Err(fatal) => fatal.to_string(),
+                    Ok(()) => "Raft stopped".into(),
+                };
             }
         }
     }
