@@ -146,27 +146,31 @@ pub async fn export_raft_metrics(core: Arc<NodeCore>, mut stop: watch::Receiver<
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let log_metrics = core.log.metrics();
     loop {
-        let leader = server.borrow_watched().current_leader;
-        if leader.is_some() && leader != last_leader {
-            if last_leader.is_some() {
-                metrics::counter!("cairn_leader_changes_seen_total").increment(1);
+        {
+            // Role, leader and term from the server metrics that woke
+            // this task (the full metrics are sent after them).
+            let s = server.borrow_watched();
+            if s.current_leader.is_some() && s.current_leader != last_leader {
+                if last_leader.is_some() {
+                    metrics::counter!("cairn_leader_changes_seen_total").increment(1);
+                }
+                last_leader = s.current_leader;
             }
-            last_leader = leader;
+            metrics::gauge!("cairn_has_leader").set(if s.current_leader.is_some() {
+                1.0
+            } else {
+                0.0
+            });
+            metrics::gauge!("cairn_is_leader").set(if s.state == ServerState::Leader {
+                1.0
+            } else {
+                0.0
+            });
+            metrics::gauge!("cairn_raft_term").set(s.vote.leader_id.term as f64);
         }
         {
             let m = core.raft.metrics();
             let m = m.borrow_watched();
-            metrics::gauge!("cairn_has_leader").set(if m.current_leader.is_some() {
-                1.0
-            } else {
-                0.0
-            });
-            metrics::gauge!("cairn_is_leader").set(if m.state == ServerState::Leader {
-                1.0
-            } else {
-                0.0
-            });
-            metrics::gauge!("cairn_raft_term").set(m.current_term as f64);
             metrics::gauge!("cairn_raft_committed_index")
                 .set(m.local_committed.as_ref().map_or(0, |l| l.index) as f64);
             metrics::gauge!("cairn_raft_applied_index")
