@@ -6,12 +6,12 @@ use tokio::time::Instant;
 
 use cairn_proto::kv as pb;
 use futures::Stream;
-use openraft::ReadPolicy;
 use tokio::sync::{broadcast, mpsc};
 use tonic::{Request, Response, Status};
 
 use super::errors::{self, store_error};
 use super::http::observe;
+use super::reads::ReadRounds;
 use super::NodeCore;
 use crate::raft::command::{
     self, Command, Compare, CompareOp, CompareTarget, DeleteOp, Kv, Op, OpResult, PutOp, RequestId,
@@ -115,12 +115,7 @@ impl KvService {
         if crate::planted::on(crate::planted::Bug::FollowerReads) {
             return Ok(());
         }
-        self.core
-            .scope
-            .run(self.core.raft.ensure_linearizable(ReadPolicy::ReadIndex))
-            .await
-            .map(|_| ())
-            .map_err(errors::read_error)
+        ReadRounds::barrier(&self.core).await
     }
 
     fn scan_spec(&self, r: &pb::ScanRequest) -> Result<ScanSpec, Status> {

@@ -7,6 +7,7 @@
 //! - [`peer`]: `cairn.raft.v1.Raft`, the internal transport's server side.
 //! - [`http`]: /metrics, /healthz, /readyz.
 //! - [`errors`]: failures to gRPC statuses.
+//! - [`reads`]: linearizable reads sharing ReadIndex rounds.
 
 pub mod cluster;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod errors;
 pub mod http;
 pub mod kv;
 pub mod peer;
+pub mod reads;
 
 use openraft_rt::WatchReceiver;
 use std::collections::BTreeMap;
@@ -88,6 +90,8 @@ pub struct NodeCore {
     pub net: Arc<dyn Net>,
     /// Set while shutting down: new requests are refused.
     pub draining: AtomicBool,
+    /// Linearizable reads waiting for a ReadIndex round.
+    pub reads: reads::ReadRounds,
     /// Milliseconds after `epoch` (plus one; 0: never) at which a leader's
     /// append was last accepted here.
     leader_contact: std::sync::atomic::AtomicU64,
@@ -370,6 +374,7 @@ impl RunningNode {
             fs: fs.clone(),
             net,
             draining: AtomicBool::new(false),
+            reads: reads::ReadRounds::default(),
             leader_contact: std::sync::atomic::AtomicU64::new(0),
             epoch: tokio::time::Instant::now(),
         });
