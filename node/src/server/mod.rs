@@ -378,6 +378,14 @@ impl RunningNode {
             leader_contact: std::sync::atomic::AtomicU64::new(0),
             epoch: tokio::time::Instant::now(),
         });
+        // Decided before the peer port serves: a leader's message (a
+        // heartbeat to a member being removed, say) can make a node with
+        // no data "initialized" moments after it starts.
+        let fresh = !core
+            .scope
+            .run(core.raft.is_initialized())
+            .await
+            .unwrap_or(true);
         let (stop, stop_rx) = watch::channel(false);
         // tasks[0] is the peer server (shutdown relies on the order).
         let mut tasks = Vec::new();
@@ -412,7 +420,7 @@ impl RunningNode {
             core.clone(),
             stop_rx.clone(),
         )));
-        tasks.push(tokio::spawn(bootstrap(core.clone())));
+        tasks.push(tokio::spawn(bootstrap(core.clone(), fresh)));
         tracing::info!(
             id = core.config.id,
             client = %client_addr,
@@ -597,7 +605,7 @@ pub const CLIENT_KEEPALIVE: cairn_client::net::KeepAlive = cairn_client::net::Ke
 };
 
 /// Initializes a new cluster or joins a running one; does nothing when the
-/// node has data (a restart).
+/// node had data when it started (a restart).
 ///
 /// With empty data and --join, the node joins. With empty data and
 /// --initial-cluster, it first asks the other founding members whether a
@@ -607,14 +615,19 @@ pub const CLIENT_KEEPALIVE: cairn_client::net::KeepAlive = cairn_client::net::Ke
 /// a member, it waits for the leader to replicate to it. Only when every
 /// other founding member has answered and none knows a cluster does the
 /// lowest id initialize one (so the first start needs every founder up).
-async fn bootstrap(core: Arc<NodeCore>) {
+///
+/// A vote or a log entry received since the start does not end the
+/// search: only being listed by the running cluster and having been
+/// reached by its leader does (a removed member that lost its data may
+/// hear from the leader that is removing it, and must still join).
+async fn bootstrap(core: Arc<NodeCore>, fresh: bool) {
     let initialized = || async {
         core.scope
             .run(core.raft.is_initialized())
             .await
             .unwrap_or(true)
     };
-    if initialized().await {
+    if !fresh {
         return;
     }
     let c = &core.config;
@@ -645,7 +658,7 @@ async fn bootstrap(core: Arc<NodeCore>) {
         })
         .collect();
     loop {
-        if core.draining.load(Ordering::Relaxed) || initialized().await {
+        if core.draining.load(Ordering::Relaxed) {
             return;
         }
         match find_cluster(&core, &mut founders).await {
@@ -661,6 +674,9 @@ async fn bootstrap(core: Arc<NodeCore>) {
                 lists_me: true,
                 via,
             } => {
+                if initialized().await {
+                    return;
+                }
                 if !warned && started.elapsed() > patience {
                     warned = true;
                     tracing::warn!(
