@@ -5,7 +5,8 @@
 //! a connection silently cut by a partition is noticed and replaced, and a
 //! deadline on every RPC (openraft's hard TTL) so nothing waits forever.
 //! Appends are pipelined by openraft's replication stream over the one
-//! channel (HTTP/2 multiplexes them).
+//! channel (HTTP/2 multiplexes them); an append stream left open by a
+//! call that ended cleanly carries the next (heartbeats included).
 
 use std::future::Future;
 use std::io;
@@ -75,6 +76,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
                 .map(RaftClient::new),
             fs: self.fs.clone(),
             backoff: Arc::default(),
+            session: None,
         }
     }
 }
@@ -86,6 +88,98 @@ pub struct PeerClient {
     client: Option<RaftClient<Channel>>,
     fs: Arc<dyn FileSystem>,
     backoff: Arc<parking_lot::Mutex<Backoff>>,
+    /// The append stream the last `stream_append` call left open.
+    session: Option<AppendSession>,
+}
+
+/// An open `StreamAppend` call to the peer, kept between `stream_append`
+/// calls: a heartbeat (openraft sends each as a one-request stream) then
+/// costs one message each way instead of a new HTTP/2 stream, and a new
+/// task and channel on the follower. A call hands the session back only
+/// when it ended cleanly: every request answered, every answer a success
+/// (the follower ends its side after any other). Any other end (an error,
+/// a timeout that dropped the call, the peer closing) drops it, so an
+/// answer can never be taken for a later request's.
+struct AppendSession {
+    requests: tokio::sync::mpsc::UnboundedSender<pb::RaftMessage>,
+    replies: tonic::Streaming<pb::RaftMessage>,
+}
+
+/// One `stream_append` call over a session.
+struct SessionCall<'s, S> {
+    /// `None` once the call is over.
+    session: Option<AppendSession>,
+    /// Where a clean end returns the session.
+    slot: &'s mut Option<AppendSession>,
+    input: futures::stream::Fuse<S>,
+    input_done: bool,
+    /// Requests sent and not yet answered.
+    outstanding: usize,
+    target: NodeId,
+    backoff: Arc<parking_lot::Mutex<Backoff>>,
+}
+
+impl<S> SessionCall<'_, S>
+where
+    S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>> + Unpin,
+{
+    /// The next answer; `None` when the call is over.
+    async fn next(
+        &mut self,
+    ) -> Option<Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>> {
+        let target = self.target;
+        loop {
+            let session = self.session.as_mut()?;
+            if self.input_done && self.outstanding == 0 {
+                *self.slot = self.session.take();
+                return None;
+            }
+            tokio::select! {
+                biased;
+                reply = session.replies.next() => {
+                    let r = match reply {
+                        Some(Ok(m)) if self.outstanding > 0 => {
+                            self.outstanding -= 1;
+                            decode_reply::<StreamAppendResult<TypeConfig>>(target, m)
+                        }
+                        Some(Ok(_)) => Err(RPCError::Network(NetworkError::from_string(format!(
+                            "peer {target}: an append answer with no request"
+                        )))),
+                        Some(Err(s)) => Err(status_err(target, &s)),
+                        None => {
+                            // The peer ended its side, as before this
+                            // session existed: the call ends.
+                            self.session = None;
+                            return None;
+                        }
+                    };
+                    record(&self.backoff, &r);
+                    if !matches!(r, Ok(Ok(_))) {
+                        self.session = None;
+                    }
+                    return Some(r);
+                }
+                req = self.input.next(), if !self.input_done => match req {
+                    Some(req) => {
+                        let msg = pb::RaftMessage {
+                            // Our own types always encode; an empty payload
+                            // would be refused by the peer and end the stream.
+                            payload: codec::encode(&req).unwrap_or_default().into(),
+                            error: String::new(),
+                        };
+                        if session.requests.send(msg).is_err() {
+                            self.session = None;
+                            return Some(Err(RPCError::Unreachable(unreachable(format!(
+                                "peer {target}: the append stream is closed"
+                            )))));
+                        }
+                        self.outstanding += 1;
+                    }
+                    None => self.input_done = true,
+                },
+            }
+        }
+    }
 }
 
 /// Paces attempts to a peer that cannot be reached: without it a caller
@@ -277,7 +371,10 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     type SnapshotData = SnapshotDir;
 
     /// Pipelined appends over one bidirectional gRPC stream: openraft
-    /// sends the next batch without waiting for the previous answer.
+    /// sends the next batch without waiting for the previous answer. The
+    /// stream outlives the call when the call ends cleanly (see
+    /// [`AppendSession`]), so the next call, typically the next heartbeat,
+    /// is one message each way.
     fn stream_append<'s, S>(
         &'s mut self,
         input: S,
@@ -298,28 +395,37 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         let target = self.target;
         let client = self.client();
         let backoff = self.backoff.clone();
+        let slot = &mut self.session;
         Box::pin(async move {
-            let mut client = client?;
-            pace(&backoff, Backoff::MAX).await;
-            let requests = input.map(|r| pb::RaftMessage {
-                // Our own types always encode; an empty payload would be
-                // refused by the peer and end the stream.
-                payload: codec::encode(&r).unwrap_or_default().into(),
-                error: String::new(),
-            });
-            let opened = client
-                .stream_append(requests)
-                .await
-                .map_err(|s| status_err(target, &s));
-            record(&backoff, &opened);
-            let replies = opened?.into_inner();
-            let out = replies.map(move |r| {
-                let r = match r {
-                    Ok(m) => decode_reply::<StreamAppendResult<TypeConfig>>(target, m),
-                    Err(s) => Err(status_err(target, &s)),
-                };
-                record(&backoff, &r);
-                r
+            let session = match slot.take() {
+                Some(s) => s,
+                None => {
+                    let mut client = client?;
+                    pace(&backoff, Backoff::MAX).await;
+                    let (requests, rx) = tokio::sync::mpsc::unbounded_channel();
+                    let opened = client
+                        .stream_append(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+                        .await
+                        .map_err(|s| status_err(target, &s));
+                    record(&backoff, &opened);
+                    AppendSession {
+                        requests,
+                        replies: opened?.into_inner(),
+                    }
+                }
+            };
+            let call = SessionCall {
+                session: Some(session),
+                slot,
+                input: input.fuse(),
+                input_done: false,
+                outstanding: 0,
+                target,
+                backoff,
+            };
+            let out = futures::stream::unfold(call, |mut c| async move {
+                let item = c.next().await?;
+                Some((item, c))
             });
             Ok(Box::pin(out) as BoxStream<'s, _>)
         })
