@@ -43,8 +43,8 @@ impl Client {
     /// The voters and learners, and the leader, as the answering node
     /// knows them.
     pub async fn members(&self) -> Result<MembersResponse> {
-        self.call(Route::Any, |ch, t| async move {
-            Ok(cluster(ch)
+        self.call(Route::Any, |up, t| async move {
+            Ok(cluster(up.ch)
                 .members(request(pb::MembersRequest {}, t))
                 .await?
                 .into_inner())
@@ -147,9 +147,14 @@ impl Client {
             peer_addr: peer_addr.to_string(),
             wait_caught_up,
         };
-        self.call(Route::Leader, |ch, t| {
+        self.call(Route::Leader, |up, t| {
             let req = req.clone();
-            async move { Ok(cluster(ch).add_learner(request(req, t)).await?.into_inner()) }
+            async move {
+                Ok(cluster(up.ch)
+                    .add_learner(request(req, t))
+                    .await?
+                    .into_inner())
+            }
         })
         .await
     }
@@ -157,17 +162,17 @@ impl Client {
     /// Makes learners voters.
     pub async fn promote(&self, ids: &[u64]) -> Result<MembersResponse> {
         let req = pb::PromoteRequest { ids: ids.to_vec() };
-        self.call(Route::Leader, |ch, t| {
+        self.call(Route::Leader, |up, t| {
             let req = req.clone();
-            async move { Ok(cluster(ch).promote(request(req, t)).await?.into_inner()) }
+            async move { Ok(cluster(up.ch).promote(request(req, t)).await?.into_inner()) }
         })
         .await
     }
 
     /// Removes a voter or a learner.
     pub async fn remove_member(&self, id: u64) -> Result<MembersResponse> {
-        self.call(Route::Leader, |ch, t| async move {
-            Ok(cluster(ch)
+        self.call(Route::Leader, |up, t| async move {
+            Ok(cluster(up.ch)
                 .remove(request(pb::RemoveRequest { id }, t))
                 .await?
                 .into_inner())
@@ -180,10 +185,10 @@ impl Client {
         let req = pb::ChangeMembershipRequest {
             voters: voters.to_vec(),
         };
-        self.call(Route::Leader, |ch, t| {
+        self.call(Route::Leader, |up, t| {
             let req = req.clone();
             async move {
-                Ok(cluster(ch)
+                Ok(cluster(up.ch)
                     .change_membership(request(req, t))
                     .await?
                     .into_inner())
@@ -196,8 +201,8 @@ impl Client {
     /// new leader's id.
     pub async fn transfer_leader(&self, to: u64) -> Result<u64> {
         let r = self
-            .call(Route::Leader, |ch, t| async move {
-                Ok(cluster(ch)
+            .call(Route::Leader, |up, t| async move {
+                Ok(cluster(up.ch)
                     .transfer_leader(request(pb::TransferLeaderRequest { to }, t))
                     .await?
                     .into_inner())

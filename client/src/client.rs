@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 
 use crate::balance::{pick, Endpoint};
+use crate::batch::Upstream;
 use crate::error::{classify, Error, Failure, Result};
 
 /// How a [`Client`] connects, times out and retries.
@@ -51,6 +52,9 @@ pub struct ClientConfig {
     pub refresh_interval: Option<Duration>,
     /// How connections are made: TCP, or the simulator's network.
     pub net: Arc<dyn crate::net::Net>,
+    /// Send Put, Get, Delete, Scan and Txn calls over one `KV.Batch`
+    /// stream per endpoint (on by default); off: one unary call each.
+    pub batch: bool,
 }
 
 impl Default for ClientConfig {
@@ -68,6 +72,7 @@ impl Default for ClientConfig {
             discover_members: false,
             refresh_interval: None,
             net: crate::net::tcp(),
+            batch: true,
         }
     }
 }
@@ -106,6 +111,8 @@ pub(crate) struct Inner {
     /// order, and in the simulation that order must not depend on a
     /// hasher's random seed (each close puts a GOAWAY on the wire).
     channels: Mutex<BTreeMap<String, Channel>>,
+    /// The batch streams, by endpoint (ordered like `channels`).
+    pub(crate) batchers: Mutex<BTreeMap<String, Arc<crate::batch::Batcher>>>,
     leader: Mutex<Option<String>>,
     client_id: u64,
     seq: AtomicU64,
@@ -177,6 +184,7 @@ impl Client {
                 endpoints: Mutex::new(eps.iter().cloned().map(Endpoint::new).collect()),
                 seeds: eps,
                 channels: Mutex::new(BTreeMap::new()),
+                batchers: Mutex::new(BTreeMap::new()),
                 leader: Mutex::new(None),
                 client_id,
                 seq: AtomicU64::new(0),
@@ -283,6 +291,7 @@ impl Client {
                 {
                     tracing::info!(backend = %gone.addr, "member gone");
                     self.inner.channels.lock().remove(&gone.addr);
+                    self.inner.batchers.lock().remove(&gone.addr);
                 }
                 *eps = next;
             }
@@ -389,7 +398,7 @@ impl Client {
     /// until it succeeds, fails for good, or the deadline passes.
     pub(crate) async fn call<T, F, Fut>(&self, route: Route, op: F) -> Result<T>
     where
-        F: FnMut(Channel, Duration) -> Fut,
+        F: FnMut(Upstream, Duration) -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,
     {
         self.call_within(route, self.inner.config.timeout, op).await
@@ -403,7 +412,7 @@ impl Client {
         mut op: F,
     ) -> Result<T>
     where
-        F: FnMut(Channel, Duration) -> Fut,
+        F: FnMut(Upstream, Duration) -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,
     {
         let cfg = &self.inner.config;
@@ -427,7 +436,12 @@ impl Client {
                 .attempt_timeout
                 .min((left / 2).max(MIN_ATTEMPT))
                 .min(left);
-            let result = op(channel, per_attempt).await;
+            let upstream = Upstream {
+                ch: channel,
+                addr: target.clone(),
+                client: self.clone(),
+            };
+            let result = op(upstream, per_attempt).await;
             drop(guard);
             let code = match &result {
                 Ok(_) => "OK",

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use cairn_proto::cluster::cluster_client::ClusterClient;
 use cairn_proto::cluster::{self as cpb};
-use cairn_proto::kv::kv_client::KvClient;
 use cairn_proto::kv::{self as pb};
 
 use crate::client::{request, Client, Route};
@@ -28,10 +27,7 @@ macro_rules! forward {
             #[allow(clippy::redundant_closure_call)]
             ($fix)(self, &mut req);
             let route = ($route)(&req);
-            self.call_within(route, timeout, |ch, t| {
-                let req = req.clone();
-                async move { Ok(KvClient::new(ch).$method(request(req, t)).await?.into_inner()) }
-            })
+            self.call_within(route, timeout, |up, t| up.kv(req.clone(), t))
             .await
         }
     };
@@ -77,8 +73,8 @@ impl Client {
 
     /// Forwards a Status to the leader (any node when none is known).
     pub async fn forward_status(&self, timeout: Duration) -> Result<cpb::StatusResponse> {
-        self.call_within(Route::Leader, timeout, |ch, t| async move {
-            Ok(ClusterClient::new(ch)
+        self.call_within(Route::Leader, timeout, |up, t| async move {
+            Ok(ClusterClient::new(up.ch)
                 .status(request(cpb::StatusRequest {}, t))
                 .await?
                 .into_inner())

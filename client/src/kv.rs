@@ -1,11 +1,10 @@
 //! The typed key-value API: put, get, delete, scan, transactions.
 
 use bytes::Bytes;
-use cairn_proto::kv::kv_client::KvClient;
 use cairn_proto::kv::{self as pb, KeyValue, ResponseHeader};
 use futures::Stream;
 
-use crate::client::{request, Client, Route};
+use crate::client::{Client, Route};
 use crate::error::{Error, Result};
 
 /// How fresh a read must be.
@@ -75,10 +74,6 @@ fn header(h: Option<ResponseHeader>) -> ResponseHeader {
 }
 
 impl Client {
-    fn kv(ch: tonic::transport::Channel) -> KvClient<tonic::transport::Channel> {
-        KvClient::new(ch)
-    }
-
     /// Sets `key` to `value`; returns the write's revision.
     pub async fn put(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<u64> {
         Ok(self.put_full(key, value, false).await?.revision)
@@ -98,10 +93,7 @@ impl Client {
             request_id: Some(self.request_id()),
         };
         let r = self
-            .call(Route::Leader, |ch, t| {
-                let req = req.clone();
-                async move { Ok(Self::kv(ch).put(request(req, t)).await?.into_inner()) }
-            })
+            .call(Route::Leader, |up, t| up.kv(req.clone(), t))
             .await?;
         let header = header(r.header);
         Ok(PutResult {
@@ -127,10 +119,7 @@ impl Client {
             consistency: consistency.proto(),
         };
         let r = self
-            .call(consistency.route(), |ch, t| {
-                let req = req.clone();
-                async move { Ok(Self::kv(ch).get(request(req, t)).await?.into_inner()) }
-            })
+            .call(consistency.route(), |up, t| up.kv(req.clone(), t))
             .await?;
         Ok(GetResult {
             kv: r.kv,
@@ -163,10 +152,7 @@ impl Client {
             request_id: Some(self.request_id()),
         };
         let r = self
-            .call(Route::Leader, |ch, t| {
-                let req = req.clone();
-                async move { Ok(Self::kv(ch).delete(request(req, t)).await?.into_inner()) }
-            })
+            .call(Route::Leader, |up, t| up.kv(req.clone(), t))
             .await?;
         Ok(DeleteResult {
             revision: header(r.header).revision,
@@ -182,11 +168,7 @@ impl Client {
         } else {
             Route::Leader
         };
-        self.call(route, |ch, t| {
-            let req = req.clone();
-            async move { Ok(Self::kv(ch).scan(request(req, t)).await?.into_inner()) }
-        })
-        .await
+        self.call(route, |up, t| up.kv(req.clone(), t)).await
     }
 
     /// The pairs a scan selects, page after page, as one stream. Each page
@@ -522,10 +504,7 @@ impl Txn {
         req.request_id = Some(self.client.request_id());
         let r = self
             .client
-            .call(Route::Leader, |ch, t| {
-                let req = req.clone();
-                async move { Ok(Client::kv(ch).txn(request(req, t)).await?.into_inner()) }
-            })
+            .call(Route::Leader, |up, t| up.kv(req.clone(), t))
             .await?;
         Ok(TxnResult {
             succeeded: r.succeeded,

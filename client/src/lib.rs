@@ -26,6 +26,7 @@
 
 mod admin;
 mod balance;
+pub mod batch;
 mod client;
 mod error;
 mod forward;

@@ -131,6 +131,24 @@ impl Kv for Proxy {
         .await
     }
 
+    type BatchStream = crate::server::batch::BatchStream;
+
+    async fn batch(
+        &self,
+        req: Request<tonic::Streaming<pb::BatchRequest>>,
+    ) -> Result<Response<Self::BatchStream>, Status> {
+        self.0.refuse_if_draining()?;
+        let mut drain = self.0.drain.clone();
+        let closing = async move {
+            let _ = drain.wait_for(|s| *s).await;
+        };
+        Ok(Response::new(crate::server::batch::serve(
+            self.clone(),
+            req,
+            closing,
+        )))
+    }
+
     type WatchStream = WatchStream;
 
     async fn watch(

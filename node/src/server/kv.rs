@@ -21,14 +21,17 @@ use crate::raft::state_machine;
 use crate::raft::store::{self, EventKind, WatchEvent};
 
 /// The KV service.
+#[derive(Clone)]
 pub struct KvService {
     core: Arc<NodeCore>,
+    /// Set when the server stops: batch streams end.
+    stop: tokio::sync::watch::Receiver<bool>,
 }
 
 impl KvService {
-    /// A service over `core`.
-    pub fn new(core: Arc<NodeCore>) -> Self {
-        KvService { core }
+    /// A service over `core`; its batch streams end when `stop` turns true.
+    pub fn new(core: Arc<NodeCore>, stop: tokio::sync::watch::Receiver<bool>) -> Self {
+        KvService { core, stop }
     }
 }
 
@@ -375,6 +378,24 @@ impl pb::kv_server::Kv for KvService {
         .await;
         observe("Txn", started, &r);
         r
+    }
+
+    type BatchStream = super::batch::BatchStream;
+
+    async fn batch(
+        &self,
+        req: Request<tonic::Streaming<pb::BatchRequest>>,
+    ) -> Result<Response<Self::BatchStream>, Status> {
+        self.core.check_accepting()?;
+        let mut stop = self.stop.clone();
+        let closing = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        Ok(Response::new(super::batch::serve(
+            self.clone(),
+            req,
+            closing,
+        )))
     }
 
     type WatchStream = WatchStream;

@@ -8,7 +8,9 @@
 //! - [`http`]: /metrics, /healthz, /readyz.
 //! - [`errors`]: failures to gRPC statuses.
 //! - [`reads`]: linearizable reads sharing ReadIndex rounds.
+//! - [`batch`]: `KV.Batch`, many calls over one stream.
 
+pub mod batch;
 pub mod cluster;
 pub mod config;
 pub mod errors;
@@ -580,8 +582,9 @@ async fn serve_client(core: Arc<NodeCore>, incoming: Incoming, mut stop: watch::
     // The handlers refuse requests over the limit with a clear error; the
     // transport only cuts off what is far beyond it.
     let max = core.config.limits.max_request_bytes.saturating_mul(2);
-    let kv = cairn_proto::kv::kv_server::KvServer::new(kv::KvService::new(core.clone()))
-        .max_decoding_message_size(max);
+    let kv =
+        cairn_proto::kv::kv_server::KvServer::new(kv::KvService::new(core.clone(), stop.clone()))
+            .max_decoding_message_size(max);
     let cluster = cairn_proto::cluster::cluster_server::ClusterServer::new(
         cluster::ClusterService::new(core.clone()),
     )

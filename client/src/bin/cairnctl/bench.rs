@@ -54,6 +54,10 @@ pub struct BenchArgs {
     /// Write every key of the key space once before measuring.
     #[arg(long)]
     preload: bool,
+    /// One unary gRPC call per operation instead of the client's batch
+    /// streams (what a client in another language without batching does).
+    #[arg(long)]
+    unary: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -254,6 +258,10 @@ pub async fn run(
     if args.rate.is_some_and(|r| r.is_nan() || r <= 0.0) {
         return Err("--rate must be positive".into());
     }
+    let cfg = ClientConfig {
+        batch: !args.unary,
+        ..cfg
+    };
     let clients = clients(endpoints, &cfg, args).await?;
     let value = bytes::Bytes::from(vec![b'v'; args.value_size]);
     if args.preload {
@@ -332,6 +340,11 @@ pub async fn run(
     let workload = match (args.workload, args.serializable) {
         (Workload::Get | Workload::Mixed, true) => format!("{}-serializable", args.workload.name()),
         (w, _) => w.name().to_string(),
+    };
+    let workload = if args.unary {
+        format!("{workload}-unary")
+    } else {
+        workload
     };
     match fmt {
         Format::Json => println!(

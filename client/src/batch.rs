@@ -1,0 +1,313 @@
+//! Calls over `KV.Batch`: one long-lived stream per endpoint carries every
+//! Put, Get, Delete, Scan and Txn the client sends there. Calls that are
+//! waiting together go out in one message; answers come back tagged with
+//! the call's id. This saves the per-call cost of an HTTP/2 stream on the
+//! client, the node and the gateway (see the proto's `Batch`).
+//!
+//! A call whose stream breaks fails with UNAVAILABLE: its outcome is
+//! unknown, as for a unary call whose connection breaks, and the retry
+//! loop retries it (writes with their request id). The next call opens a
+//! new stream.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_proto::kv::kv_client::KvClient;
+use cairn_proto::kv::{self as pb, batch_call::Call, batch_reply::Reply};
+use futures::future::BoxFuture;
+use prost::Message;
+use tokio::sync::{mpsc, oneshot};
+use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+use crate::client::{request, Client};
+
+/// A call larger than this goes as a unary call, and a message of calls
+/// (or of answers) is closed once it reaches this size: a large value
+/// must not hold up the small calls beside it, and a message must stay
+/// far under the server's message limit.
+pub const CALL_BYTES: usize = 256 << 10;
+/// See [`CALL_BYTES`]: the size at which the server closes a message of
+/// answers.
+pub const REPLY_BYTES: usize = 256 << 10;
+/// The largest message of answers the client accepts (a scan page can be
+/// large).
+const MAX_REPLY_MESSAGE: usize = 64 << 20;
+
+/// A failed call's status as it travels in a [`pb::BatchReply`].
+pub fn status_to_pb(s: &Status) -> pb::CallError {
+    let trailers = s
+        .metadata()
+        .iter()
+        .filter_map(|kv| match kv {
+            tonic::metadata::KeyAndValueRef::Ascii(k, v) => Some(pb::Trailer {
+                key: k.as_str().to_string(),
+                value: v.to_str().ok()?.to_string(),
+            }),
+            tonic::metadata::KeyAndValueRef::Binary(..) => None,
+        })
+        .collect();
+    pb::CallError {
+        code: s.code() as i32,
+        message: s.message().to_string(),
+        trailers,
+    }
+}
+
+/// The status a [`pb::CallError`] carries (trailers that are not valid
+/// metadata are dropped).
+pub fn status_from_pb(e: pb::CallError) -> Status {
+    let mut md = MetadataMap::new();
+    for t in e.trailers {
+        if let (Ok(k), Ok(v)) = (
+            MetadataKey::from_bytes(t.key.as_bytes()),
+            MetadataValue::try_from(t.value.as_str()),
+        ) {
+            md.insert(k, v);
+        }
+    }
+    Status::with_metadata(Code::from_i32(e.code), e.message, md)
+}
+
+/// A request of the KV API that can travel in a batch.
+pub(crate) trait KvRequest: Message + Clone + Sized + 'static {
+    /// Its answer.
+    type Response: Send + 'static;
+    /// The batch form of the request.
+    fn into_call(self) -> Call;
+    /// The answer, when the reply is of this request's kind.
+    fn from_reply(r: Reply) -> Option<Self::Response>;
+    /// The unary call.
+    fn unary(
+        c: KvClient<Channel>,
+        r: tonic::Request<Self>,
+    ) -> BoxFuture<'static, Result<Self::Response, Status>>;
+}
+
+macro_rules! kv_request {
+    ($req:ty, $resp:ty, $variant:ident, $method:ident) => {
+        impl KvRequest for $req {
+            type Response = $resp;
+            fn into_call(self) -> Call {
+                Call::$variant(self)
+            }
+            fn from_reply(r: Reply) -> Option<$resp> {
+                match r {
+                    Reply::$variant(v) => Some(v),
+                    _ => None,
+                }
+            }
+            fn unary(
+                mut c: KvClient<Channel>,
+                r: tonic::Request<Self>,
+            ) -> BoxFuture<'static, Result<$resp, Status>> {
+                Box::pin(async move { Ok(c.$method(r).await?.into_inner()) })
+            }
+        }
+    };
+}
+
+kv_request!(pb::PutRequest, pb::PutResponse, Put, put);
+kv_request!(pb::GetRequest, pb::GetResponse, Get, get);
+kv_request!(pb::DeleteRequest, pb::DeleteResponse, Delete, delete);
+kv_request!(pb::ScanRequest, pb::ScanResponse, Scan, scan);
+kv_request!(pb::TxnRequest, pb::TxnResponse, Txn, txn);
+
+/// Where one attempt of a call goes: the endpoint's channel, and its
+/// batch stream for KV calls.
+#[derive(Clone)]
+pub(crate) struct Upstream {
+    /// The gRPC channel to the endpoint.
+    pub(crate) ch: Channel,
+    pub(crate) addr: String,
+    pub(crate) client: Client,
+}
+
+impl Upstream {
+    /// One attempt of a KV call, with the attempt's timeout: over the
+    /// endpoint's batch stream, or unary when batching is off or the
+    /// request is large.
+    pub(crate) async fn kv<R: KvRequest>(self, req: R, t: Duration) -> Result<R::Response, Status> {
+        if !self.client.inner.config.batch || req.encoded_len() > CALL_BYTES {
+            return R::unary(KvClient::new(self.ch), request(req, t)).await;
+        }
+        let batcher = self.client.batcher(&self.addr, &self.ch);
+        match batcher.call(req.into_call(), t).await? {
+            Reply::Error(e) => Err(status_from_pb(e)),
+            other => R::from_reply(other)
+                .ok_or_else(|| Status::internal("the server answered a call with another kind")),
+        }
+    }
+}
+
+struct Pending {
+    call: Call,
+    timeout: Duration,
+    reply: oneshot::Sender<Result<Reply, Status>>,
+}
+
+/// One endpoint's batch stream: a task that sends the calls handed to it
+/// and routes the answers back.
+pub(crate) struct Batcher {
+    calls: mpsc::UnboundedSender<Pending>,
+    closed: Arc<AtomicBool>,
+}
+
+impl Batcher {
+    /// Opens a stream on `ch` (in the background; calls queue meanwhile).
+    pub(crate) fn open(ch: Channel, open_timeout: Duration) -> Arc<Batcher> {
+        let (calls, rx) = mpsc::unbounded_channel();
+        let closed = Arc::new(AtomicBool::new(false));
+        tokio::spawn(run(ch, rx, closed.clone(), open_timeout));
+        Arc::new(Batcher { calls, closed })
+    }
+
+    /// Whether the stream ended (a new call needs a new one).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Sends `call` and waits at most `timeout` for its answer.
+    async fn call(&self, call: Call, timeout: Duration) -> Result<Reply, Status> {
+        let (tx, rx) = oneshot::channel();
+        let pending = Pending {
+            call,
+            timeout,
+            reply: tx,
+        };
+        if self.calls.send(pending).is_err() {
+            return Err(broken("the batch stream is closed"));
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(broken(
+                "the batch stream ended before the call was answered",
+            )),
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "no answer within {timeout:?}"
+            ))),
+        }
+    }
+}
+
+fn broken(msg: &str) -> Status {
+    Status::unavailable(msg.to_string())
+}
+
+/// The stream's task: opens it, then sends calls and routes answers
+/// until the stream breaks or every caller is gone and answered.
+async fn run(
+    ch: Channel,
+    mut calls: mpsc::UnboundedReceiver<Pending>,
+    closed: Arc<AtomicBool>,
+    open_timeout: Duration,
+) {
+    let (out, out_rx) = mpsc::unbounded_channel::<pb::BatchRequest>();
+    let mut client = KvClient::new(ch).max_decoding_message_size(MAX_REPLY_MESSAGE);
+    let opening = client.batch(tokio_stream::wrappers::UnboundedReceiverStream::new(out_rx));
+    let mut waiting: BTreeMap<u64, oneshot::Sender<Result<Reply, Status>>> = BTreeMap::new();
+    let failure = match tokio::time::timeout(open_timeout, opening).await {
+        Err(_) => broken(&format!(
+            "opening the batch stream took longer than {open_timeout:?}"
+        )),
+        Ok(Err(s)) => s,
+        Ok(Ok(resp)) => {
+            let mut inbound = resp.into_inner();
+            let mut next_id = 0u64;
+            let mut open = true;
+            loop {
+                tokio::select! {
+                    msg = inbound.message() => match msg {
+                        Ok(Some(m)) => {
+                            for r in m.replies {
+                                if let (Some(w), Some(reply)) = (waiting.remove(&r.id), r.reply) {
+                                    let _ = w.send(Ok(reply));
+                                }
+                            }
+                            if !open && waiting.is_empty() {
+                                break broken("the client is gone");
+                            }
+                        }
+                        Ok(None) => break broken("the server ended the batch stream"),
+                        Err(s) => break s,
+                    },
+                    p = calls.recv(), if open => match p {
+                        Some(first) => {
+                            let mut batch = Vec::new();
+                            let mut bytes = 0;
+                            let mut next = Some(first);
+                            while let Some(p) = next.take() {
+                                next_id += 1;
+                                bytes += p.call.encoded_len();
+                                batch.push(pb::BatchCall {
+                                    id: next_id,
+                                    timeout_us: u64::try_from(p.timeout.as_micros()).unwrap_or(u64::MAX),
+                                    call: Some(p.call),
+                                });
+                                waiting.insert(next_id, p.reply);
+                                if bytes < CALL_BYTES {
+                                    next = calls.try_recv().ok();
+                                }
+                            }
+                            if out.send(pb::BatchRequest { calls: batch }).is_err() {
+                                break broken("the batch stream's sender is gone");
+                            }
+                        }
+                        None => {
+                            open = false;
+                            if waiting.is_empty() {
+                                break broken("the client is gone");
+                            }
+                        }
+                    },
+                }
+            }
+        }
+    };
+    closed.store(true, Ordering::Release);
+    calls.close();
+    for (_, w) in std::mem::take(&mut waiting) {
+        let _ = w.send(Err(failure.clone()));
+    }
+    while let Ok(p) = calls.try_recv() {
+        let _ = p.reply.send(Err(failure.clone()));
+    }
+}
+
+impl Client {
+    /// The batch stream to `addr`, opened on first use and again after it
+    /// ended.
+    pub(crate) fn batcher(&self, addr: &str, ch: &Channel) -> Arc<Batcher> {
+        let mut map = self.inner.batchers.lock();
+        if let Some(b) = map.get(addr) {
+            if !b.is_closed() {
+                return b.clone();
+            }
+        }
+        let b = Batcher::open(ch.clone(), self.inner.config.connect_timeout * 2);
+        map.insert(addr.to_string(), b.clone());
+        b
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_survives_the_trip() {
+        let mut s = Status::unavailable("not the leader");
+        s.metadata_mut()
+            .insert(cairn_proto::LEADER_ADDR, "127.0.0.1:7001".parse().unwrap());
+        let back = status_from_pb(status_to_pb(&s));
+        assert_eq!(back.code(), Code::Unavailable);
+        assert_eq!(back.message(), "not the leader");
+        assert_eq!(
+            back.metadata().get(cairn_proto::LEADER_ADDR).unwrap(),
+            "127.0.0.1:7001"
+        );
+    }
+}
