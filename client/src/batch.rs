@@ -236,6 +236,13 @@ async fn run(
                     },
                     p = calls.recv(), if open => match p {
                         Some(first) => {
+                            // With calls in flight, answers arrive in
+                            // bursts and wake many callers at once: let
+                            // them queue their next calls so that they go
+                            // out together. An idle stream sends at once.
+                            if !waiting.is_empty() {
+                                tokio::task::yield_now().await;
+                            }
                             let mut batch = Vec::new();
                             let mut bytes = 0;
                             let mut next = Some(first);

@@ -39,6 +39,8 @@ where
     let mut inbound = req.into_inner();
     let (tx, rx) = mpsc::unbounded_channel::<pb::BatchReply>();
     let slots = Arc::new(Semaphore::new(MAX_CALLS_IN_FLIGHT));
+    let calls_in = metrics::histogram!("cairn_batch_calls_per_message", "direction" => "in");
+    let calls_out = metrics::histogram!("cairn_batch_calls_per_message", "direction" => "out");
     tokio::spawn(async move {
         tokio::pin!(closing);
         loop {
@@ -47,7 +49,10 @@ where
                 () = &mut closing => return,
             };
             let calls = match msg {
-                Ok(Some(m)) => m.calls,
+                Ok(Some(m)) => {
+                    calls_in.record(m.calls.len() as f64);
+                    m.calls
+                }
                 // The caller closed its side, or the stream broke: the
                 // calls in flight still finish (their answers may have
                 // nowhere to go).
@@ -66,20 +71,24 @@ where
             }
         }
     });
-    Box::pin(futures::stream::unfold(rx, |mut rx| async move {
-        let first = rx.recv().await?;
-        let mut bytes = first.encoded_len();
-        let mut replies = vec![first];
-        while bytes < REPLY_BYTES {
-            match rx.try_recv() {
-                Ok(r) => {
-                    bytes += r.encoded_len();
-                    replies.push(r);
+    Box::pin(futures::stream::unfold(rx, move |mut rx| {
+        let calls_out = calls_out.clone();
+        async move {
+            let first = rx.recv().await?;
+            let mut bytes = first.encoded_len();
+            let mut replies = vec![first];
+            while bytes < REPLY_BYTES {
+                match rx.try_recv() {
+                    Ok(r) => {
+                        bytes += r.encoded_len();
+                        replies.push(r);
+                    }
+                    Err(_) => break,
                 }
-                Err(_) => break,
             }
+            calls_out.record(replies.len() as f64);
+            Some((Ok(pb::BatchResponse { replies }), rx))
         }
-        Some((Ok(pb::BatchResponse { replies }), rx))
     }))
 }
 
