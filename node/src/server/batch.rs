@@ -39,6 +39,7 @@ where
     let mut inbound = req.into_inner();
     let (tx, rx) = mpsc::unbounded_channel::<pb::BatchReply>();
     let slots = Arc::new(Semaphore::new(MAX_CALLS_IN_FLIGHT));
+    let in_flight = slots.clone();
     let calls_in = metrics::histogram!("cairn_batch_calls_per_message", "direction" => "in");
     let calls_out = metrics::histogram!("cairn_batch_calls_per_message", "direction" => "out");
     tokio::spawn(async move {
@@ -73,8 +74,15 @@ where
     });
     Box::pin(futures::stream::unfold(rx, move |mut rx| {
         let calls_out = calls_out.clone();
+        let in_flight = in_flight.clone();
         async move {
             let first = rx.recv().await?;
+            // Other calls still running may finish in a moment (on the
+            // other worker, or woken by the same commit): let them, so
+            // their answers share this message and its write.
+            if in_flight.available_permits() < MAX_CALLS_IN_FLIGHT {
+                tokio::task::yield_now().await;
+            }
             let mut bytes = first.encoded_len();
             let mut replies = vec![first];
             while bytes < REPLY_BYTES {
