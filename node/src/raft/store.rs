@@ -327,6 +327,53 @@ pub struct Applier {
     requests_by_index: BTreeSet<(u64, RequestId)>,
     requests: BTreeSet<RequestId>,
     history_start: u64,
+    /// Each recently written key's create revision and version (None:
+    /// known absent), so a put need not read the key's previous record.
+    meta: KeyMeta,
+}
+
+/// A bounded cache of keys' create revision and version, exactly as the
+/// database holds them: updated after every applied write, dropped with
+/// the applier (a snapshot install loads a new one), emptied when full
+/// or when a write fails. A deterministic hasher and no iteration, so
+/// nothing depends on a random seed.
+struct KeyMeta {
+    map: std::collections::HashMap<
+        Vec<u8>,
+        Option<(u64, u64)>,
+        std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>,
+    >,
+    capacity: usize,
+}
+
+/// Keys whose metadata the applier keeps (about 10 MB with 16-byte keys).
+pub const KEY_META_CAPACITY: usize = 1 << 17;
+
+impl KeyMeta {
+    fn new(capacity: usize) -> Self {
+        KeyMeta {
+            map: Default::default(),
+            capacity,
+        }
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Option<(u64, u64)>> {
+        self.map.get(key).copied()
+    }
+
+    /// Records what `overlay` (one applied entry's writes) left.
+    fn record(&mut self, overlay: BTreeMap<Vec<u8>, Option<Kv>>) {
+        if self.capacity == 0 {
+            return;
+        }
+        for (k, v) in overlay {
+            if self.map.len() >= self.capacity && !self.map.contains_key(&k) {
+                self.map.clear();
+            }
+            self.map
+                .insert(k, v.map(|kv| (kv.create_revision, kv.version)));
+        }
+    }
 }
 
 /// What applying one entry produced.
@@ -345,6 +392,7 @@ impl Applier {
             requests_by_index: BTreeSet::new(),
             requests: BTreeSet::new(),
             history_start: history_start(db)?,
+            meta: KeyMeta::new(KEY_META_CAPACITY),
         };
         for item in db.scan_prefix([REQUEST])? {
             let (k, v) = item?;
@@ -418,6 +466,7 @@ impl Applier {
             overlay: BTreeMap::new(),
             batch: &mut batch,
             events: Vec::new(),
+            meta: &self.meta,
         };
         let result = match &cmd.op {
             Op::Put(p) => tx.put(p)?,
@@ -425,6 +474,7 @@ impl Applier {
             Op::Txn(t) => tx.txn(t)?,
         };
         let events = std::mem::take(&mut tx.events);
+        let written = std::mem::take(&mut tx.overlay);
         for (n, ev) in events.iter().enumerate() {
             let n = u32::try_from(n).unwrap_or(u32::MAX);
             batch.put(
@@ -445,7 +495,11 @@ impl Applier {
         }
         self.trim(db, index, &mut batch)?;
         batch.set_user_metadata(state.encode());
-        db.write(batch)?;
+        if let Err(e) = db.write(batch) {
+            self.meta.map.clear();
+            return Err(e.into());
+        }
+        self.meta.record(written);
         Ok(Applied { response, events })
     }
 
@@ -484,6 +538,7 @@ struct Tx<'a> {
     overlay: BTreeMap<Vec<u8>, Option<Kv>>,
     batch: &'a mut WriteBatch,
     events: Vec<WatchEvent>,
+    meta: &'a KeyMeta,
 }
 
 impl Tx<'_> {
@@ -496,13 +551,32 @@ impl Tx<'_> {
 
     fn put(&mut self, op: &PutOp) -> Result<OpResult> {
         let (key, value, prev_kv) = (&op.key[..], &op.value[..], op.prev_kv);
-        let prev = self.get(key)?;
+        // The previous version's create revision and version; its value
+        // only when asked for.
+        let cached = if prev_kv || self.overlay.contains_key(key) {
+            None
+        } else {
+            self.meta.get(key)
+        };
+        let (prev, prev_meta) = match cached {
+            Some(meta) => (None, meta),
+            None => {
+                let prev = self.get(key)?;
+                let meta = prev.as_ref().map(|p| (p.create_revision, p.version));
+                (prev, meta)
+            }
+        };
+        #[cfg(debug_assertions)]
+        if cached.is_some() {
+            let stored = get(self.db, key)?.map(|p| (p.create_revision, p.version));
+            debug_assert_eq!(stored, prev_meta, "key metadata cache is stale");
+        }
         let kv = Kv {
             key: key.to_vec(),
             value: value.to_vec(),
-            create_revision: prev.as_ref().map_or(self.index, |p| p.create_revision),
+            create_revision: prev_meta.map_or(self.index, |(c, _)| c),
             mod_revision: self.index,
-            version: prev.as_ref().map_or(1, |p| p.version + 1),
+            version: prev_meta.map_or(1, |(_, v)| v + 1),
         };
         self.batch.put(data_key(key), encode_record(&kv));
         self.events.push(WatchEvent {
