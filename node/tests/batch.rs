@@ -107,11 +107,14 @@ async fn batched_calls_behave_like_unary_calls() {
         other => panic!("txn: {other:?}"),
     }
 
-    // Reads of every kind, to the leader.
+    // Reads of every kind, to the leader; any deadline is accepted.
     let replies = batch(
         &c.addr(leader),
         vec![
-            call(1, Call::Get(get_req("b/3", false))),
+            pb::BatchCall {
+                timeout_us: u64::MAX,
+                ..call(1, Call::Get(get_req("b/3", false)))
+            },
             call(2, Call::Get(get_req("b/absent", false))),
             call(
                 3,

@@ -23,6 +23,9 @@ use tonic::{Request, Response, Status, Streaming};
 /// not read (HTTP/2 flow control then holds the caller back).
 pub const MAX_CALLS_IN_FLIGHT: usize = 4096;
 
+/// The longest deadline a call may ask for.
+pub const MAX_CALL_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
 /// The answer stream of a Batch call.
 pub type BatchStream = Pin<Box<dyn Stream<Item = Result<pb::BatchResponse, Status>> + Send>>;
 
@@ -126,7 +129,9 @@ async fn answer<S: Kv>(
     call: pb::BatchCall,
     conn: Option<TcpConnectInfo>,
 ) -> pb::BatchReply {
-    let timeout = (call.timeout_us > 0).then(|| Duration::from_micros(call.timeout_us));
+    // Capped: a deadline decades away would not fit a grpc-timeout.
+    let timeout =
+        (call.timeout_us > 0).then(|| Duration::from_micros(call.timeout_us).min(MAX_CALL_TIMEOUT));
     let work = async {
         match call.call {
             Some(Call::Put(r)) => into_reply(svc.put(unary(r, conn, timeout)).await, Reply::Put),
