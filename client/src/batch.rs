@@ -288,15 +288,21 @@ impl Client {
     /// The batch stream to `addr`, opened on first use and again after it
     /// ended.
     pub(crate) fn batcher(&self, addr: &str, ch: &Channel) -> Arc<Batcher> {
-        let mut map = self.inner.batchers.lock();
-        if let Some(b) = map.get(addr) {
-            if !b.is_closed() {
-                return b.clone();
+        let mut map = self.inner.channels.lock();
+        let conn = map
+            .entry(addr.to_string())
+            .or_insert_with(|| crate::client::Conn {
+                ch: ch.clone(),
+                batcher: None,
+            });
+        match &conn.batcher {
+            Some(b) if !b.is_closed() => b.clone(),
+            _ => {
+                let b = Batcher::open(conn.ch.clone(), self.inner.config.connect_timeout * 2);
+                conn.batcher = Some(b.clone());
+                b
             }
         }
-        let b = Batcher::open(ch.clone(), self.inner.config.connect_timeout * 2);
-        map.insert(addr.to_string(), b.clone());
-        b
     }
 }
 

@@ -77,6 +77,12 @@ impl Default for ClientConfig {
     }
 }
 
+/// An endpoint's channel and batch stream.
+pub(crate) struct Conn {
+    pub(crate) ch: Channel,
+    pub(crate) batcher: Option<Arc<crate::batch::Batcher>>,
+}
+
 /// Where a call must go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Route {
@@ -110,9 +116,9 @@ pub(crate) struct Inner {
     /// Ordered: dropping the client closes its connections in this
     /// order, and in the simulation that order must not depend on a
     /// hasher's random seed (each close puts a GOAWAY on the wire).
-    channels: Mutex<BTreeMap<String, Channel>>,
-    /// The batch streams, by endpoint (ordered like `channels`).
-    pub(crate) batchers: Mutex<BTreeMap<String, Arc<crate::batch::Batcher>>>,
+    /// Each endpoint's channel and, once a KV call used it, its batch
+    /// stream.
+    pub(crate) channels: Mutex<BTreeMap<String, Conn>>,
     leader: Mutex<Option<String>>,
     client_id: u64,
     seq: AtomicU64,
@@ -184,7 +190,6 @@ impl Client {
                 endpoints: Mutex::new(eps.iter().cloned().map(Endpoint::new).collect()),
                 seeds: eps,
                 channels: Mutex::new(BTreeMap::new()),
-                batchers: Mutex::new(BTreeMap::new()),
                 leader: Mutex::new(None),
                 client_id,
                 seq: AtomicU64::new(0),
@@ -291,7 +296,6 @@ impl Client {
                 {
                     tracing::info!(backend = %gone.addr, "member gone");
                     self.inner.channels.lock().remove(&gone.addr);
-                    self.inner.batchers.lock().remove(&gone.addr);
                 }
                 *eps = next;
             }
@@ -340,7 +344,7 @@ impl Client {
     /// HTTP/2 keep-alive).
     pub(crate) fn channel(&self, addr: &str) -> Result<Channel> {
         if let Some(c) = self.inner.channels.lock().get(addr) {
-            return Ok(c.clone());
+            return Ok(c.ch.clone());
         }
         let cfg = &self.inner.config;
         let ch = crate::net::channel(&cfg.net, addr, cfg.connect_timeout, |e| {
@@ -354,7 +358,8 @@ impl Client {
             .channels
             .lock()
             .entry(addr.to_string())
-            .or_insert(ch)
+            .or_insert(Conn { ch, batcher: None })
+            .ch
             .clone())
     }
 

@@ -138,14 +138,10 @@ impl Kv for Proxy {
         req: Request<tonic::Streaming<pb::BatchRequest>>,
     ) -> Result<Response<Self::BatchStream>, Status> {
         self.0.refuse_if_draining()?;
-        let mut drain = self.0.drain.clone();
-        let closing = async move {
-            let _ = drain.wait_for(|s| *s).await;
-        };
         Ok(Response::new(crate::server::batch::serve(
             self.clone(),
             req,
-            closing,
+            self.0.drain.clone(),
         )))
     }
 

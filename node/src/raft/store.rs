@@ -343,31 +343,20 @@ struct KeyMeta {
         Option<(u64, u64)>,
         std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>,
     >,
-    capacity: usize,
 }
 
 /// Keys whose metadata the applier keeps (about 10 MB with 16-byte keys).
 pub const KEY_META_CAPACITY: usize = 1 << 17;
 
 impl KeyMeta {
-    fn new(capacity: usize) -> Self {
-        KeyMeta {
-            map: Default::default(),
-            capacity,
-        }
-    }
-
     fn get(&self, key: &[u8]) -> Option<Option<(u64, u64)>> {
         self.map.get(key).copied()
     }
 
     /// Records what `overlay` (one applied entry's writes) left.
     fn record(&mut self, overlay: BTreeMap<Vec<u8>, Option<Kv>>) {
-        if self.capacity == 0 {
-            return;
-        }
         for (k, v) in overlay {
-            if self.map.len() >= self.capacity && !self.map.contains_key(&k) {
+            if self.map.len() >= KEY_META_CAPACITY && !self.map.contains_key(&k) {
                 self.map.clear();
             }
             self.map
@@ -392,7 +381,9 @@ impl Applier {
             requests_by_index: BTreeSet::new(),
             requests: BTreeSet::new(),
             history_start: history_start(db)?,
-            meta: KeyMeta::new(KEY_META_CAPACITY),
+            meta: KeyMeta {
+                map: Default::default(),
+            },
         };
         for item in db.scan_prefix([REQUEST])? {
             let (k, v) = item?;

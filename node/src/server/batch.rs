@@ -5,7 +5,6 @@
 //! that are ready together share a message. Both nodes and the gateway
 //! serve it with [`serve`].
 
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +14,7 @@ use cairn_proto::kv::kv_server::Kv;
 use cairn_proto::kv::{self as pb, batch_call::Call, batch_reply::Reply};
 use futures::Stream;
 use prost::Message;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tonic::transport::server::TcpConnectInfo;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -31,13 +30,14 @@ pub type BatchStream = Pin<Box<dyn Stream<Item = Result<pb::BatchResponse, Statu
 
 /// Serves one Batch stream with `svc`'s unary handlers. The stream ends
 /// (after the calls in flight are answered) when the caller closes its
-/// side or `closing` resolves (shutdown: calls not yet read get no answer,
-/// which the caller treats as a broken stream and retries elsewhere).
-pub fn serve<S, C>(svc: S, req: Request<Streaming<pb::BatchRequest>>, closing: C) -> BatchStream
-where
-    S: Kv + Clone,
-    C: Future<Output = ()> + Send + 'static,
-{
+/// side or `closing` turns true (shutdown: calls not yet read get no
+/// answer, which the caller treats as a broken stream and retries
+/// elsewhere).
+pub fn serve<S: Kv + Clone>(
+    svc: S,
+    req: Request<Streaming<pb::BatchRequest>>,
+    mut closing: watch::Receiver<bool>,
+) -> BatchStream {
     let conn = req.extensions().get::<TcpConnectInfo>().cloned();
     let mut inbound = req.into_inner();
     let (tx, rx) = mpsc::unbounded_channel::<pb::BatchReply>();
@@ -46,11 +46,10 @@ where
     let calls_in = metrics::histogram!("cairn_batch_calls_per_message", "direction" => "in");
     let calls_out = metrics::histogram!("cairn_batch_calls_per_message", "direction" => "out");
     tokio::spawn(async move {
-        tokio::pin!(closing);
         loop {
             let msg = tokio::select! {
                 m = inbound.message() => m,
-                () = &mut closing => return,
+                _ = closing.wait_for(|c| *c) => return,
             };
             let calls = match msg {
                 Ok(Some(m)) => {

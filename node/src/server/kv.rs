@@ -387,14 +387,10 @@ impl pb::kv_server::Kv for KvService {
         req: Request<tonic::Streaming<pb::BatchRequest>>,
     ) -> Result<Response<Self::BatchStream>, Status> {
         self.core.check_accepting()?;
-        let mut stop = self.stop.clone();
-        let closing = async move {
-            let _ = stop.wait_for(|s| *s).await;
-        };
         Ok(Response::new(super::batch::serve(
             self.clone(),
             req,
-            closing,
+            self.stop.clone(),
         )))
     }
 
