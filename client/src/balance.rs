@@ -17,6 +17,11 @@ pub(crate) const EJECT_AFTER: u32 = 3;
 const EJECT_BASE: Duration = Duration::from_secs(1);
 const EJECT_MAX: Duration = Duration::from_secs(30);
 
+/// The counter of requests sent to `backend` that ended with `code`.
+pub(crate) fn requests_counter(backend: &str, code: &'static str) -> metrics::Counter {
+    metrics::counter!("cairn_client_requests_total", "backend" => backend.to_string(), "code" => code)
+}
+
 /// One endpoint's state.
 #[derive(Debug)]
 pub(crate) struct Endpoint {
@@ -25,6 +30,11 @@ pub(crate) struct Endpoint {
     failures: AtomicU32,
     ejections: AtomicU32,
     ejected_until: Mutex<Option<Instant>>,
+    /// `cairn_client_requests_total{backend, code="OK"}`, looked up at the
+    /// endpoint's first success (a lookup builds the labelled key: a hash
+    /// and allocations per call). Taken after a program installs its
+    /// metrics recorder, as programs do at startup.
+    ok_counter: std::sync::OnceLock<metrics::Counter>,
 }
 
 impl Endpoint {
@@ -35,6 +45,7 @@ impl Endpoint {
             failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
             ejected_until: Mutex::new(None),
+            ok_counter: std::sync::OnceLock::new(),
         })
     }
 
@@ -52,8 +63,12 @@ impl Endpoint {
         InFlight(self.clone())
     }
 
-    /// A success: the failure streak and the ejection backoff reset.
+    /// A success: counted; the failure streak and the ejection backoff
+    /// reset.
     pub(crate) fn succeeded(&self) {
+        self.ok_counter
+            .get_or_init(|| requests_counter(&self.addr, "OK"))
+            .increment(1);
         if self.failures.swap(0, Ordering::Relaxed) != 0 {
             self.ejections.store(0, Ordering::Relaxed);
         }

@@ -289,12 +289,20 @@ impl Client {
     /// ended.
     pub(crate) fn batcher(&self, addr: &str, ch: &Channel) -> Arc<Batcher> {
         let mut map = self.inner.channels.lock();
-        let conn = map
-            .entry(addr.to_string())
-            .or_insert_with(|| crate::client::Conn {
-                ch: ch.clone(),
-                batcher: None,
-            });
+        // Looked up before inserting: the key is built only for a new
+        // endpoint, not on every call.
+        if !map.contains_key(addr) {
+            map.insert(
+                addr.to_string(),
+                crate::client::Conn {
+                    ch: ch.clone(),
+                    batcher: None,
+                },
+            );
+        }
+        let Some(conn) = map.get_mut(addr) else {
+            unreachable!("the endpoint was just inserted");
+        };
         match &conn.batcher {
             Some(b) if !b.is_closed() => b.clone(),
             _ => {

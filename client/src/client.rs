@@ -448,12 +448,15 @@ impl Client {
             };
             let result = op(upstream, per_attempt).await;
             drop(guard);
-            let code = match &result {
-                Ok(_) => "OK",
-                Err(s) => crate::error::code_label(s.code()),
-            };
-            metrics::counter!("cairn_client_requests_total", "backend" => target.clone(), "code" => code)
-                .increment(1);
+            match (&result, &ep) {
+                // The endpoint counts its successes with a kept handle.
+                (Ok(_), Some(_)) => {}
+                (Ok(_), None) => crate::balance::requests_counter(&target, "OK").increment(1),
+                (Err(s), _) => {
+                    crate::balance::requests_counter(&target, crate::error::code_label(s.code()))
+                        .increment(1)
+                }
+            }
             let failure = match result {
                 Ok(v) => {
                     if let Some(e) = &ep {

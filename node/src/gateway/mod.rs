@@ -108,6 +108,9 @@ pub struct Gateway {
     hub: watch::Hub,
     /// Becomes true when the drain starts: open watches end.
     drain: twatch::Receiver<bool>,
+    /// `cairn_gateway_inflight`, looked up once: the recorder's lookup
+    /// costs a hash and an allocation per request.
+    inflight_gauge: metrics::Gauge,
 }
 
 /// Holds a request's place under the in-flight bounds.
@@ -128,7 +131,7 @@ impl Drop for Admitted<'_> {
                 }
             }
         }
-        metrics::gauge!("cairn_gateway_inflight").decrement(1.0);
+        self.g.inflight_gauge.decrement(1.0);
     }
 }
 
@@ -183,7 +186,7 @@ impl Gateway {
             }
             *n += 1;
         }
-        metrics::gauge!("cairn_gateway_inflight").increment(1.0);
+        self.inflight_gauge.increment(1.0);
         Ok(Admitted {
             g: self,
             conn,
@@ -252,9 +255,14 @@ impl RunningGateway {
             .as_ref()
             .map(TcpListener::local_addr)
             .transpose()?;
+        if metrics_listener.is_some() {
+            // Before the gateway takes its metric handles.
+            http::prometheus();
+        }
         let (stop_tx, stop_rx) = twatch::channel(false);
         let (drain_tx, drain_rx) = twatch::channel(false);
         let gateway = Arc::new(Gateway {
+            inflight_gauge: metrics::gauge!("cairn_gateway_inflight"),
             inflight: Arc::new(Semaphore::new(args.max_inflight.max(1))),
             hub: watch::Hub::new(client.clone()),
             client,
@@ -272,7 +280,6 @@ impl RunningGateway {
         };
         let mut others = Vec::new();
         if let Some(l) = metrics_listener {
-            http::prometheus();
             others.push(tokio::spawn(http::serve(ready.clone(), l, stop_rx.clone())));
         }
         let (reporter, health) = tonic_health::server::health_reporter();

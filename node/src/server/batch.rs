@@ -5,8 +5,10 @@
 //! that are ready together share a message. Both nodes and the gateway
 //! serve it with [`serve`].
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use cairn_client::batch::{status_to_pb, REPLY_BYTES};
@@ -65,12 +67,25 @@ pub fn serve<S: Kv + Clone>(
                 let Ok(slot) = slots.clone().acquire_owned().await else {
                     return;
                 };
-                let (svc, tx, conn) = (svc.clone(), tx.clone(), conn.clone());
-                tokio::spawn(async move {
-                    let reply = answer(&svc, call, conn).await;
-                    let _ = tx.send(reply);
-                    drop(slot);
-                });
+                let (svc, conn) = (svc.clone(), conn.clone());
+                let mut work = Box::pin(async move { answer(&svc, call, conn).await });
+                // Most calls a node answers from its own state (a read,
+                // an error) are done at their first poll: answer those
+                // here and spawn a task only for a call that waits.
+                let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+                match work.as_mut().poll(&mut cx) {
+                    Poll::Ready(reply) => {
+                        let _ = tx.send(reply);
+                        drop(slot);
+                    }
+                    Poll::Pending => {
+                        let tx = tx.clone();
+                        tokio::spawn(async move {
+                            let _ = tx.send(work.await);
+                            drop(slot);
+                        });
+                    }
+                }
             }
         }
     });
