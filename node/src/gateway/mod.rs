@@ -194,14 +194,19 @@ impl Gateway {
         })
     }
 
-    /// The request's deadline: its `grpc-timeout`, capped by ours.
+    /// The request's deadline: its `grpc-timeout` (a batch call's own),
+    /// capped by ours.
     fn deadline<T>(&self, req: &tonic::Request<T>) -> Duration {
         let cap = Duration::from_millis(self.args.request_timeout_ms);
-        req.metadata()
-            .get("grpc-timeout")
-            .and_then(|v| v.to_str().ok())
-            .and_then(cairn_client::net::grpc_timeout)
-            .map_or(cap, |d| d.min(cap))
+        let asked = match req.extensions().get::<crate::server::batch::CallTimeout>() {
+            Some(t) => Some(t.0),
+            None => req
+                .metadata()
+                .get("grpc-timeout")
+                .and_then(|v| v.to_str().ok())
+                .and_then(cairn_client::net::grpc_timeout),
+        };
+        asked.map_or(cap, |d| d.min(cap))
     }
 }
 

@@ -117,6 +117,12 @@ pub fn serve<S: Kv + Clone>(
     }))
 }
 
+/// A batch call's deadline, in its unary request's extensions (what a
+/// `grpc-timeout` header is to a unary call, without formatting one that
+/// the handler would parse again).
+#[derive(Debug, Clone, Copy)]
+pub struct CallTimeout(pub Duration);
+
 /// A call's request for the unary handler: the connection it came on
 /// (for per-connection admission) and its deadline.
 fn unary<T>(msg: T, conn: Option<TcpConnectInfo>, timeout: Option<Duration>) -> Request<T> {
@@ -125,7 +131,7 @@ fn unary<T>(msg: T, conn: Option<TcpConnectInfo>, timeout: Option<Duration>) -> 
         r.extensions_mut().insert(c);
     }
     if let Some(t) = timeout {
-        r.set_timeout(t);
+        r.extensions_mut().insert(CallTimeout(t));
     }
     r
 }
