@@ -130,8 +130,18 @@ async fn every_kv_call_routed_through_the_gateway() {
         .to_str()
         .unwrap()
         .starts_with("gw-"));
-    // Health and metrics.
-    assert!(client.health_of(&g.addr).await.unwrap().ready);
+    // Health and metrics. The gRPC readiness status is refreshed every
+    // 250 ms, so right after start it may still say what the gateway was
+    // before it knew a leader: it must turn ready within a few refreshes.
+    let mut ready = false;
+    for _ in 0..20 {
+        ready = client.health_of(&g.addr).await.unwrap().ready;
+        if ready {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready, "the gateway's gRPC readiness never turned ready");
     assert!(
         metric_where(
             &g.metrics,
