@@ -289,28 +289,21 @@ impl Client {
     /// ended.
     pub(crate) fn batcher(&self, addr: &str, ch: &Channel) -> Arc<Batcher> {
         let mut map = self.inner.channels.lock();
-        // Looked up before inserting: the key is built only for a new
-        // endpoint, not on every call.
-        if !map.contains_key(addr) {
-            map.insert(
-                addr.to_string(),
-                crate::client::Conn {
-                    ch: ch.clone(),
-                    batcher: None,
-                },
-            );
-        }
-        let Some(conn) = map.get_mut(addr) else {
-            unreachable!("the endpoint was just inserted");
-        };
-        match &conn.batcher {
-            Some(b) if !b.is_closed() => b.clone(),
-            _ => {
-                let b = Batcher::open(conn.ch.clone(), self.inner.config.connect_timeout * 2);
-                conn.batcher = Some(b.clone());
-                b
+        if let Some(b) = map.get(addr).and_then(|c| c.batcher.as_ref()) {
+            if !b.is_closed() {
+                return b.clone();
             }
         }
+        // First use, or the stream ended: only here is the key built.
+        let conn = map
+            .entry(addr.to_string())
+            .or_insert_with(|| crate::client::Conn {
+                ch: ch.clone(),
+                batcher: None,
+            });
+        let b = Batcher::open(conn.ch.clone(), self.inner.config.connect_timeout * 2);
+        conn.batcher = Some(b.clone());
+        b
     }
 }
 

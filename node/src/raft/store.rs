@@ -337,6 +337,7 @@ pub struct Applier {
 /// the applier (a snapshot install loads a new one), emptied when full
 /// or when a write fails. A deterministic hasher and no iteration, so
 /// nothing depends on a random seed.
+#[derive(Default)]
 struct KeyMeta {
     map: std::collections::HashMap<
         Vec<u8>,
@@ -381,9 +382,7 @@ impl Applier {
             requests_by_index: BTreeSet::new(),
             requests: BTreeSet::new(),
             history_start: history_start(db)?,
-            meta: KeyMeta {
-                map: Default::default(),
-            },
+            meta: KeyMeta::default(),
         };
         for item in db.scan_prefix([REQUEST])? {
             let (k, v) = item?;

@@ -149,7 +149,8 @@ async fn answer<S: Kv>(
     call: pb::BatchCall,
     conn: Option<TcpConnectInfo>,
 ) -> pb::BatchReply {
-    // Capped: a deadline decades away would not fit a grpc-timeout.
+    // Capped: a deadline decades away would not fit a timer or the
+    // grpc-timeout of a call the gateway forwards unary.
     let timeout =
         (call.timeout_us > 0).then(|| Duration::from_micros(call.timeout_us).min(MAX_CALL_TIMEOUT));
     let work = async {
