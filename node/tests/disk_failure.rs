@@ -34,7 +34,7 @@ async fn start(fs: &Arc<MemFs>, p: &Ports) -> RunningNode {
     .unwrap();
     let env = NodeEnv {
         fs: fs.clone(),
-        executor: Arc::new(ThreadExecutor),
+        executor: Arc::new(ThreadExecutor::new()),
         net: cairn_client::net::tcp(),
         seed: Some(1),
     };

@@ -42,7 +42,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, Option<tempfile::TempDir>>
             } else {
                 let t = tempfile::tempdir().unwrap();
                 let p = t.path().to_path_buf();
-                (Some(t), p, Arc::new(StdFs), Arc::new(ThreadExecutor))
+                (Some(t), p, Arc::new(StdFs), Arc::new(ThreadExecutor::new()))
             };
         let log = LogStore::open(fs.clone(), executor.clone(), dir.join("raft")).unwrap();
         let sm = StateMachine::open(SmEnv {

@@ -160,7 +160,12 @@ impl MemTable {
     /// after the insert returns.
     pub fn insert(&self, user_key: &[u8], seq: SeqNo, kind: ValueKind, value: &[u8]) {
         let charge = user_key.len() + value.len() + ENTRY_OVERHEAD_BYTES;
-        self.map.insert(
+        // Keys sharing a first byte often form ascending streams (a log
+        // index or a sequence number after a one-byte prefix): the
+        // skiplist links the next of a stream right after the last.
+        let slot = user_key.first().map_or(0, |b| usize::from(*b));
+        self.map.insert_hinted(
+            slot,
             MemKey::new(user_key, seq, kind),
             Bytes::copy_from_slice(value),
         );

@@ -104,6 +104,11 @@ pub struct NodeArgs {
     /// Block cache size in MiB.
     #[arg(long, env = "CAIRN_BLOCK_CACHE_MIB")]
     pub block_cache_mib: Option<usize>,
+    /// CPU priority (nice, 0-19; 19 the lowest) of the engine's flush and
+    /// compaction threads, so they use idle CPU before the cores the log
+    /// and apply paths need (default 19; 0: the node's own priority).
+    #[arg(long, env = "CAIRN_BACKGROUND_NICE")]
+    pub background_nice: Option<i32>,
 }
 
 /// A complete, checked node configuration.
@@ -139,6 +144,8 @@ pub struct NodeConfig {
     pub memtable_bytes: usize,
     /// Block cache bytes.
     pub block_cache_bytes: usize,
+    /// Nice value of the engine's flush and compaction threads.
+    pub background_nice: i32,
 }
 
 /// A configuration error, for the operator.
@@ -229,7 +236,8 @@ impl NodeArgs {
             snapshot_entries,
             history_revisions,
             memtable_mib,
-            block_cache_mib
+            block_cache_mib,
+            background_nice
         )
     }
 
@@ -301,6 +309,13 @@ impl NodeArgs {
                 reason: format!("must exceed twice the heartbeat ({heartbeat_ms} ms)"),
             });
         }
+        let background_nice = args.background_nice.unwrap_or(19);
+        if !(0..=19).contains(&background_nice) {
+            return Err(ConfigError::Bad {
+                option: "background-nice",
+                reason: format!("must be between 0 and 19, not {background_nice}"),
+            });
+        }
         Ok(NodeConfig {
             id,
             data_dir: args
@@ -319,6 +334,7 @@ impl NodeArgs {
             history_revisions: args.history_revisions.unwrap_or(100_000),
             memtable_bytes: args.memtable_mib.unwrap_or(64) << 20,
             block_cache_bytes: args.block_cache_mib.unwrap_or(256) << 20,
+            background_nice,
         })
     }
 }
@@ -355,5 +371,23 @@ mod tests {
         assert_eq!(c.id, 3);
         assert_eq!(c.listen_client, "127.0.0.1:9");
         assert_eq!(c.limits.max_txn_ops, 7);
+    }
+
+    #[test]
+    fn background_nice_defaults_to_19_and_rejects_other_ranges() {
+        let with = |n: Option<i32>| {
+            NodeArgs {
+                id: Some(1),
+                background_nice: n,
+                ..NodeArgs::default()
+            }
+            .resolve()
+        };
+        assert_eq!(with(None).unwrap().background_nice, 19);
+        assert_eq!(with(Some(0)).unwrap().background_nice, 0);
+        for n in [-1, 20] {
+            let e = with(Some(n)).unwrap_err().to_string();
+            assert!(e.contains("--background-nice"), "{e}");
+        }
     }
 }

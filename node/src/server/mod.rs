@@ -297,7 +297,8 @@ impl RunningNode {
     /// Opens storage, starts Raft and serves. Returns once listening.
     pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
         let fs: Arc<dyn FileSystem> = Arc::new(StdFs);
-        let executor: Arc<dyn Executor> = Arc::new(ThreadExecutor);
+        let executor: Arc<dyn Executor> =
+            Arc::new(ThreadExecutor::with_background_nice(config.background_nice));
         Self::start_with(config, fs, executor).await
     }
 
