@@ -49,8 +49,8 @@ impl ThreadExecutor {
     /// so on a busy machine their background threads all wake at once and
     /// take the cores the log and apply paths need. At a lower priority
     /// they run in the cores' idle time instead, and writes wait less: 64
-    /// clients' put p99 fell from 10.6-13.0 ms to 9.1-10.6 ms in five
-    /// alternated runs on 2 cores (nice 19 against 0).
+    /// clients' put p99 fell from 10.6-13.0 ms to 9.0-10.6 ms in eight
+    /// alternated pairs of runs on 2 cores (nice 19 against 0).
     pub fn with_background_nice(nice: i32) -> Self {
         Self {
             background_nice: nice.clamp(0, 19),
