@@ -63,12 +63,14 @@ impl Endpoint {
         InFlight(self.clone())
     }
 
-    /// A success: counted; the failure streak and the ejection backoff
-    /// reset.
-    pub(crate) fn succeeded(&self) {
+    /// `cairn_client_requests_total{backend, code="OK"}` of this endpoint.
+    pub(crate) fn ok_counter(&self) -> &metrics::Counter {
         self.ok_counter
             .get_or_init(|| requests_counter(&self.addr, "OK"))
-            .increment(1);
+    }
+
+    /// A success: the failure streak and the ejection backoff reset.
+    pub(crate) fn succeeded(&self) {
         if self.failures.swap(0, Ordering::Relaxed) != 0 {
             self.ejections.store(0, Ordering::Relaxed);
         }

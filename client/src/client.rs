@@ -449,8 +449,7 @@ impl Client {
             let result = op(upstream, per_attempt).await;
             drop(guard);
             match (&result, &ep) {
-                // The endpoint counts its successes with a kept handle.
-                (Ok(_), Some(_)) => {}
+                (Ok(_), Some(e)) => e.ok_counter().increment(1),
                 (Ok(_), None) => crate::balance::requests_counter(&target, "OK").increment(1),
                 (Err(s), _) => {
                     crate::balance::requests_counter(&target, crate::error::code_label(s.code()))

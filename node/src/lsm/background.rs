@@ -13,6 +13,7 @@ use parking_lot::MutexGuard;
 use super::cache::BlockCache;
 use super::compaction::{self, Compaction};
 use super::db::{table_file_name, Inner, State};
+use super::executor::{COMPACT_JOB, FLUSH_JOB};
 use super::fs::FileSystem;
 use super::iterator::InternalIterator;
 use super::manifest::Manifest;
@@ -85,11 +86,11 @@ impl Inner {
                     Job::Flush => self
                         .opts
                         .executor
-                        .spawn("flush", Box::new(move || me.flush_job())),
+                        .spawn(FLUSH_JOB, Box::new(move || me.flush_job())),
                     Job::Compact => self
                         .opts
                         .executor
-                        .spawn("compact", Box::new(move || me.compaction_job())),
+                        .spawn(COMPACT_JOB, Box::new(move || me.compaction_job())),
                 }
             }
         });

@@ -25,7 +25,11 @@ pub trait Executor: Send + Sync + 'static {
 /// and then the engine's write slowdown and stall hold writers back.
 /// Every other job (a WAL or Raft log sync, a snapshot) has a caller
 /// waiting.
-pub const BACKGROUND_JOBS: [&str; 2] = ["flush", "compact"];
+pub const BACKGROUND_JOBS: [&str; 2] = [FLUSH_JOB, COMPACT_JOB];
+/// The name of a memtable flush job.
+pub const FLUSH_JOB: &str = "flush";
+/// The name of a compaction job.
+pub const COMPACT_JOB: &str = "compact";
 
 /// Runs each job on a new named OS thread. The engine keeps at most one
 /// flush, one compaction and one WAL sync job running, so jobs are few and
@@ -144,10 +148,10 @@ mod tests {
     fn background_jobs_run_at_the_lowered_priority_and_others_do_not() {
         let caller = rustix::process::getpriority_process(None).unwrap_or(0);
         let lowered = ThreadExecutor::with_background_nice(7);
-        assert_eq!(nice_of(&lowered, "flush"), caller.max(7));
-        assert_eq!(nice_of(&lowered, "compact"), caller.max(7));
+        assert_eq!(nice_of(&lowered, FLUSH_JOB), caller.max(7));
+        assert_eq!(nice_of(&lowered, COMPACT_JOB), caller.max(7));
         assert_eq!(nice_of(&lowered, "raft-log"), caller);
         assert_eq!(nice_of(&lowered, "blocking"), caller);
-        assert_eq!(nice_of(&ThreadExecutor::new(), "flush"), caller);
+        assert_eq!(nice_of(&ThreadExecutor::new(), FLUSH_JOB), caller);
     }
 }
