@@ -227,3 +227,50 @@ async fn a_damaged_record_in_the_middle_is_refused_on_open() {
     })
     .await;
 }
+
+async fn apply_blank(sm: &mut StateMachine, index: u64) {
+    use openraft::storage::RaftStateMachine;
+    let item: io::Result<_> = Ok((entry(1, index), None));
+    sm.apply(futures::stream::iter([item])).await.unwrap();
+}
+
+async fn build_snapshot(sm: &mut StateMachine) -> cairn_node::raft::Snapshot {
+    use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+    let mut builder = sm.try_create_snapshot_builder(true).await.unwrap();
+    builder.build_snapshot().await.unwrap()
+}
+
+/// A snapshot asked for when nothing was applied since the current one is
+/// the current one: its directory, which a follower may be streaming, is
+/// not rebuilt in place; the next entry gives a new snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_with_nothing_new_keeps_the_current_one() {
+    use std::os::unix::fs::MetadataExt;
+    let t = tempfile::tempdir().unwrap();
+    let mut sm = StateMachine::open(SmEnv {
+        fs: Arc::new(StdFs),
+        executor: Arc::new(ThreadExecutor::new()),
+        data_dir: t.path().to_path_buf(),
+        lsm: lsm::Options::default(),
+        retention: Retention::default(),
+    })
+    .unwrap();
+    let meta_inode = |s: &cairn_node::raft::Snapshot| {
+        std::fs::metadata(s.snapshot.dir.join("meta"))
+            .unwrap()
+            .ino()
+    };
+    apply_blank(&mut sm, 1).await;
+    apply_blank(&mut sm, 2).await;
+    let first = build_snapshot(&mut sm).await;
+    assert_eq!(first.meta.last_log_id.map(|l| l.index), Some(2));
+    let first_inode = meta_inode(&first);
+    let again = build_snapshot(&mut sm).await;
+    assert_eq!(again.meta.last_log_id, first.meta.last_log_id);
+    assert_eq!(again.snapshot.dir, first.snapshot.dir);
+    assert_eq!(meta_inode(&again), first_inode, "rebuilt in place");
+    apply_blank(&mut sm, 3).await;
+    let third = build_snapshot(&mut sm).await;
+    assert_eq!(third.meta.last_log_id.map(|l| l.index), Some(3));
+    assert!(!first.snapshot.dir.exists(), "the replaced snapshot stays");
+}

@@ -290,10 +290,11 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
         let env = self.env.clone();
         let db = self.shared.db();
+        let current = self.current.clone();
         let started = Instant::now();
-        let snap = run_blocking(
+        let built = run_blocking(
             &self.env.executor.clone(),
-            move || -> io::Result<Snapshot> {
+            move || -> io::Result<Option<Snapshot>> {
                 let fs = &*env.fs;
                 let tmp = env.snapshot_dir().join(format!("tmp-{}", db.last_seq()));
                 remove_dir(fs, &tmp)?;
@@ -306,19 +307,37 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                     last_log_id: state.last_applied,
                     last_membership: state.membership.clone(),
                 };
+                if current
+                    .lock()
+                    .as_ref()
+                    .is_some_and(|c| c.meta.last_log_id >= meta.last_log_id)
+                {
+                    // Nothing applied since the current snapshot: keep it.
+                    // Building it again would replace the directory of the
+                    // same name that a follower may be streaming from.
+                    remove_dir(fs, &tmp)?;
+                    return Ok(None);
+                }
                 small_file::write(fs, &tmp.join("meta"), &meta, true)?;
                 let index = meta.last_log_id.as_ref().map_or(0, |l| l.index);
                 let dir = env.snapshot_dir().join(format!("snap-{index:020}"));
                 remove_dir(fs, &dir)?;
                 fs.rename(&tmp, &dir)?;
                 fs.sync_dir(&env.snapshot_dir())?;
-                Ok(Snapshot {
+                Ok(Some(Snapshot {
                     meta,
                     snapshot: SnapshotDir { dir },
-                })
+                }))
             },
         )
         .await??;
+        let Some(snap) = built else {
+            return self
+                .current
+                .lock()
+                .clone()
+                .ok_or_else(|| io::Error::other("no current snapshot"));
+        };
         metrics::counter!("cairn_snapshots_built_total").increment(1);
         metrics::histogram!("cairn_snapshot_build_duration_seconds").record(started.elapsed());
         replace_current(&self.current, &*self.env.fs, snap.clone())?;

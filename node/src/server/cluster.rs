@@ -309,20 +309,28 @@ impl pb::cluster_server::Cluster for ClusterService {
     ) -> Result<Response<pb::SnapshotResponse>, Status> {
         self.core.check_accepting()?;
         let applied = self.core.sm.applied();
-        self.core
-            .scope
-            .run(self.core.raft.trigger().snapshot())
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
         let snapshot_index = |m: &openraft::RaftMetrics<crate::raft::TypeConfig>| {
             m.snapshot.as_ref().map_or(0, |l| l.index)
         };
-        if !self
-            .core
-            .wait_metrics(Duration::from_secs(60), |m| snapshot_index(m) >= applied)
-            .await
-        {
-            return Err(Status::deadline_exceeded("snapshot did not finish in 60 s"));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        // openraft drops a trigger while a build runs, and that build may
+        // cover less than `applied`: ask again until one covers it.
+        loop {
+            self.core
+                .scope
+                .run(self.core.raft.trigger().snapshot())
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?;
+            if self
+                .core
+                .wait_metrics(Duration::from_secs(1), |m| snapshot_index(m) >= applied)
+                .await
+            {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Status::deadline_exceeded("snapshot did not finish in 60 s"));
+            }
         }
         let done = snapshot_index(&self.core.raft.metrics().borrow_watched());
         Ok(Response::new(pb::SnapshotResponse { index: done }))
