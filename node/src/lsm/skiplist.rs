@@ -214,6 +214,7 @@ impl<K: Ord, V> SkipList<K, V> {
     /// than a search. Inserts are serialized by an internal lock; readers
     /// never wait.
     pub fn insert_hinted(&self, slot: usize, key: K, value: V) {
+        let slot = slot % HINT_SLOTS;
         let mut w = self.writer.lock();
         // Branching factor 4, from a deterministic generator.
         let mut height = 1;
@@ -226,7 +227,7 @@ impl<K: Ord, V> SkipList<K, V> {
             }
             height += 1;
         }
-        let ways = &mut w.hints[slot % HINT_SLOTS];
+        let ways = &mut w.hints[slot];
         let mut prev = match (0..HINT_WAYS).find(|&i| self.splice_fits(&ways[i], height, &key)) {
             Some(i) => {
                 ways[..=i].rotate_right(1);
@@ -272,7 +273,7 @@ impl<K: Ord, V> SkipList<K, V> {
         self.nodes.store(index as usize + 1, Ordering::Release);
         // The next key of this stream goes right after this one.
         prev[..height].fill(index);
-        w.hints[slot % HINT_SLOTS][0] = prev;
+        w.hints[slot][0] = prev;
         drop(w);
     }
 }

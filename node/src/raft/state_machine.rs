@@ -292,9 +292,10 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let db = self.shared.db();
         let current = self.current.clone();
         let started = Instant::now();
-        let built = run_blocking(
+        // The snapshot, and whether it was built now (or is the current one).
+        let (snap, built) = run_blocking(
             &self.env.executor.clone(),
-            move || -> io::Result<Option<Snapshot>> {
+            move || -> io::Result<(Snapshot, bool)> {
                 let fs = &*env.fs;
                 let tmp = env.snapshot_dir().join(format!("tmp-{}", db.last_seq()));
                 remove_dir(fs, &tmp)?;
@@ -307,16 +308,16 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                     last_log_id: state.last_applied,
                     last_membership: state.membership.clone(),
                 };
-                if current
+                let kept = current
                     .lock()
-                    .as_ref()
-                    .is_some_and(|c| c.meta.last_log_id >= meta.last_log_id)
-                {
+                    .clone()
+                    .filter(|c| c.meta.last_log_id >= meta.last_log_id);
+                if let Some(kept) = kept {
                     // Nothing applied since the current snapshot: keep it.
                     // Building it again would replace the directory of the
                     // same name that a follower may be streaming from.
                     remove_dir(fs, &tmp)?;
-                    return Ok(None);
+                    return Ok((kept, false));
                 }
                 small_file::write(fs, &tmp.join("meta"), &meta, true)?;
                 let index = meta.last_log_id.as_ref().map_or(0, |l| l.index);
@@ -324,20 +325,17 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 remove_dir(fs, &dir)?;
                 fs.rename(&tmp, &dir)?;
                 fs.sync_dir(&env.snapshot_dir())?;
-                Ok(Some(Snapshot {
+                let snap = Snapshot {
                     meta,
                     snapshot: SnapshotDir { dir },
-                }))
+                };
+                Ok((snap, true))
             },
         )
         .await??;
-        let Some(snap) = built else {
-            return self
-                .current
-                .lock()
-                .clone()
-                .ok_or_else(|| io::Error::other("no current snapshot"));
-        };
+        if !built {
+            return Ok(snap);
+        }
         metrics::counter!("cairn_snapshots_built_total").increment(1);
         metrics::histogram!("cairn_snapshot_build_duration_seconds").record(started.elapsed());
         replace_current(&self.current, &*self.env.fs, snap.clone())?;
