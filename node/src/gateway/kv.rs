@@ -27,10 +27,26 @@ const REQUEST_ID: &str = "x-request-id";
 
 static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
-fn request_id<T>(req: &Request<T>) -> String {
+/// A request's id: the caller's, or a number of the gateway's (written
+/// out only when it is logged or returned).
+enum RequestId {
+    Caller(String),
+    Ours(u64),
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RequestId::Caller(id) => f.write_str(id),
+            RequestId::Ours(n) => write!(f, "gw-{n}"),
+        }
+    }
+}
+
+fn request_id<T>(req: &Request<T>) -> RequestId {
     match req.metadata().get(REQUEST_ID).and_then(|v| v.to_str().ok()) {
-        Some(v) if !v.is_empty() && v.len() <= 128 => v.to_string(),
-        _ => format!("gw-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed)),
+        Some(v) if !v.is_empty() && v.len() <= 128 => RequestId::Caller(v.to_string()),
+        _ => RequestId::Ours(NEXT_ID.fetch_add(1, Ordering::Relaxed)),
     }
 }
 
@@ -53,6 +69,11 @@ impl Proxy {
         let started = tokio::time::Instant::now();
         let g = &self.0;
         let id = request_id(&req);
+        // A batch call's answer has no metadata to return the id in.
+        let in_batch = req
+            .extensions()
+            .get::<crate::server::batch::InBatch>()
+            .is_some();
         let span = tracing::debug_span!("request", %id, method);
         let r = async {
             let _admitted = g.admit(&req)?;
@@ -61,8 +82,10 @@ impl Proxy {
                 .await
                 .map(|v| {
                     let mut resp = Response::new(v);
-                    if let Ok(v) = id.parse() {
-                        resp.metadata_mut().insert(REQUEST_ID, v);
+                    if !in_batch {
+                        if let Ok(v) = id.to_string().parse() {
+                            resp.metadata_mut().insert(REQUEST_ID, v);
+                        }
                     }
                     resp
                 })
@@ -142,6 +165,7 @@ impl Kv for Proxy {
             self.clone(),
             req,
             self.0.drain.clone(),
+            crate::server::batch::Deadline::Handler,
         )))
     }
 

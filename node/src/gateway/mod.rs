@@ -198,8 +198,8 @@ impl Gateway {
     /// capped by ours.
     fn deadline<T>(&self, req: &tonic::Request<T>) -> Duration {
         let cap = Duration::from_millis(self.args.request_timeout_ms);
-        let asked = match req.extensions().get::<crate::server::batch::CallTimeout>() {
-            Some(t) => Some(t.0),
+        let asked = match req.extensions().get::<crate::server::batch::InBatch>() {
+            Some(b) => b.timeout,
             None => req
                 .metadata()
                 .get("grpc-timeout")

@@ -391,6 +391,7 @@ impl pb::kv_server::Kv for KvService {
             self.clone(),
             req,
             self.stop.clone(),
+            super::batch::Deadline::Stream,
         )))
     }
 
