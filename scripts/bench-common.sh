@@ -9,7 +9,7 @@ cargo build --release -q -p cairn-node -p cairn-client --bins
 dir=$(mktemp -d "${BENCH_DIR:-$PWD}/cairn-bench.XXXXXX")
 ./target/release/cairn dev --data-dir "$dir/data" >"$dir/dev.log" 2>&1 &
 dev=$!
-trap 'kill $dev 2>/dev/null; wait $dev 2>/dev/null; rm -rf "$dir"' EXIT
+trap 'kill $dev 2>/dev/null || true; wait $dev 2>/dev/null || true; rm -rf "$dir"' EXIT
 nodes=127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003
 gw=127.0.0.1:7000
 ctl() { ./target/release/cairnctl "$@"; }
