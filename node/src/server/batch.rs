@@ -39,9 +39,9 @@ pub type BatchStream = Pin<Box<dyn Stream<Item = Result<pb::BatchResponse, Statu
 
 /// Serves one Batch stream with `svc`'s unary handlers. The stream ends
 /// (after the calls in flight are answered) when the caller closes its
-/// side or `closing` turns true (shutdown: calls not yet read get no
-/// answer, which the caller treats as a broken stream and retries
-/// elsewhere). Dropping the stream (the caller reset it) drops the calls
+/// side or `closing` turns true (shutdown: calls not yet started, unread
+/// or read while the stream was at its in-flight bound, get no answer,
+/// which the caller treats as a broken stream and retries elsewhere). Dropping the stream (the caller reset it) drops the calls
 /// in flight, as a unary call's handler is dropped when its caller goes.
 pub fn serve<S: Kv + Clone + Unpin>(
     svc: S,
