@@ -261,7 +261,7 @@ fn fresh_dir(base: &Path, name: &str) -> PathBuf {
     dir
 }
 
-const WORKLOADS: [&str; 9] = [
+const WORKLOADS: [&str; 10] = [
     "fillseq",
     "fillrandom",
     "overwrite",
@@ -271,7 +271,12 @@ const WORKLOADS: [&str; 9] = [
     "scan100",
     "durable-1",
     "durable-16",
+    "readmem",
 ];
+
+/// Keys of the `readmem` workload: they fit one memtable (about 26 MB of
+/// keys and values), so its reads never reach a table file.
+const MEM_KEYS: u64 = 100_000;
 
 /// Runs every workload once on `kind`; returns samples in WORKLOADS order.
 fn round(kind: Kind, base: &Path, n: u64, durable_ops: u64, seed: u64) -> Vec<Sample> {
@@ -362,6 +367,23 @@ fn round(kind: Kind, base: &Path, n: u64, durable_ops: u64, seed: u64) -> Vec<Sa
             secs,
             hist: h,
         });
+        drop(e);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    // readmem: random hits among keys still in the memtable (written in
+    // random order, never flushed).
+    {
+        let dir = fresh_dir(base, &format!("{}-mem", kind.name()));
+        let e = kind.open(&dir, false);
+        let m = MEM_KEYS.min(n);
+        for i in permutation(m, seed ^ 0x99) {
+            e.put(&key(i), &value(&mut vrng));
+        }
+        let mut rng = Rng(seed ^ 0x33);
+        out.push(timed(n / 2, |_| {
+            assert!(e.get(&key(rng.below(m))), "missing key");
+        }));
         drop(e);
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -329,15 +329,15 @@ impl Inner {
 
     pub fn get_at(&self, user_key: &[u8], seq: SeqNo) -> Result<Option<Bytes>> {
         let sv = self.super_version();
+        let hash = super::sst::bloom::hash(user_key);
         for mem in std::iter::once(&sv.mem).chain(&sv.imm) {
-            match mem.get(user_key, seq) {
+            match mem.get(user_key, hash, seq) {
                 Lookup::Value(v) => return Ok(Some(v)),
                 Lookup::Deleted => return Ok(None),
                 Lookup::Absent => {}
             }
         }
         let lookup = key::lookup_key(user_key, seq);
-        let hash = super::sst::bloom::hash(user_key);
         let found = |hit: Option<(key::ValueKind, Bytes)>| {
             hit.map(|(kind, value)| (kind == key::ValueKind::Put).then_some(value))
         };

@@ -212,8 +212,9 @@ impl<K: Ord, V> SkipList<K, V> {
     /// indexes, sequence numbers) is linked after a few comparisons instead
     /// of a search from the top; any other key costs a few comparisons more
     /// than a search. Inserts are serialized by an internal lock; readers
-    /// never wait.
-    pub fn insert_hinted(&self, slot: usize, key: K, value: V) {
+    /// never wait. Returns the new node's index and its successor's, if
+    /// any (a node the insert has just compared against, so in cache).
+    pub fn insert_hinted(&self, slot: usize, key: K, value: V) -> (u32, Option<u32>) {
         let slot = slot % HINT_SLOTS;
         let mut w = self.writer.lock();
         // Branching factor 4, from a deterministic generator.
@@ -263,9 +264,13 @@ impl<K: Ord, V> SkipList<K, V> {
             unreachable!("skiplist node {index} reused");
         }
         let index = index as u32;
+        let mut successor = NIL;
         for (level, p) in prev.iter().enumerate().take(height) {
             let succ = self.link(*p, level).load(Ordering::Relaxed);
             self.link(index, level).store(succ, Ordering::Relaxed);
+            if level == 0 {
+                successor = succ;
+            }
         }
         for (level, p) in prev.iter().enumerate().take(height) {
             self.link(*p, level).store(index, Ordering::Release);
@@ -275,6 +280,7 @@ impl<K: Ord, V> SkipList<K, V> {
         prev[..height].fill(index);
         w.hints[slot][0] = prev;
         drop(w);
+        (index, (successor != NIL).then_some(successor))
     }
 }
 
