@@ -183,15 +183,20 @@ impl KeyIndex {
             }
             if s >> 32 == tag {
                 let node = s as u32;
-                if map
-                    .entry(node)
-                    .is_some_and(|(k, _)| k.user_key() == user_key)
-                {
+                if map.key(node).is_some_and(|k| k.user_key() == user_key) {
                     return Some(node);
                 }
             }
             i = (i + 1) & mask;
         }
+    }
+
+    /// Loads the home slot of `hash` so that the cache miss overlaps the
+    /// skiplist insert that comes before [`KeyIndex::set`].
+    fn touch(&self, hash: u64) {
+        let slots = self.slots.read();
+        let i = Self::tag(hash) as usize & (slots.len() - 1);
+        std::hint::black_box(slots[i].load(AtomicOrdering::Relaxed));
     }
 
     /// Points a key at `node`, its newest version; `previous` is the node
@@ -283,6 +288,8 @@ impl MemTable {
         // index or a sequence number after a one-byte prefix): the
         // skiplist links the next of a stream right after the last.
         let slot = user_key.first().map_or(0, |b| usize::from(*b));
+        let hash = hash(user_key);
+        self.index.touch(hash);
         let (node, successor) = self.map.insert_hinted(
             slot,
             MemKey::new(user_key, seq, kind),
@@ -291,7 +298,7 @@ impl MemTable {
         // Versions of a key sort newest first: the one after the new node
         // is its previous version, if the memtable has one.
         let previous = successor.filter(|&s| {
-            self.map.entry(s).is_some_and(|(k, _)| {
+            self.map.key(s).is_some_and(|k| {
                 debug_assert!(
                     k.user_key() != user_key || k.seq() < seq,
                     "versions out of order"
@@ -299,7 +306,7 @@ impl MemTable {
                 k.user_key() == user_key
             })
         });
-        self.index.set(hash(user_key), node, previous);
+        self.index.set(hash, node, previous);
         self.bytes.fetch_add(charge, AtomicOrdering::Relaxed);
     }
 

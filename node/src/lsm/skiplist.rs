@@ -130,7 +130,9 @@ impl<K: Ord, V> SkipList<K, V> {
         }
     }
 
-    fn key(&self, index: u32) -> Option<&K> {
+    /// The key of node `index` (`None` for the head): the node's own cache
+    /// line, without the value's.
+    pub fn key(&self, index: u32) -> Option<&K> {
         let (chunk, i) = self.chunk(index);
         chunk.nodes[i].key.get()
     }
