@@ -12,7 +12,7 @@ use parking_lot::{Mutex, RwLock, RwLockUpgradableReadGuard};
 use super::iterator::InternalIterator;
 use super::key::{self, SeqNo, ValueKind};
 use super::skiplist::SkipList;
-pub(crate) use super::sst::bloom::hash;
+use super::sst::bloom::hash;
 use super::Result;
 
 /// User keys up to this long live inside the skiplist node, so comparing
@@ -146,8 +146,6 @@ struct KeyIndex {
     slots: RwLock<Box<[AtomicU64]>>,
     /// Distinct keys indexed.
     keys: AtomicUsize,
-    /// Bytes of `slots`, charged to the memtable.
-    bytes: AtomicUsize,
 }
 
 const INDEX_INITIAL_SLOTS: usize = 256;
@@ -161,8 +159,12 @@ impl KeyIndex {
         Self {
             slots: RwLock::new(empty_slots(INDEX_INITIAL_SLOTS)),
             keys: AtomicUsize::new(0),
-            bytes: AtomicUsize::new(INDEX_INITIAL_SLOTS * 8),
         }
+    }
+
+    /// Bytes of the slots, charged to the memtable.
+    fn bytes(&self) -> usize {
+        self.slots.read().len() * std::mem::size_of::<AtomicU64>()
     }
 
     fn tag(hash: u64) -> u64 {
@@ -240,7 +242,6 @@ impl KeyIndex {
                 }
                 grown[j].store(s, AtomicOrdering::Relaxed);
             }
-            self.bytes.store(grown.len() * 8, AtomicOrdering::Relaxed);
             *RwLockUpgradableReadGuard::upgrade(slots) = grown;
         }
     }
@@ -358,7 +359,7 @@ impl MemTable {
 
     /// Bytes of the entries and of the key index.
     pub fn approximate_bytes(&self) -> usize {
-        self.bytes.load(AtomicOrdering::Relaxed) + self.index.bytes.load(AtomicOrdering::Relaxed)
+        self.bytes.load(AtomicOrdering::Relaxed) + self.index.bytes()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -266,14 +266,11 @@ impl<K: Ord, V> SkipList<K, V> {
             unreachable!("skiplist node {index} reused");
         }
         let index = index as u32;
-        let mut successor = NIL;
         for (level, p) in prev.iter().enumerate().take(height) {
             let succ = self.link(*p, level).load(Ordering::Relaxed);
             self.link(index, level).store(succ, Ordering::Relaxed);
-            if level == 0 {
-                successor = succ;
-            }
         }
+        let successor = self.link(index, 0).load(Ordering::Relaxed);
         for (level, p) in prev.iter().enumerate().take(height) {
             self.link(*p, level).store(index, Ordering::Release);
         }
