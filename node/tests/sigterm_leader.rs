@@ -11,14 +11,22 @@ use common::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_on_the_leader_hands_over_first() {
     let mut c = TestCluster::start(3, &[]).await;
-    let leader = c.wait_leader(Duration::from_secs(10)).await;
-    let mut k = kv(&c.addr(leader)).await;
+    let first = c.wait_leader(Duration::from_secs(10)).await;
     let mut acked = Vec::new();
     for i in 0..200 {
         let key = format!("k{i}");
-        k.put(put_req(&key, "v")).await.unwrap();
+        // Following leader hints: on a loaded machine a second election
+        // may follow the first one right after a cluster starts.
+        with_leader(&c.addr(first), Duration::from_secs(10), |mut k| {
+            let req = put_req(&key, "v");
+            async move { k.put(req).await }
+        })
+        .await
+        .unwrap();
         acked.push(key);
     }
+    // The node to stop is the leader now.
+    let leader = c.wait_leader(Duration::from_secs(10)).await;
     let status = c.nodes.get_mut(&leader).unwrap().sigterm_and_wait();
     assert!(status.success(), "exit status {status:?}");
     let log = c.nodes[&leader].log();
