@@ -111,6 +111,13 @@ impl Endpoint {
 /// A request counted against an endpoint's outstanding requests.
 pub(crate) struct InFlight(Arc<Endpoint>);
 
+impl InFlight {
+    /// The endpoint it counts against.
+    pub(crate) fn endpoint(&self) -> &Arc<Endpoint> {
+        &self.0
+    }
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.outstanding.fetch_sub(1, Ordering::Relaxed);

@@ -143,16 +143,35 @@ impl Upstream {
     }
 }
 
-struct Pending {
-    call: Call,
-    timeout: Duration,
-    reply: oneshot::Sender<Result<Reply, Status>>,
+pub(crate) struct Pending {
+    pub(crate) call: Call,
+    pub(crate) timeout: Duration,
+    pub(crate) waiter: Waiter,
+}
+
+/// Who waits for a call's answer.
+pub(crate) enum Waiter {
+    /// One caller of [`Batcher::call`].
+    Call(oneshot::Sender<Result<Reply, Status>>),
+    /// A call relayed for a proxy (see [`crate::relay`]).
+    Relay(crate::relay::Sent),
+}
+
+impl Waiter {
+    pub(crate) fn answer(self, r: Result<Reply, Status>) {
+        match self {
+            Waiter::Call(tx) => {
+                let _ = tx.send(r);
+            }
+            Waiter::Relay(sent) => sent.answer(r),
+        }
+    }
 }
 
 /// One endpoint's batch stream: a task that sends the calls handed to it
 /// and routes the answers back.
 pub(crate) struct Batcher {
-    calls: mpsc::UnboundedSender<Pending>,
+    pub(crate) calls: mpsc::UnboundedSender<Pending>,
     closed: Arc<AtomicBool>,
 }
 
@@ -176,7 +195,7 @@ impl Batcher {
         let pending = Pending {
             call,
             timeout,
-            reply: tx,
+            waiter: Waiter::Call(tx),
         };
         if self.calls.send(pending).is_err() {
             return Err(broken("the batch stream is closed"));
@@ -208,7 +227,7 @@ async fn run(
     let (out, out_rx) = mpsc::unbounded_channel::<pb::BatchRequest>();
     let mut client = KvClient::new(ch).max_decoding_message_size(MAX_REPLY_MESSAGE);
     let opening = client.batch(tokio_stream::wrappers::UnboundedReceiverStream::new(out_rx));
-    let mut waiting: BTreeMap<u64, oneshot::Sender<Result<Reply, Status>>> = BTreeMap::new();
+    let mut waiting: BTreeMap<u64, Waiter> = BTreeMap::new();
     let failure = match tokio::time::timeout(open_timeout, opening).await {
         Err(_) => broken(&format!(
             "opening the batch stream took longer than {open_timeout:?}"
@@ -224,7 +243,7 @@ async fn run(
                         Ok(Some(m)) => {
                             for r in m.replies {
                                 if let (Some(w), Some(reply)) = (waiting.remove(&r.id), r.reply) {
-                                    let _ = w.send(Ok(reply));
+                                    w.answer(Ok(reply));
                                 }
                             }
                             if !open && waiting.is_empty() {
@@ -254,7 +273,7 @@ async fn run(
                                     timeout_us: u64::try_from(p.timeout.as_micros()).unwrap_or(u64::MAX),
                                     call: Some(p.call),
                                 });
-                                waiting.insert(next_id, p.reply);
+                                waiting.insert(next_id, p.waiter);
                                 if bytes < CALL_BYTES {
                                     next = calls.try_recv().ok();
                                 }
@@ -277,10 +296,10 @@ async fn run(
     closed.store(true, Ordering::Release);
     calls.close();
     for (_, w) in std::mem::take(&mut waiting) {
-        let _ = w.send(Err(failure.clone()));
+        w.answer(Err(failure.clone()));
     }
     while let Ok(p) = calls.try_recv() {
-        let _ = p.reply.send(Err(failure.clone()));
+        p.waiter.answer(Err(failure.clone()));
     }
 }
 

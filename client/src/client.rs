@@ -313,7 +313,7 @@ impl Client {
         }
     }
 
-    fn set_leader(&self, addr: Option<String>) {
+    pub(crate) fn set_leader(&self, addr: Option<String>) {
         let mut l = self.inner.leader.lock();
         if *l != addr {
             if addr.is_some() {
@@ -323,13 +323,21 @@ impl Client {
         }
     }
 
-    fn endpoint(&self, addr: &str) -> Option<Arc<Endpoint>> {
+    pub(crate) fn endpoint(&self, addr: &str) -> Option<Arc<Endpoint>> {
         self.inner
             .endpoints
             .lock()
             .iter()
             .find(|e| e.addr == addr)
             .cloned()
+    }
+
+    /// Forgets the cached leader if it is `addr` (which just failed).
+    pub(crate) fn forget_leader_if(&self, addr: &str) {
+        let mut l = self.inner.leader.lock();
+        if l.as_deref() == Some(addr) {
+            *l = None;
+        }
     }
 
     /// A new request id for one logical write (its retries reuse it).
@@ -420,7 +428,6 @@ impl Client {
         F: FnMut(Upstream, Duration) -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,
     {
-        let cfg = &self.inner.config;
         let deadline = Instant::now() + timeout;
         let mut target = self.target(route);
         let mut attempts = 0u32;
@@ -437,10 +444,7 @@ impl Client {
             // connection hangs) must not take the caller's whole deadline,
             // so a retry elsewhere has the other half (behind a gateway,
             // the caller's own attempt deadline is all the gateway has).
-            let per_attempt = cfg
-                .attempt_timeout
-                .min((left / 2).max(MIN_ATTEMPT))
-                .min(left);
+            let per_attempt = self.attempt_timeout(left);
             let upstream = Upstream {
                 ch: channel,
                 addr: target.clone(),
@@ -493,10 +497,7 @@ impl Client {
                         e.failed();
                     }
                     if route == Route::Leader {
-                        let mut l = self.inner.leader.lock();
-                        if l.as_deref() == Some(&target) {
-                            *l = None;
-                        }
+                        self.forget_leader_if(&target);
                     }
                     target = self.rotate();
                     redirects = 0;
@@ -522,7 +523,7 @@ impl Client {
 }
 
 /// The shortest per-attempt timeout while the deadline allows it.
-const MIN_ATTEMPT: Duration = Duration::from_millis(250);
+pub(crate) const MIN_ATTEMPT: Duration = Duration::from_millis(250);
 
 /// Refreshes the members and checks every endpoint's readiness, every
 /// `every`, until the client is dropped.

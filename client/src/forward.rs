@@ -12,7 +12,7 @@ use cairn_proto::kv::{self as pb};
 use crate::client::{request, Client, Route};
 use crate::error::Result;
 
-fn read_route(consistency: i32) -> Route {
+pub(crate) fn read_route(consistency: i32) -> Route {
     if consistency == pb::ReadConsistency::Serializable as i32 {
         Route::Any
     } else {
@@ -33,30 +33,31 @@ macro_rules! forward {
     };
 }
 
-fn with_id(c: &Client, id: &mut Option<pb::RequestId>) {
-    if id.is_none() {
-        *id = Some(c.request_id());
-    }
-}
-
 impl Client {
+    /// Gives a write without a request id one.
+    pub(crate) fn with_id(&self, id: &mut Option<pb::RequestId>) {
+        if id.is_none() {
+            *id = Some(self.request_id());
+        }
+    }
+
     forward!(
         /// Forwards a Put to the leader.
         forward_put, put, pb::PutRequest, pb::PutResponse,
         |_: &pb::PutRequest| Route::Leader,
-        |c: &Client, r: &mut pb::PutRequest| with_id(c, &mut r.request_id)
+        |c: &Client, r: &mut pb::PutRequest| c.with_id(&mut r.request_id)
     );
     forward!(
         /// Forwards a Delete to the leader.
         forward_delete, delete, pb::DeleteRequest, pb::DeleteResponse,
         |_: &pb::DeleteRequest| Route::Leader,
-        |c: &Client, r: &mut pb::DeleteRequest| with_id(c, &mut r.request_id)
+        |c: &Client, r: &mut pb::DeleteRequest| c.with_id(&mut r.request_id)
     );
     forward!(
         /// Forwards a Txn to the leader.
         forward_txn, txn, pb::TxnRequest, pb::TxnResponse,
         |_: &pb::TxnRequest| Route::Leader,
-        |c: &Client, r: &mut pb::TxnRequest| with_id(c, &mut r.request_id)
+        |c: &Client, r: &mut pb::TxnRequest| c.with_id(&mut r.request_id)
     );
     forward!(
         /// Forwards a Get: to the leader, or to any replica when serializable.

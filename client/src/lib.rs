@@ -32,6 +32,7 @@ mod error;
 mod forward;
 mod kv;
 pub mod net;
+pub mod relay;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod watch;

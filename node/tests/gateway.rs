@@ -448,3 +448,115 @@ async fn bad_input_does_not_hurt_the_gateway() {
     let r = k.get(get_req("big", false)).await.unwrap().into_inner();
     assert!(r.kv.is_none());
 }
+
+/// The gateway's Batch relays a message of calls under the bounds as a
+/// whole; a message past them goes call by call through the handlers
+/// (some admitted, the rest refused), and every place comes back once its
+/// call is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_messages_are_relayed_within_the_bounds() {
+    let c = TestCluster::start(3, &[]).await;
+    let g = c.start_gateway(&["--max-inflight", "16", "--max-inflight-per-conn", "8"]);
+    g.wait_ready(Duration::from_secs(20)).await;
+    let relayed = || metric(&g.metrics, "cairn_gateway_relayed_calls_total");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut replies = raw(&g.addr)
+        .await
+        .batch(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut next_id = 0u64;
+    let mut send = |calls: Vec<pb::batch_call::Call>| {
+        let calls: Vec<pb::BatchCall> = calls
+            .into_iter()
+            .map(|call| {
+                next_id += 1;
+                pb::BatchCall {
+                    id: next_id,
+                    timeout_us: 5_000_000,
+                    call: Some(call),
+                }
+            })
+            .collect();
+        let ids: Vec<u64> = calls.iter().map(|c| c.id).collect();
+        tx.send(pb::BatchRequest { calls }).unwrap();
+        ids
+    };
+    let mut answers = async |ids: &[u64]| {
+        let mut got = BTreeMap::new();
+        while got.len() < ids.len() {
+            let m = tokio::time::timeout(Duration::from_secs(10), replies.message())
+                .await
+                .expect("answers within the deadline")
+                .unwrap()
+                .expect("the stream stays open");
+            for r in m.replies {
+                assert!(
+                    got.insert(r.id, r.reply.unwrap()).is_none(),
+                    "one answer per call"
+                );
+            }
+        }
+        assert_eq!(got.keys().copied().collect::<Vec<_>>(), ids);
+        got
+    };
+    let puts = |tag: &str, n: usize| {
+        (0..n)
+            .map(|i| pb::batch_call::Call::Put(put_req(&format!("{tag}/{i}"), "v")))
+            .collect::<Vec<_>>()
+    };
+    use pb::batch_reply::Reply;
+
+    // Under the bounds: relayed as one message, every call answered.
+    let before = relayed();
+    let ids = send(puts("a", 8));
+    for (_, r) in answers(&ids).await {
+        assert!(matches!(r, Reply::Put(_)), "{r:?}");
+    }
+    assert_eq!(relayed() - before, 8.0);
+
+    // Past the per-connection bound: not relayed; the handlers admit
+    // some and refuse the rest at once.
+    let before = relayed();
+    let ids = send(puts("b", 40));
+    let (mut ok, mut refused) = (0, 0);
+    for (_, r) in answers(&ids).await {
+        match r {
+            Reply::Put(_) => ok += 1,
+            Reply::Error(e) => {
+                assert_eq!(e.code, tonic::Code::ResourceExhausted as i32, "{e:?}");
+                assert!(e.message.contains("limit max-inflight"), "{e:?}");
+                refused += 1;
+            }
+            other => panic!("a put answered {other:?}"),
+        }
+    }
+    assert!(ok > 0 && refused > 0, "ok {ok}, refused {refused}");
+    assert_eq!(relayed(), before);
+
+    // Every place came back: a full message is relayed again, and
+    // serializable reads too; nothing stays counted in flight.
+    let before = relayed();
+    let ids = send(puts("c", 8));
+    for (_, r) in answers(&ids).await {
+        assert!(matches!(r, Reply::Put(_)), "{r:?}");
+    }
+    let gets = (0..8)
+        .map(|i| {
+            pb::batch_call::Call::Get(pb::GetRequest {
+                key: format!("a/{i}").into_bytes().into(),
+                consistency: pb::ReadConsistency::Serializable as i32,
+            })
+        })
+        .collect();
+    let ids = send(gets);
+    for (_, r) in answers(&ids).await {
+        match r {
+            Reply::Get(g) => assert_eq!(&g.kv.unwrap().value[..], b"v"),
+            other => panic!("a get answered {other:?}"),
+        }
+    }
+    assert_eq!(relayed() - before, 16.0);
+    assert_eq!(metric(&g.metrics, "cairn_gateway_inflight"), 0.0);
+}

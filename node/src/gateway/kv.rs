@@ -19,7 +19,7 @@ use tracing::Instrument;
 use super::Gateway;
 use crate::server::http::observe_as;
 
-const METRIC: &str = "cairn_gateway_request_duration_seconds";
+pub(super) const METRIC: &str = "cairn_gateway_request_duration_seconds";
 
 /// The request id header: the caller's, or one the gateway makes, logged
 /// with the request and returned with the response.
@@ -161,12 +161,7 @@ impl Kv for Proxy {
         req: Request<tonic::Streaming<pb::BatchRequest>>,
     ) -> Result<Response<Self::BatchStream>, Status> {
         self.0.refuse_if_draining()?;
-        Ok(Response::new(crate::server::batch::serve(
-            self.clone(),
-            req,
-            self.0.drain.clone(),
-            crate::server::batch::Deadline::Handler,
-        )))
+        Ok(Response::new(super::relay::serve(self.clone(), req)))
     }
 
     type WatchStream = WatchStream;

@@ -9,6 +9,7 @@
 //! total; past a bound the answer is RESOURCE_EXHAUSTED at once.
 
 mod kv;
+mod relay;
 mod watch;
 
 use std::collections::HashMap;
@@ -111,6 +112,9 @@ pub struct Gateway {
     /// `cairn_gateway_inflight`, looked up once: the recorder's lookup
     /// costs a hash and an allocation per request.
     inflight_gauge: metrics::Gauge,
+    /// `cairn_gateway_relayed_calls_total`: calls relayed message by
+    /// message (the rest go through the unary handlers).
+    relayed: metrics::Counter,
 }
 
 /// Holds a request's place under the in-flight bounds.
@@ -194,6 +198,49 @@ impl Gateway {
         })
     }
 
+    /// Takes `n` places under the in-flight bounds for calls relayed from
+    /// connection `conn`, all or none; see [`Gateway::release`].
+    fn admit_relayed(&self, conn: Option<SocketAddr>, n: usize) -> bool {
+        let Ok(permits) = u32::try_from(n) else {
+            return false;
+        };
+        let Ok(p) = self.inflight.try_acquire_many(permits) else {
+            return false;
+        };
+        if let Some(c) = conn {
+            let mut m = self.per_conn.lock();
+            let k = m.entry(c).or_insert(0);
+            if *k + n > self.args.max_inflight_per_conn {
+                if *k == 0 {
+                    m.remove(&c);
+                }
+                return false;
+            }
+            *k += n;
+        }
+        p.forget();
+        self.inflight_gauge.increment(n as f64);
+        true
+    }
+
+    /// Gives back `n` places taken by [`Gateway::admit_relayed`].
+    fn release(&self, conn: Option<SocketAddr>, n: usize) {
+        if n == 0 {
+            return;
+        }
+        if let Some(c) = conn {
+            let mut m = self.per_conn.lock();
+            if let Some(k) = m.get_mut(&c) {
+                *k = k.saturating_sub(n);
+                if *k == 0 {
+                    m.remove(&c);
+                }
+            }
+        }
+        self.inflight.add_permits(n);
+        self.inflight_gauge.decrement(n as f64);
+    }
+
     /// The request's deadline: its `grpc-timeout` (a batch call's own),
     /// capped by ours.
     fn deadline<T>(&self, req: &tonic::Request<T>) -> Duration {
@@ -268,6 +315,7 @@ impl RunningGateway {
         let (drain_tx, drain_rx) = twatch::channel(false);
         let gateway = Arc::new(Gateway {
             inflight_gauge: metrics::gauge!("cairn_gateway_inflight"),
+            relayed: metrics::counter!("cairn_gateway_relayed_calls_total"),
             inflight: Arc::new(Semaphore::new(args.max_inflight.max(1))),
             hub: watch::Hub::new(client.clone()),
             client,

@@ -65,13 +65,97 @@ struct Calls<I, F, Fut> {
     start: F,
     unstarted: VecDeque<pb::BatchCall>,
     running: FuturesUnordered<Isolated<Fut>>,
+    out: Outbox,
+    calls_in: metrics::Histogram,
+}
+
+/// Answers ready to go back on a Batch stream.
+pub(crate) struct Outbox {
     ready: Vec<pb::BatchReply>,
     ready_bytes: usize,
     /// Whether this message of answers already waited once for calls
     /// still running.
     waited: bool,
-    calls_in: metrics::Histogram,
     calls_out: metrics::Histogram,
+}
+
+impl Outbox {
+    pub(crate) fn new() -> Self {
+        Outbox {
+            ready: Vec::new(),
+            ready_bytes: 0,
+            waited: false,
+            calls_out: metrics::histogram!("cairn_batch_calls_per_message", "direction" => "out"),
+        }
+    }
+
+    /// Whether the next message of answers is full.
+    pub(crate) fn is_full(&self) -> bool {
+        self.ready_bytes >= REPLY_BYTES
+    }
+
+    pub(crate) fn push(&mut self, r: pb::BatchReply) {
+        self.ready_bytes += r.encoded_len();
+        self.ready.push(r);
+    }
+
+    /// Takes the answers `calls` has ready, until the message is full;
+    /// returns whether there were any.
+    pub(crate) fn fill<S>(&mut self, calls: &mut S, cx: &mut Context<'_>) -> bool
+    where
+        S: Stream<Item = pb::BatchReply> + Unpin,
+    {
+        let mut any = false;
+        while !self.is_full() {
+            match calls.poll_next_unpin(cx) {
+                Poll::Ready(Some(r)) => {
+                    self.push(r);
+                    any = true;
+                }
+                Poll::Ready(None) | Poll::Pending => break,
+            }
+        }
+        any
+    }
+
+    /// The next message of answers, if one should go now. While calls
+    /// are still running (`running`), answers that may finish in a moment
+    /// (on the other worker, or woken by the same commit) get one chance
+    /// to share this message and its write: the first time, this wakes
+    /// the task and returns None.
+    pub(crate) fn take(
+        &mut self,
+        running: bool,
+        cx: &mut Context<'_>,
+    ) -> Option<pb::BatchResponse> {
+        if self.ready.is_empty() {
+            return None;
+        }
+        if !self.waited && running && !self.is_full() {
+            self.waited = true;
+            cx.waker().wake_by_ref();
+            return None;
+        }
+        self.waited = false;
+        self.ready_bytes = 0;
+        let replies = std::mem::take(&mut self.ready);
+        self.calls_out.record(replies.len() as f64);
+        Some(pb::BatchResponse { replies })
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.ready.is_empty()
+    }
+}
+
+/// A future that is ready once `closing` turns true.
+pub(crate) fn closed(
+    mut closing: watch::Receiver<bool>,
+) -> futures::future::BoxFuture<'static, ()> {
+    async move {
+        let _ = closing.wait_for(|c| *c).await;
+    }
+    .boxed()
 }
 
 impl<I, F, Fut> Calls<I, F, Fut>
@@ -82,21 +166,15 @@ where
 {
     /// Serves the calls of `inbound` with `start` until it ends or
     /// `closing` turns true.
-    fn new(inbound: I, mut closing: watch::Receiver<bool>, start: F) -> Self {
+    fn new(inbound: I, closing: watch::Receiver<bool>, start: F) -> Self {
         Calls {
             inbound: Some(inbound),
-            closing: async move {
-                let _ = closing.wait_for(|c| *c).await;
-            }
-            .boxed(),
+            closing: closed(closing),
             start,
             unstarted: VecDeque::new(),
             running: FuturesUnordered::new(),
-            ready: Vec::new(),
-            ready_bytes: 0,
-            waited: false,
+            out: Outbox::new(),
             calls_in: metrics::histogram!("cairn_batch_calls_per_message", "direction" => "in"),
-            calls_out: metrics::histogram!("cairn_batch_calls_per_message", "direction" => "out"),
         }
     }
 
@@ -114,10 +192,7 @@ where
                 };
                 let id = call.id;
                 let work = (self.start)(call);
-                self.running.push(Isolated {
-                    id,
-                    work: AssertUnwindSafe(work).catch_unwind(),
-                });
+                self.running.push(Isolated::new(id, work));
             }
             if self.running.len() >= MAX_CALLS_IN_FLIGHT {
                 return;
@@ -151,55 +226,45 @@ where
         let this = &mut *self;
         loop {
             this.read(cx);
-            let mut progressed = false;
-            while this.ready_bytes < REPLY_BYTES {
-                match this.running.poll_next_unpin(cx) {
-                    Poll::Ready(Some(r)) => {
-                        this.ready_bytes += r.encoded_len();
-                        this.ready.push(r);
-                        progressed = true;
-                    }
-                    Poll::Ready(None) | Poll::Pending => break,
-                }
-            }
+            let progressed = this.out.fill(&mut this.running, cx);
             // Answers freed slots: read on before deciding.
             if progressed && !this.unstarted.is_empty() {
                 continue;
             }
             break;
         }
-        if this.ready.is_empty() {
-            let done =
-                this.inbound.is_none() && this.unstarted.is_empty() && this.running.is_empty();
-            return if done {
-                Poll::Ready(None)
-            } else {
-                Poll::Pending
-            };
+        if let Some(m) = this.out.take(!this.running.is_empty(), cx) {
+            return Poll::Ready(Some(Ok(m)));
         }
-        // Other calls still running may finish in a moment (on the other
-        // worker, or woken by the same commit): let them, once, so their
-        // answers share this message and its write.
-        if !this.waited && !this.running.is_empty() && this.ready_bytes < REPLY_BYTES {
-            this.waited = true;
-            cx.waker().wake_by_ref();
-            return Poll::Pending;
+        let done = this.out.is_empty()
+            && this.inbound.is_none()
+            && this.unstarted.is_empty()
+            && this.running.is_empty();
+        if done {
+            Poll::Ready(None)
+        } else {
+            Poll::Pending
         }
-        this.waited = false;
-        this.ready_bytes = 0;
-        let replies = std::mem::take(&mut this.ready);
-        this.calls_out.record(replies.len() as f64);
-        Poll::Ready(Some(Ok(pb::BatchResponse { replies })))
     }
 }
 
 pin_project_lite::pin_project! {
     /// A running call: a call that panics must not take the stream and
     /// every other call on it down, so it alone is answered INTERNAL.
-    struct Isolated<Fut> {
+    pub(crate) struct Isolated<Fut> {
         id: u64,
         #[pin]
         work: futures::future::CatchUnwind<AssertUnwindSafe<Fut>>,
+    }
+}
+
+impl<Fut: Future<Output = pb::BatchReply>> Isolated<Fut> {
+    /// Call `id`, running `work`.
+    pub(crate) fn new(id: u64, work: Fut) -> Self {
+        Isolated {
+            id,
+            work: AssertUnwindSafe(work).catch_unwind(),
+        }
     }
 }
 
@@ -263,7 +328,7 @@ fn into_reply<T>(r: Result<Response<T>, Status>, ok: impl FnOnce(T) -> Reply) ->
 }
 
 /// Runs one call through the unary handler, within its deadline.
-async fn answer<S: Kv>(
+pub(crate) async fn answer<S: Kv>(
     svc: &S,
     call: pb::BatchCall,
     conn: Option<TcpConnectInfo>,

@@ -1,0 +1,227 @@
+//! The gateway's `KV.Batch`: a caller's message of calls is relayed as
+//! one message per destination (the leader; one replica for the
+//! serializable reads) on the client library's batch streams, and the
+//! answers come back as they arrive. Admission is taken per message. A
+//! call the relay does not take (no leader known yet, too large), one
+//! whose relayed attempt failed in a way a retry may fix, and every call
+//! past the in-flight bounds go through the gateway's unary handler
+//! instead: its admission, retries, leader following and errors.
+//!
+//! This is the gateway's hot path: a relayed call costs no task, timer,
+//! channel, routing decision or admission of its own.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use cairn_client::batch::status_to_pb;
+use cairn_client::relay::{Outcome, Relay};
+use cairn_proto::kv::{self as pb, batch_reply::Reply};
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, Stream, StreamExt};
+use tonic::transport::server::TcpConnectInfo;
+use tonic::{Request, Status, Streaming};
+
+use super::kv::{Proxy, METRIC};
+use crate::server::batch::{self, answer, BatchStream, Deadline, Isolated, Outbox};
+use crate::server::http::observe_as;
+
+/// Serves one Batch stream of the gateway.
+pub(super) fn serve(proxy: Proxy, req: Request<Streaming<pb::BatchRequest>>) -> BatchStream {
+    let info = req.extensions().get::<TcpConnectInfo>().cloned();
+    let conn = info.as_ref().and_then(TcpConnectInfo::remote_addr);
+    let closing = batch::closed(proxy.0.drain.clone());
+    Box::pin(Relayed {
+        relay: Relay::new(&proxy.0.client),
+        proxy,
+        info,
+        conn,
+        inbound: Some(req.into_inner()),
+        closing,
+        unstarted: VecDeque::new(),
+        slow: FuturesUnordered::new(),
+        admitted: 0,
+        out: Outbox::new(),
+    })
+}
+
+type Slow = Isolated<BoxFuture<'static, pb::BatchReply>>;
+
+struct Relayed {
+    proxy: Proxy,
+    info: Option<TcpConnectInfo>,
+    conn: Option<SocketAddr>,
+    /// The caller's side; `None` once it ended (or the drain began).
+    inbound: Option<Streaming<pb::BatchRequest>>,
+    closing: BoxFuture<'static, ()>,
+    relay: Relay,
+    /// Calls for the unary handler, not yet started (past the bound).
+    unstarted: VecDeque<pb::BatchCall>,
+    slow: FuturesUnordered<Slow>,
+    /// Places taken under the in-flight bounds by relayed calls.
+    admitted: usize,
+    out: Outbox,
+}
+
+impl Relayed {
+    fn in_flight(&self) -> usize {
+        self.relay.len() + self.slow.len()
+    }
+
+    /// Starts `call` through the unary handler.
+    fn start_slow(&mut self, call: pb::BatchCall) {
+        let (proxy, info) = (self.proxy.clone(), self.info.clone());
+        let id = call.id;
+        self.slow.push(Isolated::new(
+            id,
+            async move { answer(&proxy, call, info, Deadline::Handler).await }.boxed(),
+        ));
+    }
+
+    /// Relays a message of calls, or hands them to the unary handler when
+    /// the gateway refuses them or the relay cannot take them.
+    fn relay_message(&mut self, m: pb::BatchRequest) {
+        let g = &self.proxy.0;
+        if let Err(s) = g.refuse_if_draining() {
+            for c in m.calls {
+                self.out.push(pb::BatchReply {
+                    id: c.id,
+                    reply: Some(Reply::Error(status_to_pb(&s))),
+                });
+            }
+            return;
+        }
+        let n = m.calls.len();
+        if n == 0 || !g.admit_relayed(self.conn, n) {
+            // The unary handler answers each past the bounds.
+            self.unstarted.extend(m.calls);
+            return;
+        }
+        self.admitted += n;
+        let cap = Duration::from_millis(g.args.request_timeout_ms);
+        let mut calls = m.calls;
+        for c in &mut calls {
+            let asked = Duration::from_micros(c.timeout_us);
+            let t = if c.timeout_us == 0 {
+                cap
+            } else {
+                asked.min(cap)
+            };
+            c.timeout_us = u64::try_from(t.as_micros()).unwrap_or(u64::MAX).max(1);
+        }
+        let rest = self.relay.send(calls);
+        g.relayed.increment((n - rest.len()) as u64);
+        self.give_back(rest.len());
+        self.unstarted.extend(rest);
+    }
+
+    /// Gives back the places of `n` relayed calls (answered, or handed
+    /// to the unary handler, which takes its own).
+    fn give_back(&mut self, n: usize) {
+        debug_assert!(n <= self.admitted, "more places given back than taken");
+        let n = n.min(self.admitted);
+        self.admitted -= n;
+        self.proxy.0.release(self.conn, n);
+    }
+
+    /// Reads the caller's messages and starts their calls while under
+    /// the in-flight bound; returns whether the bound stopped it (then
+    /// nothing will wake it for the caller's side).
+    fn read(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.inbound.is_some() && self.closing.poll_unpin(cx).is_ready() {
+            self.inbound = None;
+            self.unstarted.clear();
+        }
+        loop {
+            while self.in_flight() < batch::MAX_CALLS_IN_FLIGHT {
+                let Some(call) = self.unstarted.pop_front() else {
+                    break;
+                };
+                self.start_slow(call);
+            }
+            if self.in_flight() >= batch::MAX_CALLS_IN_FLIGHT {
+                return true;
+            }
+            let Some(inbound) = self.inbound.as_mut() else {
+                return false;
+            };
+            match inbound.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(m))) => self.relay_message(m),
+                Poll::Ready(Some(Err(_)) | None) => self.inbound = None,
+                Poll::Pending => return false,
+            }
+        }
+    }
+
+    /// Settled relayed calls and answered slow ones into the outbox.
+    fn collect(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut progressed = false;
+        let mut settled = 0;
+        while !self.out.is_full() {
+            match self.relay.poll_next(cx) {
+                Poll::Ready(Outcome::Answer {
+                    reply,
+                    method,
+                    started,
+                }) => {
+                    settled += 1;
+                    let code = match &reply.reply {
+                        Some(Reply::Error(e)) => {
+                            Err(cairn_client::batch::status_from_pb(e.clone()))
+                        }
+                        _ => Ok(()),
+                    };
+                    observe_as(METRIC, method, started, &code);
+                    self.out.push(reply);
+                    progressed = true;
+                }
+                Poll::Ready(Outcome::Retry(call)) => {
+                    settled += 1;
+                    self.start_slow(call);
+                    progressed = true;
+                }
+                Poll::Pending => break,
+            }
+        }
+        self.give_back(settled);
+        self.out.fill(&mut self.slow, cx) || progressed
+    }
+}
+
+impl Stream for Relayed {
+    type Item = Result<pb::BatchResponse, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            let blocked = this.read(cx);
+            // Answers freed places: read on before deciding.
+            if this.collect(cx) && blocked {
+                continue;
+            }
+            break;
+        }
+        if let Some(m) = this.out.take(this.in_flight() > 0, cx) {
+            return Poll::Ready(Some(Ok(m)));
+        }
+        let done = this.out.is_empty()
+            && this.inbound.is_none()
+            && this.unstarted.is_empty()
+            && this.in_flight() == 0;
+        if done {
+            Poll::Ready(None)
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+impl Drop for Relayed {
+    fn drop(&mut self) {
+        let n = self.admitted;
+        self.give_back(n);
+    }
+}
