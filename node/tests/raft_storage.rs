@@ -274,3 +274,78 @@ async fn a_snapshot_with_nothing_new_keeps_the_current_one() {
     assert_eq!(third.meta.last_log_id.map(|l| l.index), Some(3));
     assert!(!first.snapshot.dir.exists(), "the replaced snapshot stays");
 }
+
+/// A purge's marker and removals run in the background: if they are lost
+/// (here the marker's fsync fails, then the node crashes) the log keeps
+/// more than was purged, never a hole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_lost_in_a_crash_leaves_more_log_not_a_hole() {
+    Rt::scope(6, async {
+        let fs = MemFs::new();
+        let mut log = open(&fs, 1024);
+        for i in 1..=300 {
+            append(&mut log, vec![entry(1, i)]).await.unwrap();
+        }
+        let segments = log.segments();
+        fs.set_faults(lsm::fs::Faults {
+            fail_sync: true,
+            ..Default::default()
+        });
+        log.purge(openraft::testing::log_id::<TypeConfig>(1, 1, 250))
+            .await
+            .unwrap();
+        // Forgotten at once in memory.
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id.unwrap().index, 250);
+        assert!(log.segments() < segments);
+        drop(log);
+        fs.set_faults(lsm::fs::Faults::default());
+        fs.crash(false, 0);
+        let mut log = open(&fs, 1024);
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(
+            state.last_purged_log_id, None,
+            "the marker never became durable"
+        );
+        let all = log.try_get_log_entries(0..).await.unwrap();
+        let indexes: Vec<u64> = all.iter().map(|e| e.log_id.index).collect();
+        assert_eq!(indexes, (1..=300).collect::<Vec<_>>());
+    })
+    .await;
+}
+
+/// On a real disk, with the log's own threads: a purge is durable after a
+/// clean stop, and the purged segments are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_is_durable_after_a_clean_stop() {
+    Rt::scope(7, async {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || {
+            LogStore::open_with(
+                Arc::new(StdFs),
+                Arc::new(ThreadExecutor::new()),
+                dir.path().join("raft"),
+                1024,
+            )
+            .unwrap()
+        };
+        let files = || std::fs::read_dir(dir.path().join("raft")).unwrap().count();
+        let mut log = open();
+        for i in 1..=300 {
+            append(&mut log, vec![entry(1, i)]).await.unwrap();
+        }
+        let before = files();
+        log.purge(openraft::testing::log_id::<TypeConfig>(1, 1, 250))
+            .await
+            .unwrap();
+        drop(log);
+        assert!(files() < before, "purged segments removed by the stop");
+        let mut log = open();
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id.unwrap().index, 250);
+        let all = log.try_get_log_entries(0..).await.unwrap();
+        assert_eq!(all.first().unwrap().log_id.index, 251);
+        assert_eq!(all.last().unwrap().log_id.index, 300);
+    })
+    .await;
+}

@@ -329,6 +329,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                     meta,
                     snapshot: SnapshotDir { dir },
                 };
+                // Here, not on the runtime: removing the previous
+                // snapshot's files blocked a tokio worker for tens of ms.
+                replace_current(&current, fs, snap.clone())?;
                 Ok((snap, true))
             },
         )
@@ -338,7 +341,6 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         }
         metrics::counter!("cairn_snapshots_built_total").increment(1);
         metrics::histogram!("cairn_snapshot_build_duration_seconds").record(started.elapsed());
-        replace_current(&self.current, &*self.env.fs, snap.clone())?;
         tracing::info!(last_log_id = ?snap.meta.last_log_id, "snapshot built");
         Ok(snap)
     }
