@@ -65,12 +65,11 @@ struct Relayed {
     attempt_deadline: Instant,
 }
 
-/// A call on its way: its route known.
+/// A call on its way, in the group of its route.
 struct Routed {
     id: u64,
     timeout_us: u64,
     call: Call,
-    route: Route,
     method: &'static str,
 }
 
@@ -160,7 +159,6 @@ impl Relay {
                 id,
                 timeout_us,
                 call,
-                route,
                 method,
             });
         }
@@ -181,7 +179,6 @@ impl Relay {
                 id,
                 timeout_us,
                 call,
-                route,
                 method,
             } in g
             {

@@ -126,15 +126,7 @@ pub struct Admitted<'a> {
 
 impl Drop for Admitted<'_> {
     fn drop(&mut self) {
-        if let Some(c) = self.conn {
-            let mut m = self.g.per_conn.lock();
-            if let Some(n) = m.get_mut(&c) {
-                *n -= 1;
-                if *n == 0 {
-                    m.remove(&c);
-                }
-            }
-        }
+        self.g.release_conn(self.conn, 1);
         self.g.inflight_gauge.decrement(1.0);
     }
 }
@@ -177,18 +169,12 @@ impl Gateway {
             ))
         })?;
         let conn = req.remote_addr();
-        if let Some(c) = conn {
-            let mut m = self.per_conn.lock();
-            let n = m.entry(c).or_insert(0);
-            if *n >= self.args.max_inflight_per_conn {
-                metrics::counter!("cairn_gateway_rejected_total", "bound" => "connection")
-                    .increment(1);
-                return Err(Status::resource_exhausted(format!(
-                    "this connection has {} requests in flight (limit max-inflight-per-conn)",
-                    self.args.max_inflight_per_conn
-                )));
-            }
-            *n += 1;
+        if !self.take_conn(conn, 1) {
+            metrics::counter!("cairn_gateway_rejected_total", "bound" => "connection").increment(1);
+            return Err(Status::resource_exhausted(format!(
+                "this connection has {} requests in flight (limit max-inflight-per-conn)",
+                self.args.max_inflight_per_conn
+            )));
         }
         self.inflight_gauge.increment(1.0);
         Ok(Admitted {
@@ -207,20 +193,44 @@ impl Gateway {
         let Ok(p) = self.inflight.try_acquire_many(permits) else {
             return false;
         };
-        if let Some(c) = conn {
-            let mut m = self.per_conn.lock();
-            let k = m.entry(c).or_insert(0);
-            if *k + n > self.args.max_inflight_per_conn {
-                if *k == 0 {
-                    m.remove(&c);
-                }
-                return false;
-            }
-            *k += n;
+        if !self.take_conn(conn, n) {
+            return false;
         }
         p.forget();
         self.inflight_gauge.increment(n as f64);
         true
+    }
+
+    /// Counts `n` more requests in flight on connection `conn`, unless
+    /// that would pass the per-connection bound.
+    fn take_conn(&self, conn: Option<SocketAddr>, n: usize) -> bool {
+        let Some(c) = conn else {
+            return true;
+        };
+        let mut m = self.per_conn.lock();
+        let k = m.entry(c).or_insert(0);
+        if *k + n > self.args.max_inflight_per_conn {
+            if *k == 0 {
+                m.remove(&c);
+            }
+            return false;
+        }
+        *k += n;
+        true
+    }
+
+    /// Counts `n` requests of connection `conn` as finished.
+    fn release_conn(&self, conn: Option<SocketAddr>, n: usize) {
+        let Some(c) = conn else {
+            return;
+        };
+        let mut m = self.per_conn.lock();
+        if let Some(k) = m.get_mut(&c) {
+            *k = k.saturating_sub(n);
+            if *k == 0 {
+                m.remove(&c);
+            }
+        }
     }
 
     /// Gives back `n` places taken by [`Gateway::admit_relayed`].
@@ -228,15 +238,7 @@ impl Gateway {
         if n == 0 {
             return;
         }
-        if let Some(c) = conn {
-            let mut m = self.per_conn.lock();
-            if let Some(k) = m.get_mut(&c) {
-                *k = k.saturating_sub(n);
-                if *k == 0 {
-                    m.remove(&c);
-                }
-            }
-        }
+        self.release_conn(conn, n);
         self.inflight.add_permits(n);
         self.inflight_gauge.decrement(n as f64);
     }
@@ -244,7 +246,6 @@ impl Gateway {
     /// The request's deadline: its `grpc-timeout` (a batch call's own),
     /// capped by ours.
     fn deadline<T>(&self, req: &tonic::Request<T>) -> Duration {
-        let cap = Duration::from_millis(self.args.request_timeout_ms);
         let asked = match req.extensions().get::<crate::server::batch::InBatch>() {
             Some(b) => b.timeout,
             None => req
@@ -253,6 +254,12 @@ impl Gateway {
                 .and_then(|v| v.to_str().ok())
                 .and_then(cairn_client::net::grpc_timeout),
         };
+        self.capped(asked)
+    }
+
+    /// The deadline a caller `asked` for (none: ours), capped by ours.
+    fn capped(&self, asked: Option<Duration>) -> Duration {
+        let cap = Duration::from_millis(self.args.request_timeout_ms);
         asked.map_or(cap, |d| d.min(cap))
     }
 }

@@ -101,15 +101,10 @@ impl Relayed {
             return;
         }
         self.admitted += n;
-        let cap = Duration::from_millis(g.args.request_timeout_ms);
         let mut calls = m.calls;
         for c in &mut calls {
-            let asked = Duration::from_micros(c.timeout_us);
-            let t = if c.timeout_us == 0 {
-                cap
-            } else {
-                asked.min(cap)
-            };
+            let asked = (c.timeout_us > 0).then(|| Duration::from_micros(c.timeout_us));
+            let t = g.capped(asked);
             c.timeout_us = u64::try_from(t.as_micros()).unwrap_or(u64::MAX).max(1);
         }
         let rest = self.relay.send(calls);

@@ -709,6 +709,7 @@ impl WriterHandle {
         mark: Arc<Mutex<WrittenMark>>,
     ) -> Self {
         let writer = Writer {
+            name,
             fs,
             dir,
             file: None,
@@ -771,6 +772,8 @@ fn fail_job(job: Job, why: &str) {
 }
 
 struct Writer {
+    /// Its thread's name, for its errors.
+    name: &'static str,
     fs: Arc<dyn FileSystem>,
     dir: PathBuf,
     /// The open segment and its first index.
@@ -830,7 +833,8 @@ impl Writer {
     }
 
     fn fail(&mut self, e: &io::Error) {
-        tracing::error!(error = %e, "Raft log I/O failed; the log refuses further writes");
+        tracing::error!(writer = self.name, error = %e,
+            "Raft log I/O failed; this writer refuses every later job");
         self.failed = Some(format!("Raft log I/O failed earlier: {e}"));
     }
 
