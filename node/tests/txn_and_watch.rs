@@ -225,12 +225,15 @@ async fn watch_from_a_past_revision_is_ordered_without_gaps() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compacted_start_revision_gets_a_clear_error() {
-    // Keep only 100 revisions of history; trimming happens every 1024.
+    // Keep only 100 revisions of history; trimming happens at fixed
+    // revisions, every HISTORY_TRIM_EVERY.
     let c = TestCluster::start(1, &["--history-revisions", "100"]).await;
     let leader = c.wait_leader(Duration::from_secs(10)).await;
     let mut k = kv(&c.addr(leader)).await;
-    for i in 0..1100 {
-        k.put(put_req(&format!("k{}", i % 10), "v")).await.unwrap();
+    let mut last = 0;
+    for i in 0..300 {
+        let r = k.put(put_req(&format!("k{}", i % 10), "v")).await.unwrap();
+        last = r.into_inner().header.unwrap().revision;
     }
     let e = k
         .watch(pb::WatchRequest {
@@ -250,7 +253,8 @@ async fn a_compacted_start_revision_gets_a_clear_error() {
         .unwrap()
         .parse()
         .unwrap();
-    assert_eq!(oldest, 1024 - 100);
+    let every = cairn_node::raft::store::HISTORY_TRIM_EVERY;
+    assert_eq!(oldest, last - last % every - 100);
     // From the oldest available revision it works.
     let mut s = k
         .watch(pb::WatchRequest {
