@@ -287,10 +287,13 @@ fn main() -> ExitCode {
     ) {
         init_logs(&cli.log_format);
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match &cli.command {
+        Command::Gateway(args) => cairn_node::gateway::runtime(args.threads),
+        _ => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+    };
+    let rt = match rt {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cairn: cannot start the runtime: {e}");

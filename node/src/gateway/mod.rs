@@ -69,6 +69,11 @@ pub struct GatewayArgs {
     /// On SIGTERM, how long in-flight requests may take to finish.
     #[arg(long, env = "CAIRN_GATEWAY_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
     pub drain_timeout_ms: u64,
+    /// Threads of the gateway's runtime (0: one per core). One thread
+    /// costs the least CPU per request (no wake-ups across threads) and
+    /// serves on one core; add threads, or gateways, past that.
+    #[arg(long, env = "CAIRN_GATEWAY_THREADS", default_value_t = 0)]
+    pub threads: usize,
 }
 
 impl GatewayArgs {
@@ -87,6 +92,24 @@ impl GatewayArgs {
         // cannot fail.
         #[allow(clippy::expect_used)]
         GatewayArgs::from_arg_matches(&m).expect("gateway defaults parse")
+    }
+}
+
+/// A runtime for a gateway of `threads` threads (0: one per core): one
+/// thread is a current-thread runtime, whose wake-ups are queue pushes
+/// instead of futex calls and context switches between workers.
+pub fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    match threads {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        0 => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
     }
 }
 
