@@ -48,10 +48,16 @@ cleanup() {
   [[ -n ${ENV_DIR:-} ]] && rm -rf "$ENV_DIR"
   return 0
 }
+# On a failure: every container's whole log under $LOGS, and its last 80
+# lines here without the heartbeat warnings (a cut-off peer fills the
+# tail with them and hides what the other peers did).
+LOGS=${LOGS:-/tmp/cairn-e2e-logs}
 dump() {
+  mkdir -p "$LOGS"
   for c in $(docker ps -a --format '{{.Names}}' --filter "name=^$P-n") "$GW"; do
-    echo "--- $c (last 25 log lines)" >&2
-    docker logs --tail 25 "$c" 2>&1 | cut -c1-400 >&2 || true
+    docker logs "$c" >"$LOGS/$c.log" 2>&1 || true
+    echo "--- $c (last 80 log lines but heartbeat warnings; all of it in $LOGS/$c.log)" >&2
+    grep -v HeartbeatWorker "$LOGS/$c.log" | tail -n 80 | cut -c1-400 >&2 || true
   done
 }
 trap cleanup EXIT
