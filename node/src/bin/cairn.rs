@@ -287,13 +287,11 @@ fn main() -> ExitCode {
     ) {
         init_logs(&cli.log_format);
     }
-    let rt = match &cli.command {
-        Command::Gateway(args) => cairn_node::gateway::runtime(args.threads),
-        _ => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build(),
+    let threads = match &cli.command {
+        Command::Gateway(args) => args.threads,
+        _ => 0,
     };
-    let rt = match rt {
+    let rt = match cairn_node::gateway::runtime(threads) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cairn: cannot start the runtime: {e}");

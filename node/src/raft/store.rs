@@ -34,7 +34,8 @@ const RECORD_HEADER: usize = 24;
 /// History is trimmed every this many revisions. A trim scans and
 /// deletes the events of this many revisions inside the apply of one
 /// entry, which every later write waits behind: at 1024 it took 1-5 ms
-/// (on every replica at once, the same entry), at 64 a sixteenth of it.
+/// (on every replica at once, the same entry; 114 applies over 1 ms in
+/// 8 s of puts with 4 clients, 34 at 64).
 pub const HISTORY_TRIM_EVERY: u64 = 64;
 
 /// The most pairs a scan (or a prefix delete's answer) returns in one page.
