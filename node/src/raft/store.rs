@@ -15,7 +15,7 @@
 //! the same bytes. The watch history and the request-id table are trimmed
 //! by log index, so they too are equal on every replica.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -331,9 +331,67 @@ pub struct Applier {
     requests_by_index: BTreeSet<(u64, RequestId)>,
     requests: BTreeSet<RequestId>,
     history_start: u64,
+    /// How many events each revision applied since loading wrote.
+    events_written: EventCounts,
     /// Each recently written key's create revision and version (None:
     /// known absent), so a put need not read the key's previous record.
     meta: KeyMeta,
+}
+
+/// How many watch events each revision wrote, for the revisions applied
+/// since the applier was loaded, so trimming the history deletes their
+/// keys without scanning for them (a scan builds an iterator over every
+/// table). Revisions before the first one applied here (after a restart
+/// or a snapshot install) are found by a scan, which finds the same keys.
+#[derive(Default)]
+struct EventCounts {
+    /// The revision of `counts[0]`.
+    first: u64,
+    counts: VecDeque<u32>,
+}
+
+/// Revisions whose event counts are kept at most (4 bytes each); older
+/// ones are found by a scan when trimmed.
+const EVENT_COUNTS_MAX: usize = 1 << 20;
+
+impl EventCounts {
+    /// Records that `revision` wrote `count` events.
+    fn record(&mut self, revision: u64, count: usize) {
+        if self.first + self.counts.len() as u64 != revision {
+            // Not the revision after the last one recorded (the first
+            // since loading): nothing before it is known.
+            self.counts.clear();
+            self.first = revision;
+        }
+        if self.counts.len() == EVENT_COUNTS_MAX {
+            self.counts.pop_front();
+            self.first += 1;
+        }
+        self.counts
+            .push_back(u32::try_from(count).unwrap_or(u32::MAX));
+    }
+
+    /// The first revision whose count is known (`u64::MAX`: none).
+    fn known_from(&self) -> u64 {
+        if self.counts.is_empty() {
+            u64::MAX
+        } else {
+            self.first
+        }
+    }
+
+    /// Forgets the revisions before `end`, returning each known one with
+    /// its count.
+    fn take_before(&mut self, end: u64) -> impl Iterator<Item = (u64, u32)> + '_ {
+        std::iter::from_fn(move || {
+            if self.first >= end {
+                return None;
+            }
+            let count = self.counts.pop_front()?;
+            self.first += 1;
+            Some((self.first - 1, count))
+        })
+    }
 }
 
 /// A bounded cache of keys' create revision and version, exactly as the
@@ -386,6 +444,7 @@ impl Applier {
             requests_by_index: BTreeSet::new(),
             requests: BTreeSet::new(),
             history_start: history_start(db)?,
+            events_written: EventCounts::default(),
             meta: KeyMeta::default(),
         };
         for item in db.scan_prefix([REQUEST])? {
@@ -419,10 +478,9 @@ impl Applier {
     /// `index`, recording `state` as the applied position.
     pub fn apply_empty(&mut self, db: &Db, index: u64, state: &AppliedState) -> Result<()> {
         let mut batch = WriteBatch::new();
-        self.trim(db, index, &mut batch)?;
+        self.trim(db, index, 0, &mut batch)?;
         batch.set_user_metadata(state.encode());
-        db.write(batch)?;
-        Ok(())
+        self.write(db, batch)
     }
 
     /// Applies `cmd` as the entry at `index`; `state` (which must name
@@ -444,9 +502,9 @@ impl Applier {
                             key: request_key(id),
                             reason: e.to_string(),
                         })?;
-                    self.trim(db, index, &mut batch)?;
+                    self.trim(db, index, 0, &mut batch)?;
                     batch.set_user_metadata(state.encode());
-                    db.write(batch)?;
+                    self.write(db, batch)?;
                     return Ok(Applied {
                         response,
                         events: Vec::new(),
@@ -487,19 +545,29 @@ impl Applier {
             self.requests.insert(id);
             self.requests_by_index.insert((index, id));
         }
-        self.trim(db, index, &mut batch)?;
+        self.trim(db, index, events.len(), &mut batch)?;
         batch.set_user_metadata(state.encode());
-        if let Err(e) = db.write(batch) {
-            self.meta.map.clear();
-            return Err(e.into());
-        }
+        self.write(db, batch)?;
         self.meta.record(written);
         Ok(Applied { response, events })
     }
 
-    /// Forgets request ids and history older than the retention windows.
+    /// Writes one entry's batch. After a failure nothing cached about the
+    /// database can be trusted.
+    fn write(&mut self, db: &Db, batch: WriteBatch) -> Result<()> {
+        if let Err(e) = db.write(batch) {
+            self.meta.map.clear();
+            self.events_written = EventCounts::default();
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Records that the entry at `index` writes `events` events, and
+    /// forgets request ids and history older than the retention windows.
     /// Runs at fixed log indexes, so every replica trims the same way.
-    fn trim(&mut self, db: &Db, index: u64, batch: &mut WriteBatch) -> Result<()> {
+    fn trim(&mut self, db: &Db, index: u64, events: usize, batch: &mut WriteBatch) -> Result<()> {
+        self.events_written.record(index, events);
         let floor = index.saturating_sub(self.retention.request_id_entries);
         while let Some(&(i, id)) = self.requests_by_index.first() {
             if i >= floor {
@@ -512,9 +580,21 @@ impl Applier {
         if index.is_multiple_of(HISTORY_TRIM_EVERY) && index > self.retention.history_revisions {
             let new_start = index - self.retention.history_revisions;
             if new_start > self.history_start {
-                for item in db.scan(event_key(self.history_start, 0)..event_key(new_start, 0))? {
-                    let (k, _) = item?;
-                    batch.delete(k);
+                // Revisions applied before loading: their keys are found
+                // by a scan. The others: their keys are known.
+                let scan_end = new_start.min(self.events_written.known_from());
+                if self.history_start < scan_end {
+                    for item in db.scan(event_key(self.history_start, 0)..event_key(scan_end, 0))? {
+                        let (k, _) = item?;
+                        batch.delete(k);
+                    }
+                }
+                for (revision, count) in self.events_written.take_before(new_start) {
+                    if revision >= self.history_start {
+                        for n in 0..count {
+                            batch.delete(event_key(revision, n));
+                        }
+                    }
                 }
                 self.history_start = new_start;
                 batch.put(HISTORY_START, new_start.to_le_bytes());
@@ -643,5 +723,122 @@ impl Tx<'_> {
             });
         }
         Ok(OpResult::Txn { succeeded, results })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::lsm::{InlineExecutor, MemFs, Options};
+
+    /// One log entry of the model run.
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// A put of key `k`.
+        Put(u8),
+        /// A txn putting `n` keys (0..=3 events).
+        Txn(u8),
+        /// An entry without a command.
+        Blank,
+        /// The applier is loaded again from the database, as after a
+        /// restart: what it knew in memory is gone.
+        Reload,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            60 => (0u8..8).prop_map(Step::Put),
+            30 => (0u8..4).prop_map(Step::Txn),
+            10 => Just(Step::Blank),
+            // Rare: most trims must find the counts of a long run.
+            1 => Just(Step::Reload),
+        ]
+    }
+
+    fn put(k: u8) -> PutOp {
+        PutOp {
+            key: vec![b'k', k],
+            value: vec![k; 3],
+            prev_kv: false,
+        }
+    }
+
+    fn state(index: u64) -> AppliedState {
+        AppliedState {
+            last_applied: Some(openraft::testing::log_id::<super::super::TypeConfig>(
+                1, 1, index,
+            )),
+            ..AppliedState::default()
+        }
+    }
+
+    /// The revisions the history holds: every event key, by revision.
+    fn history_keys(db: &Db) -> BTreeMap<u64, u32> {
+        let mut out = BTreeMap::new();
+        for item in db.scan_prefix([EVENT]).unwrap() {
+            let (k, _) = item.unwrap();
+            let revision = u64::from_be_bytes(k[1..9].try_into().unwrap());
+            *out.entry(revision).or_insert(0) += 1;
+        }
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// Trimming with the counts kept in memory, with a scan for what
+        /// came before a reload, or both, leaves exactly the events of
+        /// the revisions in the retention window.
+        #[test]
+        fn history_trim_keeps_exactly_the_window(steps in prop::collection::vec(step(), 1..600)) {
+            let opts = Options {
+                wal: false,
+                fs: Arc::new(MemFs::new()),
+                executor: Arc::new(InlineExecutor),
+                ..Options::default()
+            };
+            let db = Db::open("/db", opts).unwrap();
+            let retention = Retention { history_revisions: 70, request_id_entries: 1000 };
+            let mut applier = Applier::load(&db, retention).unwrap();
+            // The model: events written per revision.
+            let mut model: BTreeMap<u64, u32> = BTreeMap::new();
+            let mut index = 0;
+            for s in steps {
+                let cmd = match s {
+                    Step::Reload => {
+                        applier = Applier::load(&db, retention).unwrap();
+                        continue;
+                    }
+                    Step::Blank => None,
+                    Step::Put(k) => Some(Op::Put(put(k))),
+                    Step::Txn(n) => Some(Op::Txn(Txn {
+                        compares: Vec::new(),
+                        success: (0..n).map(|k| TxnOp::Put(put(k))).collect(),
+                        failure: Vec::new(),
+                    })),
+                };
+                index += 1;
+                match cmd {
+                    None => applier.apply_empty(&db, index, &state(index)).unwrap(),
+                    Some(op) => {
+                        let applied = applier
+                            .apply(&db, index, &Command { request_id: None, op }, &state(index))
+                            .unwrap();
+                        if !applied.events.is_empty() {
+                            model.insert(index, applied.events.len() as u32);
+                        }
+                    }
+                }
+                model.retain(|&r, _| r >= applier.history_start());
+                prop_assert_eq!(history_keys(&db), model.clone(), "after revision {}", index);
+                if index > retention.history_revisions + HISTORY_TRIM_EVERY {
+                    prop_assert!(applier.history_start() + retention.history_revisions + HISTORY_TRIM_EVERY > index);
+                }
+            }
+        }
     }
 }
