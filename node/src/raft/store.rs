@@ -15,7 +15,9 @@
 //! the same bytes. The watch history and the request-id table are trimmed
 //! by log index, so they too are equal on every replica.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
+
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -326,10 +328,11 @@ pub fn history(
 /// the state machine task; readers use [`get`] and [`scan`] directly.
 pub struct Applier {
     retention: Retention,
-    /// Request ids remembered, by the index that applied them (for expiry
-    /// in log order) and by id (for lookups).
-    requests_by_index: BTreeSet<(u64, RequestId)>,
-    requests: BTreeSet<RequestId>,
+    /// Request ids remembered, in the order of the indexes that applied
+    /// them (for expiry in log order), and by id (for lookups; never
+    /// iterated, so its hash order decides nothing).
+    requests_by_index: VecDeque<(u64, RequestId)>,
+    requests: FxHashSet<RequestId>,
     history_start: u64,
     /// How many events each revision applied since loading wrote.
     events_written: EventCounts,
@@ -401,11 +404,7 @@ impl EventCounts {
 /// nothing depends on a random seed.
 #[derive(Default)]
 struct KeyMeta {
-    map: std::collections::HashMap<
-        Vec<u8>,
-        Option<(u64, u64)>,
-        std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>,
-    >,
+    map: FxHashMap<Vec<u8>, Option<(u64, u64)>>,
 }
 
 /// Keys whose metadata the applier keeps (about 10 MB with 16-byte keys).
@@ -441,8 +440,8 @@ impl Applier {
     pub fn load(db: &Db, retention: Retention) -> Result<Self> {
         let mut a = Applier {
             retention,
-            requests_by_index: BTreeSet::new(),
-            requests: BTreeSet::new(),
+            requests_by_index: VecDeque::new(),
+            requests: FxHashSet::default(),
             history_start: history_start(db)?,
             events_written: EventCounts::default(),
             meta: KeyMeta::default(),
@@ -464,8 +463,9 @@ impl Applier {
                 seq: u64::from_be_bytes(s),
             };
             a.requests.insert(id);
-            a.requests_by_index.insert((u64_at(&v, 0), id));
+            a.requests_by_index.push_back((u64_at(&v, 0), id));
         }
+        a.requests_by_index.make_contiguous().sort_unstable();
         Ok(a)
     }
 
@@ -543,7 +543,11 @@ impl Applier {
             v.extend_from_slice(&postcard::to_allocvec(&response).unwrap_or_default());
             batch.put(request_key(id), v);
             self.requests.insert(id);
-            self.requests_by_index.insert((index, id));
+            debug_assert!(self
+                .requests_by_index
+                .back()
+                .is_none_or(|&(i, _)| i < index));
+            self.requests_by_index.push_back((index, id));
         }
         self.trim(db, index, events.len(), &mut batch)?;
         batch.set_user_metadata(state.encode());
@@ -569,11 +573,11 @@ impl Applier {
     fn trim(&mut self, db: &Db, index: u64, events: usize, batch: &mut WriteBatch) -> Result<()> {
         self.events_written.record(index, events);
         let floor = index.saturating_sub(self.retention.request_id_entries);
-        while let Some(&(i, id)) = self.requests_by_index.first() {
+        while let Some(&(i, id)) = self.requests_by_index.front() {
             if i >= floor {
                 break;
             }
-            self.requests_by_index.pop_first();
+            self.requests_by_index.pop_front();
             self.requests.remove(&id);
             batch.delete(request_key(id));
         }
@@ -728,6 +732,7 @@ impl Tx<'_> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
     use std::sync::Arc;
 
     use proptest::prelude::*;
@@ -785,6 +790,71 @@ mod tests {
             *out.entry(revision).or_insert(0) += 1;
         }
         out
+    }
+
+    /// The request-id keys the database holds.
+    fn request_keys(db: &Db) -> BTreeSet<RequestId> {
+        db.scan_prefix([REQUEST])
+            .unwrap()
+            .map(|item| {
+                let (k, _) = item.unwrap();
+                RequestId {
+                    client_id: u64::from_be_bytes(k[1..9].try_into().unwrap()),
+                    seq: u64::from_be_bytes(k[9..17].try_into().unwrap()),
+                }
+            })
+            .collect()
+    }
+
+    /// Request ids expire in log order, also when the applier was loaded
+    /// from the database (which lists them by client id, not by index),
+    /// and a duplicate inside the window is answered, not applied.
+    #[test]
+    fn request_ids_expire_in_log_order_across_a_reload() {
+        let opts = Options {
+            wal: false,
+            fs: Arc::new(MemFs::new()),
+            executor: Arc::new(InlineExecutor),
+            ..Options::default()
+        };
+        let db = Db::open("/db", opts).unwrap();
+        let retention = Retention {
+            history_revisions: 1000,
+            request_id_entries: 50,
+        };
+        let mut applier = Applier::load(&db, retention).unwrap();
+        // Client ids fall as indexes grow, so the database's order of the
+        // ids is the reverse of the log's.
+        let id = |index: u64| RequestId {
+            client_id: 1000 - index,
+            seq: 1,
+        };
+        let put_with = |applier: &mut Applier, index: u64, rid: RequestId| {
+            let cmd = Command {
+                request_id: Some(rid),
+                op: Op::Put(put(1)),
+            };
+            applier.apply(&db, index, &cmd, &state(index)).unwrap()
+        };
+        for index in 1..=120 {
+            if index == 60 {
+                applier = Applier::load(&db, retention).unwrap();
+            }
+            put_with(&mut applier, index, id(index));
+            // Ids applied more than 50 entries ago are gone, the others
+            // kept.
+            let want: BTreeSet<RequestId> =
+                (index.saturating_sub(50).max(1)..=index).map(id).collect();
+            assert_eq!(request_keys(&db), want, "after index {index}");
+        }
+        // Inside the window: the first answer, nothing applied.
+        let again = put_with(&mut applier, 121, id(100));
+        assert_eq!(again.response.revision, 100);
+        assert!(again.events.is_empty());
+        // Expired: applied as new.
+        let fresh = put_with(&mut applier, 122, id(10));
+        assert_eq!(fresh.response.revision, 122);
+        assert_eq!(fresh.events.len(), 1);
     }
 
     proptest! {
