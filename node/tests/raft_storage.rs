@@ -144,6 +144,54 @@ async fn synced_entries_survive_a_crash_and_a_torn_tail_is_cut() {
     .await;
 }
 
+/// Entries no longer cached are read back from their segments on real
+/// files, off the runtime (the thread executor); a byte damaged on disk
+/// after the log was opened is an error naming the segment, not a panic
+/// and not a wrong entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cold_entries_are_read_from_disk_and_damage_is_reported() {
+    Rt::scope(5, async {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || {
+            LogStore::open_with(
+                Arc::new(StdFs),
+                Arc::new(ThreadExecutor::new()),
+                dir.path(),
+                64 << 10,
+            )
+            .unwrap()
+        };
+        let mut log = open();
+        append(&mut log, (1..=300).map(|i| entry(1, i)).collect())
+            .await
+            .unwrap();
+        drop(log);
+        // Reopened: nothing is cached, every read goes to the files.
+        let mut log = open();
+        let got = log.try_get_log_entries(1..=300).await.unwrap();
+        let idx: Vec<u64> = got.iter().map(|e| e.log_id.index).collect();
+        assert_eq!(idx, (1..=300).collect::<Vec<_>>());
+        // Damage one byte near the end of the last segment: the entry
+        // there is refused, the ones before it still read.
+        let mut segments: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .collect();
+        segments.sort();
+        let last = segments.last().unwrap();
+        let mut bytes = std::fs::read(last).unwrap();
+        let at = bytes.len() - 3;
+        bytes[at] ^= 0x40;
+        std::fs::write(last, &bytes).unwrap();
+        let err = log.try_get_log_entries(295..=300).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+        assert!(err.to_string().contains("damaged"), "{err}");
+        assert_eq!(log.try_get_log_entries(1..=10).await.unwrap().len(), 10);
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn truncation_and_purge_across_segments() {
     Rt::scope(4, async {

@@ -64,7 +64,7 @@ pub struct LogMetrics {
 }
 
 /// Where an entry lives.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Pos {
     log_id: LogId,
     segment: u64,
@@ -123,6 +123,9 @@ struct Shared {
     /// removal; unlinking a 64 MiB segment took up to 67 ms here) and
     /// the committed hint. Jobs run in order.
     cleaner: WriterHandle,
+    /// Runs reads of entries no longer cached: on a thread of their own
+    /// in production, so no tokio worker waits for the disk.
+    executor: Arc<dyn Executor>,
     metrics: Arc<LogMetrics>,
 }
 
@@ -273,7 +276,7 @@ impl LogStore {
         );
         let cleaner = WriterHandle::start(
             "raft-log-clean",
-            executor,
+            executor.clone(),
             fs.clone(),
             dir.clone(),
             metrics.clone(),
@@ -287,6 +290,7 @@ impl LogStore {
                 mark,
                 writer,
                 cleaner,
+                executor,
                 metrics,
             }),
         })
@@ -308,14 +312,65 @@ impl LogStore {
         (mem.first_index, mem.last_log_id(), mem.purged)
     }
 
-    fn read_entries(&self, start: u64, end: u64) -> io::Result<Vec<Entry>> {
-        let mut mem = self.shared.mem.lock();
+    /// The entries `start..end` that the log holds. Cached ones are
+    /// cloned under the lock; the others are read from their segments
+    /// after it is released, on the executor (a thread in production),
+    /// so neither appends nor a tokio worker wait for the disk.
+    async fn read_entries(&self, start: u64, end: u64) -> io::Result<Vec<Entry>> {
+        // A planned read may find its place rewritten by a truncation
+        // that came in between; it is planned again. Twice in a row
+        // would take truncations racing the same reads.
+        for _ in 0..3 {
+            let (mut out, reads) = self.plan_read(start, end)?;
+            if reads.is_empty() {
+                return Ok(out.into_iter().flatten().collect());
+            }
+            let shared = self.shared.clone();
+            let planned: Vec<Pos> = reads.iter().map(|(_, p)| p.clone()).collect();
+            let read = if self.shared.executor.is_inline() {
+                read_positions(&shared, &planned)
+            } else {
+                super::state_machine::run_blocking(&self.shared.executor, move || {
+                    read_positions(&shared, &planned)
+                })
+                .await?
+            };
+            let entries = match read {
+                Ok(entries) => entries,
+                // A place rewritten meanwhile: plan again.
+                Err(_) if !self.still_planned(&reads) => continue,
+                Err(e) => return Err(e),
+            };
+            if !self.still_planned(&reads) {
+                continue;
+            }
+            for ((slot, _), entry) in reads.into_iter().zip(entries) {
+                out[slot] = Some(entry);
+            }
+            return Ok(out.into_iter().flatten().collect());
+        }
+        Err(io::Error::other(format!(
+            "Raft log entries {start}..{end} kept moving while being read"
+        )))
+    }
+
+    /// Under the lock: the cached entries of `start..end` in their slots,
+    /// and where each of the others is to be read.
+    #[allow(clippy::type_complexity)]
+    fn plan_read(
+        &self,
+        start: u64,
+        end: u64,
+    ) -> io::Result<(Vec<Option<Entry>>, Vec<(usize, Pos)>)> {
+        let mem = self.shared.mem.lock();
         let start = start.max(mem.first_index);
         let end = end.min(mem.next_index());
-        let mut out = Vec::with_capacity(end.saturating_sub(start) as usize);
+        let n = usize::try_from(end.saturating_sub(start)).map_err(io::Error::other)?;
+        let mut out = Vec::with_capacity(n);
+        let mut reads = Vec::new();
         for index in start..end {
             if let Some(e) = mem.cache.get(&index) {
-                out.push(e.clone());
+                out.push(Some(e.clone()));
                 continue;
             }
             let pos = mem
@@ -326,42 +381,18 @@ impl LogStore {
                 index < self.shared.mark.lock().below,
                 "log entry {index} is neither cached nor written"
             );
-            // A reader opened before later appends may not see them (an
-            // in-memory filesystem copies at open): reopen when short.
-            let reader = match mem.readers.get(&pos.segment) {
-                Some(r) if r.len() >= pos.offset + pos.len => r.clone(),
-                _ => {
-                    let r = self
-                        .shared
-                        .fs
-                        .open_read(&self.shared.dir.join(segment_name(pos.segment)))?;
-                    mem.readers.insert(pos.segment, r.clone());
-                    r
-                }
-            };
-            let len = usize::try_from(pos.len).map_err(io::Error::other)?;
-            let data = reader.read_at(pos.offset, len)?;
-            let (records, tail) = frame::decode_all(&data);
-            let entry: Entry = match (records.first(), tail) {
-                (Some(r), frame::Tail::Clean) => codec::decode(r)?,
-                (_, tail) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!(
-                            "Raft log segment {} is damaged at offset {} ({tail:?})",
-                            segment_name(pos.segment),
-                            pos.offset
-                        ),
-                    ))
-                }
-            };
-            assert_eq!(
-                entry.log_id, pos.log_id,
-                "log entry {index} changed on disk"
-            );
-            out.push(entry);
+            reads.push((out.len(), pos));
+            out.push(None);
         }
-        Ok(out)
+        Ok((out, reads))
+    }
+
+    /// Whether every planned read still names where its entry is.
+    fn still_planned(&self, reads: &[(usize, Pos)]) -> bool {
+        let mem = self.shared.mem.lock();
+        reads
+            .iter()
+            .all(|(_, p)| mem.pos(p.log_id.index) == Some(p))
     }
 
     fn trim_cache(&self, mem: &mut Mem) {
@@ -413,7 +444,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(&e) => e,
             Bound::Unbounded => u64::MAX,
         };
-        self.read_entries(start, end)
+        self.read_entries(start, end).await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
@@ -690,6 +721,52 @@ enum Job {
         sync: bool,
         done: Done,
     },
+}
+
+/// Reads the entries at `positions` from their segments (blocking file
+/// I/O: off the runtime in production). Segment readers are opened once
+/// and shared; a reader opened before later appends may not see them (an
+/// in-memory filesystem copies at open), so it is reopened when short.
+fn read_positions(shared: &Shared, positions: &[Pos]) -> io::Result<Vec<Entry>> {
+    let mut out = Vec::with_capacity(positions.len());
+    for pos in positions {
+        let known = shared.mem.lock().readers.get(&pos.segment).cloned();
+        let reader = match known {
+            Some(r) if r.len() >= pos.offset + pos.len => r,
+            _ => {
+                let r = shared
+                    .fs
+                    .open_read(&shared.dir.join(segment_name(pos.segment)))?;
+                shared.mem.lock().readers.insert(pos.segment, r.clone());
+                r
+            }
+        };
+        let len = usize::try_from(pos.len).map_err(io::Error::other)?;
+        let data = reader.read_at(pos.offset, len)?;
+        let (records, tail) = frame::decode_all(&data);
+        let damaged = |what: String| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "Raft log segment {} is damaged at offset {}: {what}",
+                    segment_name(pos.segment),
+                    pos.offset
+                ),
+            )
+        };
+        let entry: Entry = match (records.first(), tail) {
+            (Some(r), frame::Tail::Clean) => codec::decode(r)?,
+            (_, tail) => return Err(damaged(format!("{tail:?}"))),
+        };
+        if entry.log_id != pos.log_id {
+            return Err(damaged(format!(
+                "entry {} found where {} should be",
+                entry.log_id, pos.log_id
+            )));
+        }
+        out.push(entry);
+    }
+    Ok(out)
 }
 
 /// Hands jobs to the writer: a thread's queue, or the writer itself when
