@@ -86,6 +86,17 @@ async fn append(log: &mut LogStore, entries: Vec<Entry>) -> io::Result<()> {
     rx.await.map_err(|_| io::Error::other("callback dropped"))?
 }
 
+/// A log on real files in `dir`, with its own threads.
+fn open_on_disk(dir: &std::path::Path, segment_bytes: u64) -> LogStore {
+    LogStore::open_with(
+        Arc::new(StdFs),
+        Arc::new(ThreadExecutor::new()),
+        dir,
+        segment_bytes,
+    )
+    .unwrap()
+}
+
 fn open(fs: &MemFs, segment_bytes: u64) -> LogStore {
     LogStore::open_with(
         Arc::new(fs.clone()),
@@ -152,15 +163,7 @@ async fn synced_entries_survive_a_crash_and_a_torn_tail_is_cut() {
 async fn cold_entries_are_read_from_disk_and_damage_is_reported() {
     Rt::scope(5, async {
         let dir = tempfile::tempdir().unwrap();
-        let open = || {
-            LogStore::open_with(
-                Arc::new(StdFs),
-                Arc::new(ThreadExecutor::new()),
-                dir.path(),
-                64 << 10,
-            )
-            .unwrap()
-        };
+        let open = || open_on_disk(dir.path(), 64 << 10);
         let mut log = open();
         append(&mut log, (1..=300).map(|i| entry(1, i)).collect())
             .await
@@ -368,15 +371,7 @@ async fn a_purge_lost_in_a_crash_leaves_more_log_not_a_hole() {
 async fn a_purge_is_durable_after_a_clean_stop() {
     Rt::scope(7, async {
         let dir = tempfile::tempdir().unwrap();
-        let open = || {
-            LogStore::open_with(
-                Arc::new(StdFs),
-                Arc::new(ThreadExecutor::new()),
-                dir.path().join("raft"),
-                1024,
-            )
-            .unwrap()
-        };
+        let open = || open_on_disk(&dir.path().join("raft"), 1024);
         let files = || std::fs::read_dir(dir.path().join("raft")).unwrap().count();
         let mut log = open();
         for i in 1..=300 {

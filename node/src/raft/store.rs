@@ -792,6 +792,17 @@ mod tests {
         out
     }
 
+    /// A state machine database on an in-memory disk, jobs inline.
+    fn memory_db() -> Db {
+        let opts = Options {
+            wal: false,
+            fs: Arc::new(MemFs::new()),
+            executor: Arc::new(InlineExecutor),
+            ..Options::default()
+        };
+        Db::open("/db", opts).unwrap()
+    }
+
     /// The request-id keys the database holds.
     fn request_keys(db: &Db) -> BTreeSet<RequestId> {
         db.scan_prefix([REQUEST])
@@ -811,13 +822,7 @@ mod tests {
     /// and a duplicate inside the window is answered, not applied.
     #[test]
     fn request_ids_expire_in_log_order_across_a_reload() {
-        let opts = Options {
-            wal: false,
-            fs: Arc::new(MemFs::new()),
-            executor: Arc::new(InlineExecutor),
-            ..Options::default()
-        };
-        let db = Db::open("/db", opts).unwrap();
+        let db = memory_db();
         let retention = Retention {
             history_revisions: 1000,
             request_id_entries: 50,
@@ -865,13 +870,7 @@ mod tests {
         /// the revisions in the retention window.
         #[test]
         fn history_trim_keeps_exactly_the_window(steps in prop::collection::vec(step(), 1..600)) {
-            let opts = Options {
-                wal: false,
-                fs: Arc::new(MemFs::new()),
-                executor: Arc::new(InlineExecutor),
-                ..Options::default()
-            };
-            let db = Db::open("/db", opts).unwrap();
+            let db = memory_db();
             let retention = Retention { history_revisions: 70, request_id_entries: 1000 };
             let mut applier = Applier::load(&db, retention).unwrap();
             // The model: events written per revision.
