@@ -12,8 +12,9 @@ ARG RUNTIME_IMAGE=debian:bookworm-slim
 FROM ${RUST_IMAGE} AS builder
 WORKDIR /src
 # The dependency layer: the manifests, the lock file and the protocol
-# (rarely changed) with stub sources, so the dependencies are compiled once
-# and cached until Cargo.toml, Cargo.lock or proto/ change.
+# (rarely changed) with stub sources (one per target the manifests name,
+# every [[bench]] included), so the dependencies are compiled once and
+# cached until Cargo.toml, Cargo.lock or proto/ change.
 COPY Cargo.toml Cargo.lock ./
 COPY .cargo .cargo
 COPY proto proto
@@ -22,7 +23,8 @@ COPY client/Cargo.toml client/Cargo.toml
 COPY sim-tests/Cargo.toml sim-tests/Cargo.toml
 RUN mkdir -p node/src/bin node/benches client/src/bin sim-tests/src \
  && for f in node/src/lib.rs client/src/lib.rs sim-tests/src/lib.rs; do echo '//! stub' > $f; done \
- && for f in node/src/bin/cairn.rs client/src/bin/cairnctl.rs node/benches/lsm.rs node/benches/cluster.rs; do echo 'fn main() {}' > $f; done \
+ && for f in node/src/bin/cairn.rs client/src/bin/cairnctl.rs; do echo 'fn main() {}' > $f; done \
+ && for b in $(sed -n '/^\[\[bench\]\]/{n;s/^name = "\(.*\)"/\1/p}' node/Cargo.toml); do echo 'fn main() {}' > node/benches/$b.rs; done \
  && cargo build --release --locked -p cairn-node -p cairn-client --bins \
  && rm -rf node/src client/src sim-tests/src node/benches
 # The sources; only cairn's own crates are compiled here.
