@@ -279,6 +279,21 @@ async fn step_down(addr: &str, timeout: Duration) -> Result<(), String> {
     }
 }
 
+/// A tokio runtime of `threads` threads (0: one per core), for a gateway
+/// (`--threads`) or a node (0). One thread is a current-thread runtime,
+/// whose wake-ups are queue pushes instead of futex calls and context
+/// switches between workers.
+fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut b = match threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    if threads > 1 {
+        b.worker_threads(threads);
+    }
+    b.enable_all().build()
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if !matches!(
@@ -291,7 +306,7 @@ fn main() -> ExitCode {
         Command::Gateway(args) => args.threads,
         _ => 0,
     };
-    let rt = match cairn_node::gateway::runtime(threads) {
+    let rt = match runtime(threads) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cairn: cannot start the runtime: {e}");

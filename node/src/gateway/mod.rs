@@ -95,21 +95,6 @@ impl GatewayArgs {
     }
 }
 
-/// A tokio runtime of `threads` threads (0: one per core), for a gateway
-/// (`--threads`) or a node (0). One thread is a current-thread runtime,
-/// whose wake-ups are queue pushes instead of futex calls and context
-/// switches between workers.
-pub fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    let mut b = match threads {
-        1 => tokio::runtime::Builder::new_current_thread(),
-        _ => tokio::runtime::Builder::new_multi_thread(),
-    };
-    if threads > 1 {
-        b.worker_threads(threads);
-    }
-    b.enable_all().build()
-}
-
 /// How long no request may have arrived before a draining gateway
 /// closes its connections.
 const DRAIN_QUIET: Duration = Duration::from_millis(500);
