@@ -1,14 +1,19 @@
 //! The key-value model over the LSM engine.
 //!
-//! The state machine keeps everything in one LSM database, in four key
+//! The state machine keeps everything in one LSM database, in three key
 //! spaces told apart by their first byte:
 //!
 //! ```text
-//! 'd' user_key                      -> create_rev u64 | mod_rev u64 | version u64 | value   (LE)
-//! 'e' revision u64 BE, n u32 BE     -> postcard(WatchEvent): the watch history
-//! 'r' client_id u64 BE, seq u64 BE  -> revision u64 LE | postcard(CommandResponse)
-//! 'm' name                          -> small state (the oldest revision kept in history)
+//! 'd' user_key          -> create_rev u64 | mod_rev u64 | version u64 | value   (LE)
+//! 'v' revision u64 BE   -> postcard(Record): the revision's watch events and,
+//!                          for a write with a request id, the id and its answer
+//! 'm' name              -> small state (the oldest revision kept in history)
 //! ```
+//!
+//! One record per revision holds both the watch history and the request-id
+//! table (before, each had keys of its own: a put wrote three keys and
+//! later deleted two; now it writes two and later deletes one). A record
+//! is deleted once both windows have passed it.
 //!
 //! Applying is deterministic: it depends only on the entries and the
 //! state, never on time or on memory addresses, so every replica writes
@@ -17,7 +22,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -29,16 +34,19 @@ use super::{LogId, StoredMembership};
 use crate::lsm::{self, Db, WriteBatch};
 
 const DATA: u8 = b'd';
-const EVENT: u8 = b'e';
-const REQUEST: u8 = b'r';
+const RECORD: u8 = b'v';
+/// The key spaces of the format before revision records (watch events,
+/// request ids): a database holding them is converted when loaded.
+const OLD_EVENT: u8 = b'e';
+const OLD_REQUEST: u8 = b'r';
 const HISTORY_START: &[u8] = b"mhistory-start";
 const RECORD_HEADER: usize = 24;
-/// History is trimmed every this many revisions: the events of this
+/// History is trimmed every this many revisions: the records of this
 /// many revisions are deleted inside the apply of one entry, which every
 /// later write waits behind. When a trim scanned for them, at 1024 it
 /// took 1-5 ms (on every replica at once, the same entry; 114 applies
 /// over 1 ms in 8 s of puts with 4 clients, 34 at 64); now the applier
-/// knows their keys (see `EventCounts`) and scans only after a reload.
+/// knows their keys (see `KnownRecords`) and scans only after a reload.
 pub const HISTORY_TRIM_EVERY: u64 = 64;
 
 /// The most pairs a scan (or a prefix delete's answer) returns in one page.
@@ -139,20 +147,54 @@ fn data_key(key: &[u8]) -> Vec<u8> {
     k
 }
 
-fn event_key(revision: u64, n: u32) -> Vec<u8> {
-    let mut k = Vec::with_capacity(13);
-    k.push(EVENT);
+fn record_key(revision: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(RECORD);
     k.extend_from_slice(&revision.to_be_bytes());
-    k.extend_from_slice(&n.to_be_bytes());
     k
 }
 
-fn request_key(id: RequestId) -> Vec<u8> {
-    let mut k = Vec::with_capacity(17);
-    k.push(REQUEST);
-    k.extend_from_slice(&id.client_id.to_be_bytes());
-    k.extend_from_slice(&id.seq.to_be_bytes());
-    k
+/// The revision of a record key.
+fn record_revision(key: &[u8]) -> Result<u64> {
+    match key.split_first() {
+        Some((&RECORD, rev)) if rev.len() == 8 => {
+            Ok(u64::from_be_bytes(rev.try_into().unwrap_or_default()))
+        }
+        _ => Err(StoreError::Corrupt {
+            key: key.to_vec(),
+            reason: "bad revision record key".into(),
+        }),
+    }
+}
+
+/// One revision's record. Fields are decoded in order, so a reader that
+/// needs only the first ones (the request id when loading, the answer
+/// for a duplicate) decodes a prefix ([`RecordHead`]).
+#[derive(Debug, Serialize, Deserialize)]
+struct Record {
+    head: RecordHead,
+    /// The revision's watch events, in order.
+    events: Vec<WatchEvent>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct RecordHead {
+    /// The request id of the write, if it had one.
+    request: Option<RequestId>,
+    /// Its answer, for a duplicate (with `request`).
+    response: Option<CommandResponse>,
+}
+
+fn decode<'a, T: Deserialize<'a>>(key: &[u8], bytes: &'a [u8], whole: bool) -> Result<T> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        key: key.to_vec(),
+        reason,
+    };
+    let (v, rest) = postcard::take_from_bytes(bytes).map_err(|e| corrupt(e.to_string()))?;
+    if whole && !rest.is_empty() {
+        return Err(corrupt(format!("{} bytes after the record", rest.len())));
+    }
+    Ok(v)
 }
 
 fn u64_at(b: &[u8], at: usize) -> u64 {
@@ -293,34 +335,23 @@ pub fn history(
     if from > to {
         return Ok(out);
     }
-    let end = event_key(to.saturating_add(1), 0);
-    for item in db.scan(event_key(from, 0)..end)? {
+    let end = record_key(to.saturating_add(1));
+    for item in db.scan(record_key(from)..end)? {
         let (k, v) = item?;
-        if k.len() != 13 {
-            return Err(StoreError::Corrupt {
-                key: k.to_vec(),
-                reason: "bad event key length".into(),
-            });
-        }
-        let mut rev = [0u8; 8];
-        rev.copy_from_slice(&k[1..9]);
-        let rev = u64::from_be_bytes(rev);
-        let ev: WatchEvent = postcard::from_bytes(&v).map_err(|e| StoreError::Corrupt {
-            key: k.to_vec(),
-            reason: e.to_string(),
-        })?;
-        if !filter(&ev.kv.key) {
+        let rev = record_revision(&k)?;
+        let record: Record = decode(&k, &v, true)?;
+        let events: Vec<WatchEvent> = record
+            .events
+            .into_iter()
+            .filter(|ev| filter(&ev.kv.key))
+            .collect();
+        if events.is_empty() {
             continue;
         }
-        match out.last_mut() {
-            Some((r, evs)) if *r == rev => evs.push(ev),
-            _ => {
-                if out.len() >= max_revisions {
-                    break;
-                }
-                out.push((rev, vec![ev]));
-            }
+        if out.len() >= max_revisions {
+            break;
         }
+        out.push((rev, events));
     }
     Ok(out)
 }
@@ -330,70 +361,74 @@ pub fn history(
 pub struct Applier {
     retention: Retention,
     /// Request ids remembered, in the order of the indexes that applied
-    /// them (for expiry in log order), and by id (for lookups; never
-    /// iterated, so its hash order decides nothing).
+    /// them (for expiry in log order), and by id with that index (for
+    /// lookups; never iterated, so its hash order decides nothing).
     requests_by_index: VecDeque<(u64, RequestId)>,
-    requests: FxHashSet<RequestId>,
+    requests: FxHashMap<RequestId, u64>,
     history_start: u64,
-    /// How many events each revision applied since loading wrote.
-    events_written: EventCounts,
+    /// No record below this revision exists (every one below was
+    /// deleted, or none was written).
+    records_start: u64,
+    /// Which revisions applied since loading wrote a record.
+    written: KnownRecords,
     /// Each recently written key's create revision and version (None:
     /// known absent), so a put need not read the key's previous record.
     meta: KeyMeta,
 }
 
-/// How many watch events each revision wrote, for the revisions applied
-/// since the applier was loaded, so trimming the history deletes their
-/// keys without scanning for them (a scan builds an iterator over every
-/// table). Revisions before the first one applied here (after a restart
-/// or a snapshot install) are found by a scan, which finds the same keys.
+/// Which revisions wrote a record, for the revisions applied since the
+/// applier was loaded, so trimming deletes their keys without scanning
+/// for them (a scan builds an iterator over every table). Revisions
+/// before the first one applied here (after a restart or a snapshot
+/// install) are found by a scan, which finds the same keys.
 #[derive(Default)]
-struct EventCounts {
-    /// The revision of `counts[0]`.
+struct KnownRecords {
+    /// The revision of `wrote[0]`.
     first: u64,
-    counts: VecDeque<u32>,
+    wrote: VecDeque<bool>,
 }
 
-/// Revisions whose event counts are kept at most (4 bytes each); older
-/// ones are found by a scan when trimmed.
-const EVENT_COUNTS_MAX: usize = 1 << 20;
+/// Revisions known at most (a byte each); older ones are found by a
+/// scan when trimmed.
+const KNOWN_RECORDS_MAX: usize = 1 << 20;
 
-impl EventCounts {
-    /// Records that `revision` wrote `count` events.
-    fn record(&mut self, revision: u64, count: usize) {
-        if self.first + self.counts.len() as u64 != revision {
+impl KnownRecords {
+    /// Records whether `revision` wrote a record.
+    fn record(&mut self, revision: u64, wrote: bool) {
+        if self.first + self.wrote.len() as u64 != revision {
             // Not the revision after the last one recorded (the first
             // since loading): nothing before it is known.
-            self.counts.clear();
+            self.wrote.clear();
             self.first = revision;
         }
-        if self.counts.len() == EVENT_COUNTS_MAX {
-            self.counts.pop_front();
+        if self.wrote.len() == KNOWN_RECORDS_MAX {
+            self.wrote.pop_front();
             self.first += 1;
         }
-        self.counts
-            .push_back(u32::try_from(count).unwrap_or(u32::MAX));
+        self.wrote.push_back(wrote);
     }
 
-    /// The first revision whose count is known (`u64::MAX`: none).
+    /// The first revision known (`u64::MAX`: none).
     fn known_from(&self) -> u64 {
-        if self.counts.is_empty() {
+        if self.wrote.is_empty() {
             u64::MAX
         } else {
             self.first
         }
     }
 
-    /// Forgets the revisions before `end`, returning each known one with
-    /// its count.
-    fn take_before(&mut self, end: u64) -> impl Iterator<Item = (u64, u32)> + '_ {
-        std::iter::from_fn(move || {
+    /// Forgets the revisions before `end`, returning the known ones that
+    /// wrote a record.
+    fn take_before(&mut self, end: u64) -> impl Iterator<Item = u64> + '_ {
+        std::iter::from_fn(move || loop {
             if self.first >= end {
                 return None;
             }
-            let count = self.counts.pop_front()?;
+            let wrote = self.wrote.pop_front()?;
             self.first += 1;
-            Some((self.first - 1, count))
+            if wrote {
+                return Some(self.first - 1);
+            }
         })
     }
 }
@@ -437,36 +472,31 @@ pub struct Applied {
 }
 
 impl Applier {
-    /// Loads the request-id table and history bounds from `db`.
+    /// Loads the request-id table and history bounds from `db` (first
+    /// converting a database of the format before revision records).
     pub fn load(db: &Db, retention: Retention) -> Result<Self> {
+        convert_old_format(db)?;
         let mut a = Applier {
             retention,
             requests_by_index: VecDeque::new(),
-            requests: FxHashSet::default(),
+            requests: FxHashMap::default(),
             history_start: history_start(db)?,
-            events_written: EventCounts::default(),
+            records_start: 0,
+            written: KnownRecords::default(),
             meta: KeyMeta::default(),
         };
-        for item in db.scan_prefix([REQUEST])? {
+        // Records come in revision order: the queue is in log order.
+        let mut first = None;
+        for item in db.scan_prefix([RECORD])? {
             let (k, v) = item?;
-            if k.len() != 17 || v.len() < 8 {
-                return Err(StoreError::Corrupt {
-                    key: k.to_vec(),
-                    reason: "bad request-id record".into(),
-                });
+            let revision = record_revision(&k)?;
+            a.records_start = *first.get_or_insert(revision);
+            let request: Option<RequestId> = decode(&k, &v, false)?;
+            if let Some(id) = request {
+                a.requests.insert(id, revision);
+                a.requests_by_index.push_back((revision, id));
             }
-            let mut c = [0u8; 8];
-            let mut s = [0u8; 8];
-            c.copy_from_slice(&k[1..9]);
-            s.copy_from_slice(&k[9..17]);
-            let id = RequestId {
-                client_id: u64::from_be_bytes(c),
-                seq: u64::from_be_bytes(s),
-            };
-            a.requests.insert(id);
-            a.requests_by_index.push_back((u64_at(&v, 0), id));
         }
-        a.requests_by_index.make_contiguous().sort_unstable();
         Ok(a)
     }
 
@@ -478,8 +508,9 @@ impl Applier {
     /// Applies an entry without a command (blank or membership) at
     /// `index`, recording `state` as the applied position.
     pub fn apply_empty(&mut self, db: &Db, index: u64, state: &AppliedState) -> Result<()> {
+        self.expire_requests(index);
         let mut batch = WriteBatch::new();
-        self.trim(db, index, 0, &mut batch)?;
+        self.trim(db, index, false, &mut batch)?;
         batch.set_user_metadata(state.encode());
         self.write(db, batch)
     }
@@ -494,23 +525,23 @@ impl Applier {
         state: &AppliedState,
     ) -> Result<Applied> {
         debug_assert_eq!(state.last_applied.as_ref().map(|l| l.index), Some(index));
+        self.expire_requests(index);
         let mut batch = WriteBatch::new();
-        if let Some(id) = cmd.request_id {
-            if self.requests.contains(&id) {
-                if let Some(prev) = db.get(request_key(id))? {
-                    let response: CommandResponse =
-                        postcard::from_bytes(&prev[8..]).map_err(|e| StoreError::Corrupt {
-                            key: request_key(id),
-                            reason: e.to_string(),
-                        })?;
-                    self.trim(db, index, 0, &mut batch)?;
-                    batch.set_user_metadata(state.encode());
-                    self.write(db, batch)?;
-                    return Ok(Applied {
-                        response,
-                        events: Vec::new(),
-                    });
-                }
+        if let Some(&revision) = cmd.request_id.and_then(|id| self.requests.get(&id)) {
+            let key = record_key(revision);
+            if let Some(prev) = db.get(&key)? {
+                let head: RecordHead = decode(&key, &prev, false)?;
+                let response = head.response.ok_or_else(|| StoreError::Corrupt {
+                    key: key.clone(),
+                    reason: "a request id's record without its answer".into(),
+                })?;
+                self.trim(db, index, false, &mut batch)?;
+                batch.set_user_metadata(state.encode());
+                self.write(db, batch)?;
+                return Ok(Applied {
+                    response,
+                    events: Vec::new(),
+                });
             }
         }
         let mut tx = Tx {
@@ -526,35 +557,41 @@ impl Applier {
             Op::Delete(d) => tx.delete(d)?,
             Op::Txn(t) => tx.txn(t)?,
         };
-        let events = std::mem::take(&mut tx.events);
         let written = std::mem::take(&mut tx.overlay);
-        for (n, ev) in events.iter().enumerate() {
-            let n = u32::try_from(n).unwrap_or(u32::MAX);
-            batch.put(
-                event_key(index, n),
-                postcard::to_allocvec(ev).unwrap_or_default(),
-            );
-        }
         let response = CommandResponse {
             revision: index,
             result,
         };
+        let record = Record {
+            head: RecordHead {
+                request: cmd.request_id,
+                response: cmd.request_id.map(|_| response.clone()),
+            },
+            events: std::mem::take(&mut tx.events),
+        };
+        let wrote = record.head.request.is_some() || !record.events.is_empty();
+        if wrote {
+            batch.put(
+                record_key(index),
+                postcard::to_allocvec(&record).unwrap_or_default(),
+            );
+        }
         if let Some(id) = cmd.request_id {
-            let mut v = index.to_le_bytes().to_vec();
-            v.extend_from_slice(&postcard::to_allocvec(&response).unwrap_or_default());
-            batch.put(request_key(id), v);
-            self.requests.insert(id);
+            self.requests.insert(id, index);
             debug_assert!(self
                 .requests_by_index
                 .back()
                 .is_none_or(|&(i, _)| i < index));
             self.requests_by_index.push_back((index, id));
         }
-        self.trim(db, index, events.len(), &mut batch)?;
+        self.trim(db, index, wrote, &mut batch)?;
         batch.set_user_metadata(state.encode());
         self.write(db, batch)?;
         self.meta.record(written);
-        Ok(Applied { response, events })
+        Ok(Applied {
+            response,
+            events: record.events,
+        })
     }
 
     /// Writes one entry's batch. After a failure nothing cached about the
@@ -562,17 +599,17 @@ impl Applier {
     fn write(&mut self, db: &Db, batch: WriteBatch) -> Result<()> {
         if let Err(e) = db.write(batch) {
             self.meta.map.clear();
-            self.events_written = EventCounts::default();
+            self.written = KnownRecords::default();
             return Err(e.into());
         }
         Ok(())
     }
 
-    /// Records that the entry at `index` writes `events` events, and
-    /// forgets request ids and history older than the retention windows.
-    /// Runs at fixed log indexes, so every replica trims the same way.
-    fn trim(&mut self, db: &Db, index: u64, events: usize, batch: &mut WriteBatch) -> Result<()> {
-        self.events_written.record(index, events);
+    /// Forgets the request ids applied more than their window before the
+    /// entry at `index` (before that entry looks for a duplicate: the
+    /// records, and so the ids loaded from them, outlive the window when
+    /// the history's is longer).
+    fn expire_requests(&mut self, index: u64) {
         let floor = index.saturating_sub(self.retention.request_id_entries);
         while let Some(&(i, id)) = self.requests_by_index.front() {
             if i >= floor {
@@ -580,33 +617,117 @@ impl Applier {
             }
             self.requests_by_index.pop_front();
             self.requests.remove(&id);
-            batch.delete(request_key(id));
         }
-        if index.is_multiple_of(HISTORY_TRIM_EVERY) && index > self.retention.history_revisions {
-            let new_start = index - self.retention.history_revisions;
-            if new_start > self.history_start {
-                // Revisions applied before loading: their keys are found
-                // by a scan. The others: their keys are known.
-                let scan_end = new_start.min(self.events_written.known_from());
-                if self.history_start < scan_end {
-                    for item in db.scan(event_key(self.history_start, 0)..event_key(scan_end, 0))? {
-                        let (k, _) = item?;
-                        batch.delete(k);
-                    }
-                }
-                for (revision, count) in self.events_written.take_before(new_start) {
-                    if revision >= self.history_start {
-                        for n in 0..count {
-                            batch.delete(event_key(revision, n));
-                        }
-                    }
-                }
-                self.history_start = new_start;
-                batch.put(HISTORY_START, new_start.to_le_bytes());
+    }
+
+    /// Records whether the entry at `index` wrote a record, and deletes
+    /// the records that both windows (history and request ids) have
+    /// passed. Runs at fixed log indexes, so every replica trims the same
+    /// way.
+    fn trim(&mut self, db: &Db, index: u64, wrote: bool, batch: &mut WriteBatch) -> Result<()> {
+        self.written.record(index, wrote);
+        if !index.is_multiple_of(HISTORY_TRIM_EVERY) {
+            return Ok(());
+        }
+        let new_start = index.saturating_sub(self.retention.history_revisions);
+        if new_start > self.history_start {
+            self.history_start = new_start;
+            batch.put(HISTORY_START, new_start.to_le_bytes());
+        }
+        let request_floor = index.saturating_sub(self.retention.request_id_entries);
+        let floor = self.history_start.min(request_floor);
+        if floor <= self.records_start {
+            return Ok(());
+        }
+        // Revisions applied before loading: their keys are found by a
+        // scan. The others: their keys are known.
+        let scan_end = floor.min(self.written.known_from());
+        if self.records_start < scan_end {
+            for item in db.scan(record_key(self.records_start)..record_key(scan_end))? {
+                let (k, _) = item?;
+                batch.delete(k);
             }
         }
+        for revision in self.written.take_before(floor) {
+            if revision >= self.records_start {
+                batch.delete(record_key(revision));
+            }
+        }
+        self.records_start = floor;
         Ok(())
     }
+}
+
+/// Converts a database of the format before revision records (watch
+/// events under 'e' revision|n, request ids under 'r' client|seq) into
+/// records, in one write that keeps the applied position. Every replica
+/// converts the same state the same way. Does nothing on a database
+/// without old keys.
+fn convert_old_format(db: &Db) -> Result<()> {
+    let mut records: BTreeMap<u64, Record> = BTreeMap::new();
+    let mut batch = WriteBatch::new();
+    let empty = || Record {
+        head: RecordHead {
+            request: None,
+            response: None,
+        },
+        events: Vec::new(),
+    };
+    for item in db.scan_prefix([OLD_EVENT])? {
+        let (k, v) = item?;
+        if k.len() != 13 {
+            return Err(StoreError::Corrupt {
+                key: k.to_vec(),
+                reason: "bad event key length".into(),
+            });
+        }
+        let revision = u64::from_be_bytes(k[1..9].try_into().unwrap_or_default());
+        let event: WatchEvent = decode(&k, &v, true)?;
+        records
+            .entry(revision)
+            .or_insert_with(empty)
+            .events
+            .push(event);
+        batch.delete(&k);
+    }
+    for item in db.scan_prefix([OLD_REQUEST])? {
+        let (k, v) = item?;
+        if k.len() != 17 || v.len() < 8 {
+            return Err(StoreError::Corrupt {
+                key: k.to_vec(),
+                reason: "bad request-id record".into(),
+            });
+        }
+        let id = RequestId {
+            client_id: u64::from_be_bytes(k[1..9].try_into().unwrap_or_default()),
+            seq: u64::from_be_bytes(k[9..17].try_into().unwrap_or_default()),
+        };
+        let response: CommandResponse = decode(&k, &v[8..], true)?;
+        let record = records.entry(u64_at(&v, 0)).or_insert_with(empty);
+        record.head = RecordHead {
+            request: Some(id),
+            response: Some(response),
+        };
+        batch.delete(&k);
+    }
+    if batch.is_empty() {
+        return Ok(());
+    }
+    tracing::info!(
+        records = records.len(),
+        "converting the state machine's watch history and request ids to revision records"
+    );
+    for (revision, record) in &records {
+        batch.put(
+            record_key(*revision),
+            postcard::to_allocvec(record).unwrap_or_default(),
+        );
+    }
+    if let Some(m) = db.user_metadata() {
+        batch.set_user_metadata(m);
+    }
+    db.write(batch)?;
+    Ok(())
 }
 
 /// One command being applied: its pending writes, visible to its own
@@ -782,13 +903,14 @@ mod tests {
         }
     }
 
-    /// The revisions the history holds: every event key, by revision.
-    fn history_keys(db: &Db) -> BTreeMap<u64, u32> {
+    /// The records the database holds: each one's event count, by
+    /// revision.
+    fn record_events(db: &Db) -> BTreeMap<u64, u32> {
         let mut out = BTreeMap::new();
-        for item in db.scan_prefix([EVENT]).unwrap() {
-            let (k, _) = item.unwrap();
-            let revision = u64::from_be_bytes(k[1..9].try_into().unwrap());
-            *out.entry(revision).or_insert(0) += 1;
+        for item in db.scan_prefix([RECORD]).unwrap() {
+            let (k, v) = item.unwrap();
+            let record: Record = decode(&k, &v, true).unwrap();
+            out.insert(record_revision(&k).unwrap(), record.events.len() as u32);
         }
         out
     }
@@ -804,23 +926,22 @@ mod tests {
         Db::open("/db", opts).unwrap()
     }
 
-    /// The request-id keys the database holds.
-    fn request_keys(db: &Db) -> BTreeSet<RequestId> {
-        db.scan_prefix([REQUEST])
-            .unwrap()
-            .map(|item| {
-                let (k, _) = item.unwrap();
-                RequestId {
-                    client_id: u64::from_be_bytes(k[1..9].try_into().unwrap()),
-                    seq: u64::from_be_bytes(k[9..17].try_into().unwrap()),
-                }
-            })
-            .collect()
+    /// The request ids the applier remembers, checked against its queue.
+    fn request_ids(applier: &Applier) -> BTreeSet<RequestId> {
+        let queued: BTreeSet<RequestId> = applier
+            .requests_by_index
+            .iter()
+            .map(|&(_, id)| id)
+            .collect();
+        let known: BTreeSet<RequestId> = applier.requests.keys().copied().collect();
+        assert_eq!(queued, known);
+        known
     }
 
     /// Request ids expire in log order, also when the applier was loaded
-    /// from the database (which lists them by client id, not by index),
-    /// and a duplicate inside the window is answered, not applied.
+    /// from the database (whose records outlive the request window here:
+    /// the history's is longer), and a duplicate inside the window is
+    /// answered, not applied.
     #[test]
     fn request_ids_expire_in_log_order_across_a_reload() {
         let db = memory_db();
@@ -851,16 +972,98 @@ mod tests {
             // kept.
             let want: BTreeSet<RequestId> =
                 (index.saturating_sub(50).max(1)..=index).map(id).collect();
-            assert_eq!(request_keys(&db), want, "after index {index}");
+            assert_eq!(request_ids(&applier), want, "after index {index}");
         }
         // Inside the window: the first answer, nothing applied.
         let again = put_with(&mut applier, 121, id(100));
         assert_eq!(again.response.revision, 100);
         assert!(again.events.is_empty());
-        // Expired: applied as new.
+        // Expired: applied as new, also right after a load (which found
+        // its record: the history's window keeps it).
+        applier = Applier::load(&db, retention).unwrap();
+        assert!(applier.requests.contains_key(&id(10)));
         let fresh = put_with(&mut applier, 122, id(10));
         assert_eq!(fresh.response.revision, 122);
         assert_eq!(fresh.events.len(), 1);
+    }
+
+    /// A database of the format before revision records is converted
+    /// when loaded: its history reads the same, a duplicate of a request
+    /// it remembered is answered, the applied position is kept.
+    #[test]
+    fn the_old_format_is_converted_when_loaded() {
+        let db = memory_db();
+        let event = |k: u8, revision: u64| WatchEvent {
+            kind: EventKind::Put,
+            kv: Kv {
+                key: vec![b'k', k],
+                value: vec![k],
+                create_revision: revision,
+                mod_revision: revision,
+                version: 1,
+            },
+        };
+        let old_event_key = |revision: u64, n: u32| {
+            let mut k = vec![OLD_EVENT];
+            k.extend_from_slice(&revision.to_be_bytes());
+            k.extend_from_slice(&n.to_be_bytes());
+            k
+        };
+        let rid = RequestId {
+            client_id: 9,
+            seq: 3,
+        };
+        let answer = CommandResponse {
+            revision: 7,
+            result: OpResult::Put { prev: None },
+        };
+        let mut batch = WriteBatch::new();
+        for (revision, n, k) in [(5, 0, 1), (5, 1, 2), (7, 0, 3)] {
+            batch.put(
+                old_event_key(revision, n),
+                postcard::to_allocvec(&event(k, revision)).unwrap(),
+            );
+        }
+        let mut request_key = vec![OLD_REQUEST];
+        request_key.extend_from_slice(&rid.client_id.to_be_bytes());
+        request_key.extend_from_slice(&rid.seq.to_be_bytes());
+        let mut v = 7u64.to_le_bytes().to_vec();
+        v.extend_from_slice(&postcard::to_allocvec(&answer).unwrap());
+        batch.put(request_key, v);
+        batch.set_user_metadata(state(7).encode());
+        db.write(batch).unwrap();
+
+        let mut applier = Applier::load(&db, Retention::default()).unwrap();
+        assert_eq!(db.scan_prefix([OLD_EVENT]).unwrap().count(), 0);
+        assert_eq!(db.scan_prefix([OLD_REQUEST]).unwrap().count(), 0);
+        assert_eq!(
+            AppliedState::from_metadata(db.user_metadata())
+                .unwrap()
+                .last_applied
+                .map(|l| l.index),
+            Some(7)
+        );
+        let h = history(&db, 1, 7, 10, |_| true).unwrap();
+        assert_eq!(
+            h,
+            vec![(5, vec![event(1, 5), event(2, 5)]), (7, vec![event(3, 7)])]
+        );
+        let again = applier
+            .apply(
+                &db,
+                8,
+                &Command {
+                    request_id: Some(rid),
+                    op: Op::Put(put(3)),
+                },
+                &state(8),
+            )
+            .unwrap();
+        assert_eq!(again.response, answer);
+        assert!(again.events.is_empty());
+        // Loading again finds nothing left to convert.
+        Applier::load(&db, Retention::default()).unwrap();
+        assert_eq!(record_events(&db), BTreeMap::from([(5, 2), (7, 1)]));
     }
 
     proptest! {
@@ -870,9 +1073,18 @@ mod tests {
         /// came before a reload, or both, leaves exactly the events of
         /// the revisions in the retention window.
         #[test]
-        fn history_trim_keeps_exactly_the_window(steps in prop::collection::vec(step(), 1..600)) {
+        fn history_trim_keeps_exactly_the_window(
+            steps in prop::collection::vec(step(), 1..600),
+            requests_longer in any::<bool>(),
+        ) {
             let db = memory_db();
-            let retention = Retention { history_revisions: 70, request_id_entries: 1000 };
+            // Either window may be the longer one; a record stays until
+            // both have passed it.
+            let retention = if requests_longer {
+                Retention { history_revisions: 70, request_id_entries: 150 }
+            } else {
+                Retention { history_revisions: 70, request_id_entries: 10 }
+            };
             let mut applier = Applier::load(&db, retention).unwrap();
             // The model: events written per revision.
             let mut model: BTreeMap<u64, u32> = BTreeMap::new();
@@ -903,8 +1115,13 @@ mod tests {
                         }
                     }
                 }
-                model.retain(|&r, _| r >= applier.history_start());
-                prop_assert_eq!(history_keys(&db), model.clone(), "after revision {}", index);
+                // Trims run at multiples of HISTORY_TRIM_EVERY.
+                let trimmed_at = index / HISTORY_TRIM_EVERY * HISTORY_TRIM_EVERY;
+                let history_start = trimmed_at.saturating_sub(retention.history_revisions).max(1);
+                prop_assert_eq!(applier.history_start(), history_start);
+                let floor = history_start.min(trimmed_at.saturating_sub(retention.request_id_entries));
+                model.retain(|&r, _| r >= floor);
+                prop_assert_eq!(record_events(&db), model.clone(), "after revision {}", index);
                 if index > retention.history_revisions + HISTORY_TRIM_EVERY {
                     prop_assert!(applier.history_start() + retention.history_revisions + HISTORY_TRIM_EVERY > index);
                 }
