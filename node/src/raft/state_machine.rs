@@ -369,6 +369,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let (entry, responder) = item?;
             let started = Instant::now();
             let index = entry.log_id.index;
+            // Before the entry's trim deletes any history (see
+            // `Applier::history_start_after`).
+            self.shared
+                .history_start
+                .store(self.applier.history_start_after(index), Ordering::Release);
             self.state.last_applied = Some(entry.log_id);
             let (response, events) = match entry.payload {
                 EntryPayload::Blank => {

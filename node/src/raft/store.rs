@@ -505,6 +505,19 @@ impl Applier {
         self.history_start
     }
 
+    /// The history start once the entry at `index` is applied (a trim
+    /// there moves it). Readers are told before the trim's deletes are
+    /// written, so a reader whose history read met deleted records finds
+    /// the start moved when it checks again.
+    pub fn history_start_after(&self, index: u64) -> u64 {
+        if index.is_multiple_of(HISTORY_TRIM_EVERY) {
+            self.history_start
+                .max(index.saturating_sub(self.retention.history_revisions))
+        } else {
+            self.history_start
+        }
+    }
+
     /// Applies an entry without a command (blank or membership) at
     /// `index`, recording `state` as the applied position.
     pub fn apply_empty(&mut self, db: &Db, index: u64, state: &AppliedState) -> Result<()> {
@@ -629,7 +642,7 @@ impl Applier {
         if !index.is_multiple_of(HISTORY_TRIM_EVERY) {
             return Ok(());
         }
-        let new_start = index.saturating_sub(self.retention.history_revisions);
+        let new_start = self.history_start_after(index);
         if new_start > self.history_start {
             self.history_start = new_start;
             batch.put(HISTORY_START, new_start.to_le_bytes());
@@ -1104,6 +1117,8 @@ mod tests {
                     })),
                 };
                 index += 1;
+                // What readers are told before the entry is applied.
+                let announced = applier.history_start_after(index);
                 match cmd {
                     None => applier.apply_empty(&db, index, &state(index)).unwrap(),
                     Some(op) => {
@@ -1115,6 +1130,7 @@ mod tests {
                         }
                     }
                 }
+                prop_assert_eq!(applier.history_start(), announced);
                 // Trims run at multiples of HISTORY_TRIM_EVERY.
                 let trimmed_at = index / HISTORY_TRIM_EVERY * HISTORY_TRIM_EVERY;
                 let history_start = trimmed_at.saturating_sub(retention.history_revisions).max(1);

@@ -529,6 +529,13 @@ async fn run_watch(
             }
             let batch = store::history(&core.sm.db(), next, applied, HISTORY_BATCH, filter)
                 .map_err(store_error)?;
+            // A trim may have deleted some of what the read looked for:
+            // the start moves before the deletes are written, so checking
+            // it again after the read catches that.
+            let oldest = core.sm.history_start();
+            if next < oldest {
+                return Err(compacted(next, oldest));
+            }
             let full = batch.len() == HISTORY_BATCH;
             let mut last = None;
             for (rev, events) in batch {
