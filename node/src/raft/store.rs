@@ -629,7 +629,12 @@ impl Applier {
                 break;
             }
             self.requests_by_index.pop_front();
-            self.requests.remove(&id);
+            // Loaded records may hold an id twice (applied again as new
+            // after it expired, its first record kept by the history's
+            // window): the newer use stays.
+            if self.requests.get(&id) == Some(&i) {
+                self.requests.remove(&id);
+            }
         }
     }
 
@@ -998,6 +1003,43 @@ mod tests {
         let fresh = put_with(&mut applier, 122, id(10));
         assert_eq!(fresh.response.revision, 122);
         assert_eq!(fresh.events.len(), 1);
+    }
+
+    /// An id applied again as new after it expired has two records while
+    /// the history's window keeps both; after a reload, the expiry of the
+    /// first use leaves the second one answering duplicates.
+    #[test]
+    fn a_reapplied_id_survives_the_expiry_of_its_first_use() {
+        let db = memory_db();
+        let retention = Retention {
+            history_revisions: 1000,
+            request_id_entries: 50,
+        };
+        let mut applier = Applier::load(&db, retention).unwrap();
+        let rid = RequestId {
+            client_id: 5,
+            seq: 1,
+        };
+        let apply = |applier: &mut Applier, index: u64, request_id: Option<RequestId>| {
+            let cmd = Command {
+                request_id,
+                op: Op::Put(put(1)),
+            };
+            applier.apply(&db, index, &cmd, &state(index)).unwrap()
+        };
+        assert_eq!(apply(&mut applier, 1, Some(rid)).response.revision, 1);
+        for index in 2..60 {
+            apply(&mut applier, index, None);
+        }
+        // Expired: applied as new.
+        assert_eq!(apply(&mut applier, 60, Some(rid)).response.revision, 60);
+        applier = Applier::load(&db, retention).unwrap();
+        assert_eq!(applier.requests_by_index.len(), 2);
+        apply(&mut applier, 61, None);
+        assert_eq!(applier.requests.get(&rid), Some(&60));
+        let again = apply(&mut applier, 62, Some(rid));
+        assert_eq!(again.response.revision, 60);
+        assert!(again.events.is_empty());
     }
 
     /// A database of the format before revision records is converted
