@@ -956,18 +956,25 @@ mod tests {
         known
     }
 
+    /// A fresh database whose request-id window (50 entries) is shorter
+    /// than its history's (1000), and its applier.
+    fn short_request_window() -> (Db, Retention, Applier) {
+        let db = memory_db();
+        let retention = Retention {
+            history_revisions: 1000,
+            request_id_entries: 50,
+        };
+        let applier = Applier::load(&db, retention).unwrap();
+        (db, retention, applier)
+    }
+
     /// Request ids expire in log order, also when the applier was loaded
     /// from the database (whose records outlive the request window here:
     /// the history's is longer), and a duplicate inside the window is
     /// answered, not applied.
     #[test]
     fn request_ids_expire_in_log_order_across_a_reload() {
-        let db = memory_db();
-        let retention = Retention {
-            history_revisions: 1000,
-            request_id_entries: 50,
-        };
-        let mut applier = Applier::load(&db, retention).unwrap();
+        let (db, retention, mut applier) = short_request_window();
         // Client ids fall as indexes grow, so the database's order of the
         // ids is the reverse of the log's.
         let id = |index: u64| RequestId {
@@ -1010,12 +1017,7 @@ mod tests {
     /// first use leaves the second one answering duplicates.
     #[test]
     fn a_reapplied_id_survives_the_expiry_of_its_first_use() {
-        let db = memory_db();
-        let retention = Retention {
-            history_revisions: 1000,
-            request_id_entries: 50,
-        };
-        let mut applier = Applier::load(&db, retention).unwrap();
+        let (db, retention, mut applier) = short_request_window();
         let rid = RequestId {
             client_id: 5,
             seq: 1,
