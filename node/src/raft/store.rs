@@ -485,14 +485,22 @@ impl Applier {
             written: KnownRecords::default(),
             meta: KeyMeta::default(),
         };
+        // Ids applied before the window of the last applied entry have
+        // expired; the records, kept for the history's window, may still
+        // hold them (an id expired and applied again is in two records).
+        let applied = AppliedState::from_metadata(db.user_metadata())?
+            .last_applied
+            .map_or(0, |l| l.index);
+        let request_floor = applied.saturating_sub(retention.request_id_entries);
         // Records come in revision order: the queue is in log order.
-        let mut first = None;
-        for item in db.scan_prefix([RECORD])? {
+        for (n, item) in db.scan_prefix([RECORD])?.enumerate() {
             let (k, v) = item?;
             let revision = record_revision(&k)?;
-            a.records_start = *first.get_or_insert(revision);
+            if n == 0 {
+                a.records_start = revision;
+            }
             let request: Option<RequestId> = decode(&k, &v, false)?;
-            if let Some(id) = request {
+            if let Some(id) = request.filter(|_| revision >= request_floor) {
                 a.requests.insert(id, revision);
                 a.requests_by_index.push_back((revision, id));
             }
@@ -619,9 +627,7 @@ impl Applier {
     }
 
     /// Forgets the request ids applied more than their window before the
-    /// entry at `index` (before that entry looks for a duplicate: the
-    /// records, and so the ids loaded from them, outlive the window when
-    /// the history's is longer).
+    /// entry at `index`, before that entry looks for a duplicate.
     fn expire_requests(&mut self, index: u64) {
         let floor = index.saturating_sub(self.retention.request_id_entries);
         while let Some(&(i, id)) = self.requests_by_index.front() {
@@ -629,12 +635,8 @@ impl Applier {
                 break;
             }
             self.requests_by_index.pop_front();
-            // Loaded records may hold an id twice (applied again as new
-            // after it expired, its first record kept by the history's
-            // window): the newer use stays.
-            if self.requests.get(&id) == Some(&i) {
-                self.requests.remove(&id);
-            }
+            let removed = self.requests.remove(&id);
+            debug_assert_eq!(removed, Some(i), "request-id queue and map disagree");
         }
     }
 
@@ -1003,11 +1005,13 @@ mod tests {
         let again = put_with(&mut applier, 121, id(100));
         assert_eq!(again.response.revision, 100);
         assert!(again.events.is_empty());
-        // Expired: applied as new, also right after a load (which found
-        // its record: the history's window keeps it).
+        // Expired: applied as new, also right after a load. Loaded at
+        // 121 (the window's oldest: 121 - 50), expired for the entry at 122
+        // before it looks for a duplicate; older ones are not loaded.
         applier = Applier::load(&db, retention).unwrap();
-        assert!(applier.requests.contains_key(&id(10)));
-        let fresh = put_with(&mut applier, 122, id(10));
+        assert!(applier.requests.contains_key(&id(71)));
+        assert!(!applier.requests.contains_key(&id(70)));
+        let fresh = put_with(&mut applier, 122, id(71));
         assert_eq!(fresh.response.revision, 122);
         assert_eq!(fresh.events.len(), 1);
     }
@@ -1036,7 +1040,8 @@ mod tests {
         // Expired: applied as new.
         assert_eq!(apply(&mut applier, 60, Some(rid)).response.revision, 60);
         applier = Applier::load(&db, retention).unwrap();
-        assert_eq!(applier.requests_by_index.len(), 2);
+        // Only the second use is remembered.
+        assert_eq!(applier.requests_by_index.len(), 1);
         apply(&mut applier, 61, None);
         assert_eq!(applier.requests.get(&rid), Some(&60));
         let again = apply(&mut applier, 62, Some(rid));
