@@ -92,12 +92,21 @@ async fn every_kv_call_routed_through_the_gateway() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    for _ in 0..200 {
+    // Keys the gateway has not read yet: its read cache cannot answer
+    // them, so each goes to a replica.
+    let mut last = rev;
+    for i in 0..100 {
+        last = client.put(format!("s/{i}"), "v").await.unwrap();
+    }
+    for id in 1..=3 {
+        c.wait_applied(id, last, Duration::from_secs(10)).await;
+    }
+    for i in 0..100 {
         let r = client
-            .get_with("a", Consistency::Serializable)
+            .get_with(format!("s/{i}"), Consistency::Serializable)
             .await
             .unwrap();
-        assert_eq!(r.kv.unwrap().value, "1");
+        assert_eq!(r.kv.unwrap().value, "v");
     }
     let serving = (1..=3).filter(|&i| served(&c, i, "Get") > 1.0).count();
     assert!(
@@ -212,7 +221,9 @@ async fn leader_crash_is_invisible_through_the_gateway() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_follows_membership_changes() {
     let mut c = TestCluster::start(3, &[]).await;
-    let g = c.start_gateway(&[]);
+    // Without the read cache, every read of the one key goes to a
+    // replica: which replicas is what this test watches.
+    let g = c.start_gateway(&["--cache-mb", "0"]);
     g.wait_ready(Duration::from_secs(20)).await;
     let client = Client::connect([g.addr.as_str()]).await.unwrap();
     client.put("x", "1").await.unwrap();
@@ -561,4 +572,118 @@ async fn batch_messages_are_relayed_within_the_bounds() {
     }
     assert_eq!(relayed() - before, 16.0);
     assert_eq!(metric(&g.metrics, "cairn_gateway_inflight"), 0.0);
+}
+
+/// Serializable reads through the gateway are answered from its read
+/// cache once a replica has answered them, and the cache follows writes
+/// that never went through this gateway (its watch of every key); its
+/// memory stays under the bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_read_cache_answers_and_follows_writes() {
+    let c = TestCluster::start(3, &[]).await;
+    let leader = c.wait_leader(Duration::from_secs(10)).await;
+    let g = c.start_gateway(&[]);
+    g.wait_ready(Duration::from_secs(20)).await;
+    let client = Client::connect([g.addr.as_str()]).await.unwrap();
+    let direct = Client::connect([c.addr(leader)]).await.unwrap();
+    let hits = || metric(&g.metrics, "cairn_gateway_cache_hits_total");
+    let node_gets = || (1..=3).map(|i| served(&c, i, "Get")).sum::<f64>();
+    let serializable = async |key: &str| {
+        client
+            .get_with(key, Consistency::Serializable)
+            .await
+            .unwrap()
+    };
+
+    let rev = direct.put("c", "1").await.unwrap();
+    for id in 1..=3 {
+        c.wait_applied(id, rev, Duration::from_secs(10)).await;
+    }
+    // The first read fills the cache (once its watch is set up); then the
+    // nodes see no more of them.
+    let t0 = std::time::Instant::now();
+    while hits() < 1.0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "no read was ever answered from the cache"
+        );
+        assert_eq!(serializable("c").await.kv.unwrap().value, "1");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (h0, n0) = (hits(), node_gets());
+    for _ in 0..100 {
+        let r = serializable("c").await;
+        assert_eq!(r.kv.as_ref().unwrap().value, "1");
+        assert!(r.header.revision >= rev);
+    }
+    assert_eq!(hits() - h0, 100.0);
+    assert_eq!(node_gets(), n0, "a cached read reached a node");
+
+    // A write straight to the leader: the cache follows it.
+    let rev2 = direct.put("c", "2").await.unwrap();
+    let t0 = std::time::Instant::now();
+    loop {
+        let r = serializable("c").await;
+        let kv = r.kv.unwrap();
+        if kv.value == "2" {
+            assert_eq!(kv.mod_revision, rev2);
+            assert!(r.header.revision >= rev2);
+            break;
+        }
+        assert_eq!(kv.value, "1", "a value nobody wrote");
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the cache kept the old value"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        hits() - h0 > 100.0,
+        "the new value did not come from the cache"
+    );
+    // A delete: the key is gone from the cache too.
+    direct.delete("c").await.unwrap();
+    let t0 = std::time::Instant::now();
+    while serializable("c").await.kv.is_some() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the cache kept a deleted key"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Linearizable reads never come from the cache.
+    direct.put("c", "3").await.unwrap();
+    let n0 = served(&c, leader, "Get");
+    assert_eq!(client.get("c").await.unwrap().unwrap().value, "3");
+    assert_eq!(served(&c, leader, "Get"), n0 + 1.0);
+
+    // The bound: a 1 MiB cache read through 4 MiB of values.
+    let small = c.start_gateway(&["--cache-mb", "1"]);
+    small.wait_ready(Duration::from_secs(20)).await;
+    let value = vec![b'x'; 4096];
+    let mut last = 0;
+    for i in 0..1024 {
+        last = direct.put(format!("big/{i}"), value.clone()).await.unwrap();
+    }
+    for id in 1..=3 {
+        c.wait_applied(id, last, Duration::from_secs(10)).await;
+    }
+    let through_small = Client::connect([small.addr.as_str()]).await.unwrap();
+    for _ in 0..2 {
+        for i in 0..1024 {
+            let kv = through_small
+                .get_with(format!("big/{i}"), Consistency::Serializable)
+                .await
+                .unwrap()
+                .kv
+                .unwrap();
+            assert_eq!(kv.value.len(), 4096);
+        }
+    }
+    let bytes = metric(&small.metrics, "cairn_gateway_cache_bytes");
+    assert!(
+        bytes > 0.0 && bytes <= (1 << 20) as f64,
+        "{bytes} bytes cached"
+    );
+    assert!(metric(&small.metrics, "cairn_gateway_cache_evictions_total") > 0.0);
 }

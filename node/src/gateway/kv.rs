@@ -115,11 +115,20 @@ impl Kv for Proxy {
     }
 
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
-        self.forward(
-            "Get",
-            req,
-            |c, r, t| async move { c.forward_get(r, t).await },
-        )
+        let cache = self.0.cache.clone();
+        self.forward("Get", req, |c, r, t| async move {
+            let Some(cache) = cache else {
+                return c.forward_get(r, t).await;
+            };
+            if r.consistency == pb::ReadConsistency::Serializable as i32 {
+                if let Some(hit) = cache.get(&r.key) {
+                    return Ok(hit);
+                }
+            }
+            let resp = c.forward_get(r, t).await?;
+            cache.fill(&resp);
+            Ok(resp)
+        })
         .await
     }
 

@@ -8,6 +8,7 @@
 //! upstream stream. In-flight requests are bounded per connection and in
 //! total; past a bound the answer is RESOURCE_EXHAUSTED at once.
 
+mod cache;
 mod kv;
 mod relay;
 mod watch;
@@ -74,6 +75,10 @@ pub struct GatewayArgs {
     /// serves on one core; add threads, or gateways, past that.
     #[arg(long, env = "CAIRN_GATEWAY_THREADS", default_value_t = 0)]
     pub threads: usize,
+    /// Memory for the read cache, in MiB (0: off). Serializable Gets are
+    /// answered from it; a watch of every key keeps it current.
+    #[arg(long, env = "CAIRN_GATEWAY_CACHE_MB", default_value_t = 64)]
+    pub cache_mb: usize,
 }
 
 impl GatewayArgs {
@@ -120,6 +125,8 @@ pub struct Gateway {
     /// `cairn_gateway_relayed_calls_total`: calls relayed message by
     /// message (the rest go through the unary handlers).
     relayed: metrics::Counter,
+    /// The read cache, unless it is off.
+    cache: Option<Arc<cache::ReadCache>>,
 }
 
 /// Holds a request's place under the in-flight bounds.
@@ -330,6 +337,8 @@ impl RunningGateway {
             relayed: metrics::counter!("cairn_gateway_relayed_calls_total"),
             inflight: Arc::new(Semaphore::new(args.max_inflight.max(1))),
             hub: watch::Hub::new(client.clone()),
+            cache: (args.cache_mb > 0)
+                .then(|| Arc::new(cache::ReadCache::new(args.cache_mb.saturating_mul(1 << 20)))),
             client,
             per_conn: Mutex::new(HashMap::new()),
             draining: AtomicBool::new(false),
@@ -344,6 +353,10 @@ impl RunningGateway {
             Arc::new(move || g.ready())
         };
         let mut others = Vec::new();
+        if let Some(c) = gateway.cache.clone() {
+            let client = gateway.client.clone();
+            others.push(tokio::spawn(async move { c.follow(client).await }));
+        }
         if let Some(l) = metrics_listener {
             others.push(tokio::spawn(http::serve(ready.clone(), l, stop_rx.clone())));
         }

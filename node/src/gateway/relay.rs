@@ -18,13 +18,14 @@ use std::time::Duration;
 
 use cairn_client::batch::status_to_pb;
 use cairn_client::relay::{Outcome, Relay};
-use cairn_proto::kv::{self as pb, batch_reply::Reply};
+use cairn_proto::kv::{self as pb, batch_call::Call, batch_reply::Reply};
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, Stream, StreamExt};
 use tonic::transport::server::TcpConnectInfo;
 use tonic::{Request, Status, Streaming};
 
+use super::cache::ReadCache;
 use super::kv::{Proxy, METRIC};
 use crate::server::batch::{self, answer, BatchStream, Deadline, Isolated, Outbox};
 use crate::server::http::observe_as;
@@ -84,7 +85,7 @@ impl Relayed {
     /// Relays a message of calls, or hands them to the unary handler when
     /// the gateway refuses them or the relay cannot take them.
     fn relay_message(&mut self, m: pb::BatchRequest) {
-        let g = &self.proxy.0;
+        let g = self.proxy.0.clone();
         if let Err(s) = g.refuse_if_draining() {
             for c in m.calls {
                 self.out.push(pb::BatchReply {
@@ -94,14 +95,17 @@ impl Relayed {
             }
             return;
         }
-        let n = m.calls.len();
+        let mut calls = m.calls;
+        if let Some(cache) = &g.cache {
+            self.answer_from(cache, &mut calls);
+        }
+        let n = calls.len();
         if n == 0 || !g.admit_relayed(self.conn, n) {
             // The unary handler answers each past the bounds.
-            self.unstarted.extend(m.calls);
+            self.unstarted.extend(calls);
             return;
         }
         self.admitted += n;
-        let mut calls = m.calls;
         for c in &mut calls {
             let asked = (c.timeout_us > 0).then(|| Duration::from_micros(c.timeout_us));
             let t = g.capped(asked);
@@ -111,6 +115,29 @@ impl Relayed {
         g.relayed.increment((n - rest.len()) as u64);
         self.give_back(rest.len());
         self.unstarted.extend(rest);
+    }
+
+    /// Answers the serializable Gets of `calls` that the read cache has
+    /// (while the message of answers has room), and leaves the rest.
+    fn answer_from(&mut self, cache: &ReadCache, calls: &mut Vec<pb::BatchCall>) {
+        let started = tokio::time::Instant::now();
+        calls.retain(|c| {
+            let Some(Call::Get(get)) = &c.call else {
+                return true;
+            };
+            if get.consistency != pb::ReadConsistency::Serializable as i32 || self.out.is_full() {
+                return true;
+            }
+            let Some(hit) = cache.get(&get.key) else {
+                return true;
+            };
+            self.out.push(pb::BatchReply {
+                id: c.id,
+                reply: Some(Reply::Get(hit)),
+            });
+            observe_as(METRIC, "Get", started, &Ok::<(), Status>(()));
+            false
+        });
     }
 
     /// Gives back the places of `n` relayed calls (answered, or handed
@@ -166,6 +193,12 @@ impl Relayed {
                     let code = match &reply.reply {
                         Some(Reply::Error(e)) => {
                             Err(cairn_client::batch::status_from_pb(e.clone()))
+                        }
+                        Some(Reply::Get(r)) => {
+                            if let Some(cache) = &self.proxy.0.cache {
+                                cache.fill(r);
+                            }
+                            Ok(())
                         }
                         _ => Ok(()),
                     };
