@@ -85,13 +85,23 @@ impl Shard {
         x
     }
 
-    fn remove(&mut self, key: &[u8]) -> bool {
-        match self.entries.swap_remove(key) {
-            Some(e) => {
-                self.bytes -= size_of(&e.kv);
-                true
-            }
-            None => false,
+    /// Keeps `kv` as correct at `revision`, in place of what the key
+    /// held.
+    fn set(&mut self, kv: &pb::KeyValue, revision: u64, used: u64) {
+        let new = Entry {
+            kv: kv.clone(),
+            revision,
+            used,
+        };
+        self.bytes += size_of(kv);
+        if let Some(old) = self.entries.insert(kv.key.clone(), new) {
+            self.bytes -= size_of(&old.kv);
+        }
+    }
+
+    fn remove(&mut self, key: &[u8]) {
+        if let Some(e) = self.entries.swap_remove(key) {
+            self.bytes -= size_of(&e.kv);
         }
     }
 
@@ -186,8 +196,17 @@ impl ReadCache {
         &self.shards[(h as usize) % SHARDS]
     }
 
+    /// The answer to `r` from the cache: for a serializable Get of a key
+    /// it holds.
+    pub fn answer(&self, r: &pb::GetRequest) -> Option<pb::GetResponse> {
+        if r.consistency != pb::ReadConsistency::Serializable as i32 {
+            return None;
+        }
+        self.get(&r.key)
+    }
+
     /// The answer to a serializable Get of `key`, if the cache has it.
-    pub fn get(&self, key: &[u8]) -> Option<pb::GetResponse> {
+    fn get(&self, key: &[u8]) -> Option<pb::GetResponse> {
         if !self.synced.load(Ordering::Acquire) {
             return None;
         }
@@ -223,8 +242,7 @@ impl ReadCache {
         let (Some(h), Some(kv)) = (&r.header, &r.kv) else {
             return;
         };
-        let size = size_of(kv);
-        if size > self.max_entry {
+        if size_of(kv) > self.max_entry {
             return;
         }
         let mut s = self.shard(&kv.key).lock();
@@ -234,25 +252,12 @@ impl ReadCache {
             return;
         }
         let before = s.bytes;
-        let now = s.tick();
-        if let Some(e) = s.entries.get_mut(&kv.key) {
-            if e.revision < h.revision {
-                let old = size_of(&e.kv);
-                e.kv = kv.clone();
-                e.revision = h.revision;
-                e.used = now;
-                s.bytes = s.bytes - old + size;
-            }
-        } else {
-            s.entries.insert(
-                kv.key.clone(),
-                Entry {
-                    kv: kv.clone(),
-                    revision: h.revision,
-                    used: now,
-                },
-            );
-            s.bytes += size;
+        if s.entries
+            .get(&kv.key)
+            .is_none_or(|e| e.revision < h.revision)
+        {
+            let now = s.tick();
+            s.set(kv, h.revision, now);
         }
         let evicted = s.evict_to(self.shard_cap);
         if evicted > 0 {
@@ -278,26 +283,20 @@ impl ReadCache {
         self.reached.fetch_max(b.revision, Ordering::SeqCst);
         for e in &b.events {
             let mut s = self.shard(&e.kv.key).lock();
-            let Some(entry) = s.entries.get_mut(&e.kv.key) else {
+            let Some(entry) = s.entries.get(&e.kv.key) else {
                 continue;
             };
             if entry.revision >= b.revision {
                 continue;
             }
+            let (before, used) = (s.bytes, entry.used);
             match e.kind {
                 EventKind::Put if size_of(&e.kv) <= self.max_entry => {
-                    let (old, new) = (size_of(&entry.kv), size_of(&e.kv));
-                    entry.kv = e.kv.clone();
-                    entry.revision = b.revision;
-                    s.bytes = s.bytes - old + new;
-                    self.bytes_gauge.increment(new as f64 - old as f64);
+                    s.set(&e.kv, b.revision, used);
                 }
-                _ => {
-                    let old = size_of(&entry.kv);
-                    s.remove(&e.kv.key);
-                    self.bytes_gauge.decrement(old as f64);
-                }
+                _ => s.remove(&e.kv.key),
             }
+            self.bytes_gauge.increment(s.bytes as f64 - before as f64);
         }
         self.cluster_id
             .store(b.header.cluster_id, Ordering::Relaxed);

@@ -120,10 +120,8 @@ impl Kv for Proxy {
             let Some(cache) = cache else {
                 return c.forward_get(r, t).await;
             };
-            if r.consistency == pb::ReadConsistency::Serializable as i32 {
-                if let Some(hit) = cache.get(&r.key) {
-                    return Ok(hit);
-                }
+            if let Some(hit) = cache.answer(&r) {
+                return Ok(hit);
             }
             let resp = c.forward_get(r, t).await?;
             cache.fill(&resp);
