@@ -361,3 +361,41 @@ async fn a_watch_on_a_follower_survives_its_snapshot_install() {
     );
     assert_eq!(seen, written, "the watch skipped or repeated revisions");
 }
+
+/// A node that shuts down ends its watch streams at once with
+/// UNAVAILABLE (the watcher resumes on another node) instead of keeping
+/// them, and its shutdown, open until they are cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_watches_with_a_status_to_resume_on() {
+    let mut c = TestCluster::start(3, &[]).await;
+    let leader = c.wait_leader(Duration::from_secs(10)).await;
+    let follower = (1..=3).find(|&i| i != leader).unwrap();
+    let mut w = kv(&c.addr(follower))
+        .await
+        .watch(pb::WatchRequest {
+            key: Default::default(),
+            prefix: true,
+            start_revision: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // The confirmation: the watch is set up.
+    assert!(w.message().await.unwrap().unwrap().events.is_empty());
+    let node = c.nodes.get_mut(&follower).unwrap();
+    let stopped = std::thread::spawn({
+        let child = node.child.take().unwrap();
+        move || sigterm_and_wait(child)
+    });
+    let end = tokio::time::timeout(Duration::from_secs(20), w.message())
+        .await
+        .expect("the watch ended");
+    match end {
+        Err(s) => {
+            assert_eq!(s.code(), tonic::Code::Unavailable, "{s:?}");
+            assert!(s.message().contains("shutting down"), "{s:?}");
+        }
+        other => panic!("the watch ended without a status to resume on: {other:?}"),
+    }
+    assert!(stopped.join().unwrap().success());
+}

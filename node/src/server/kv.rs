@@ -426,6 +426,10 @@ impl pb::kv_server::Kv for KvService {
         let (tx, rx) = mpsc::channel(64);
         let key = r.key.to_vec();
         let prefix = r.prefix;
+        // The server's shutdown ends the stream at once with a status the
+        // watcher resumes elsewhere on, rather than holding the server's
+        // grace period open until the stream is cut.
+        let stopping = super::batch::closed(self.stop.clone());
         tokio::spawn(async move {
             let filter = move |k: &[u8]| {
                 if prefix {
@@ -440,7 +444,13 @@ impl pb::kv_server::Kv for KvService {
                     events: Vec::new(),
                 }))
                 .await;
-            if let Err(s) = run_watch(&core, start, live, &filter, &tx).await {
+            let r = tokio::select! {
+                r = run_watch(&core, start, live, &filter, &tx) => r,
+                _ = stopping => Err(Status::unavailable(
+                    "node is shutting down; resume the watch on another node",
+                )),
+            };
+            if let Err(s) = r {
                 let _ = tx.send(Err(s)).await;
             }
         });
