@@ -135,17 +135,38 @@ impl NodeProc {
         sigterm_and_wait(self.child.take().unwrap())
     }
 
+    /// Sends SIGTERM and returns at once.
+    pub fn sigterm(&self) {
+        sigterm(self.pid());
+    }
+
+    /// Waits (30 s at most) for the exit status of a process sent a
+    /// signal.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        wait_exit(self.child.take().unwrap())
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.data.with_extension("log")).unwrap_or_default()
     }
 }
 
 /// Sends SIGTERM to `c` and waits (30 s at most) for its exit status.
-pub fn sigterm_and_wait(mut c: Child) -> std::process::ExitStatus {
+pub fn sigterm_and_wait(c: Child) -> std::process::ExitStatus {
+    sigterm(c.id());
+    wait_exit(c)
+}
+
+/// Sends SIGTERM to process `pid`.
+pub fn sigterm(pid: u32) {
     Command::new("kill")
-        .args(["-TERM", &c.id().to_string()])
+        .args(["-TERM", &pid.to_string()])
         .status()
         .unwrap();
+}
+
+/// Waits (30 s at most) for `c` to exit.
+pub fn wait_exit(mut c: Child) -> std::process::ExitStatus {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Some(s) = c.try_wait().unwrap() {

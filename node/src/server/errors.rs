@@ -26,12 +26,19 @@ pub fn not_leader(f: &ForwardToLeader<TypeConfig>) -> Status {
     } else {
         format!("not the leader; the leader is node {id} at {addr}")
     };
-    let mut s = Status::unavailable(msg);
-    if id != 0 {
-        s.metadata_mut().insert(LEADER_ID, MetadataValue::from(id));
-        if let Ok(v) = addr.parse() {
-            s.metadata_mut().insert(LEADER_ADDR, v);
-        }
+    let s = Status::unavailable(msg);
+    if id == 0 {
+        return s;
+    }
+    leader_hint(s, id, &addr)
+}
+
+/// `s` with the trailers that name the leader (node `id`, serving
+/// clients at `addr`).
+pub fn leader_hint(mut s: Status, id: u64, addr: &str) -> Status {
+    s.metadata_mut().insert(LEADER_ID, MetadataValue::from(id));
+    if let Ok(v) = addr.parse() {
+        s.metadata_mut().insert(LEADER_ADDR, v);
     }
     s
 }

@@ -197,12 +197,25 @@ impl NodeCore {
         .unwrap_or(false)
     }
 
-    /// Refuses new requests while draining.
+    /// Refuses new requests while draining. Once another node leads
+    /// (a draining leader hands leadership away first), the refusal names
+    /// it, so callers go there in one hop instead of backing off and
+    /// asking around while this node finishes.
     pub fn check_accepting(&self) -> Result<(), tonic::Status> {
-        if self.draining.load(Ordering::Relaxed) {
-            return Err(tonic::Status::unavailable("node is shutting down"));
+        if !self.draining.load(Ordering::Relaxed) {
+            return Ok(());
         }
-        Ok(())
+        let s = match self.leader() {
+            Some((id, addr)) if id != self.config.id && !addr.is_empty() => errors::leader_hint(
+                tonic::Status::unavailable(format!(
+                    "node is shutting down; the leader is node {id} at {addr}"
+                )),
+                id,
+                &addr,
+            ),
+            _ => tonic::Status::unavailable("node is shutting down"),
+        };
+        Err(s)
     }
 }
 
