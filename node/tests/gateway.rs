@@ -365,6 +365,69 @@ async fn admission_control_refuses_a_flood() {
     assert!(client.health_of(&g.addr).await.unwrap().live);
 }
 
+/// The gateway process's peak and current resident memory, in MiB
+/// (`VmHWM` and `VmRSS` of /proc/PID/status).
+fn memory_mib(g: &GatewayProc) -> (f64, f64) {
+    let pid = g.child.as_ref().unwrap().id();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        let line = status.lines().find(|l| l.starts_with(name)).unwrap();
+        let kib: f64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        kib / 1024.0
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+/// Admission before the request is read: a flood of large puts on many
+/// connections, far past the in-flight bound, is refused without the
+/// gateway reading (and holding) the refused requests, so its memory
+/// stays bounded by what it admits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_large_requests_leaves_memory_bounded() {
+    const CONNS: usize = 8;
+    const PER_CONN: usize = 100;
+    const VALUE: usize = 512 << 10;
+    let c = TestCluster::start(3, &[]).await;
+    let g = c.start_gateway(&["--max-inflight", "16", "--max-inflight-per-conn", "8"]);
+    g.wait_ready(Duration::from_secs(20)).await;
+    let (_, before) = memory_mib(&g);
+    let value = "v".repeat(VALUE);
+    let mut tasks = Vec::new();
+    for conn in 0..CONNS {
+        let k = raw(&g.addr).await;
+        for i in 0..PER_CONN {
+            let mut k = k.clone();
+            let req = with_deadline(
+                put_req(&format!("m/{conn}/{i}"), &value),
+                Duration::from_secs(20),
+            );
+            tasks.push(tokio::spawn(async move { k.put(req).await.map(|_| ()) }));
+        }
+    }
+    let (mut ok, mut refused) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(()) => ok += 1,
+            Err(s) => {
+                assert_eq!(s.code(), tonic::Code::ResourceExhausted, "{s:?}");
+                refused += 1;
+            }
+        }
+    }
+    let (peak, after) = memory_mib(&g);
+    let offered = (CONNS * PER_CONN * VALUE) as f64 / f64::from(1 << 20);
+    eprintln!("gateway memory: {before:.0} MiB before, peak {peak:.0} MiB, {after:.0} MiB after; {offered:.0} MiB offered, {ok} admitted, {refused} refused");
+    assert!(ok > 0 && refused > 0, "ok {ok}, refused {refused}");
+    assert!(
+        peak < before + 96.0,
+        "peak {peak:.0} MiB from {before:.0} MiB with {offered:.0} MiB offered"
+    );
+    // Still healthy and serving.
+    let client = Client::connect([g.addr.as_str()]).await.unwrap();
+    client.put("after", "flood").await.unwrap();
+    g.wait_ready(Duration::from_secs(5)).await;
+}
+
 /// SIGTERM during load: requests in flight complete, new ones are refused
 /// with UNAVAILABLE, the process exits 0; nothing acknowledged is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

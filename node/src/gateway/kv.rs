@@ -76,7 +76,12 @@ impl Proxy {
             .is_some();
         let span = tracing::debug_span!("request", %id, method);
         let r = async {
-            let _admitted = g.admit(&req)?;
+            // A call that came alone was admitted on arrival; one that
+            // came in a batch message the relay did not take is here.
+            let _admitted = match req.extensions().get::<AdmittedOnArrival>() {
+                Some(_) => None,
+                None => Some(g.admit(req.remote_addr())?),
+            };
             let timeout = g.deadline(&req);
             f(g.client.clone(), req.into_inner(), timeout)
                 .await
@@ -298,6 +303,89 @@ impl Cluster for Proxy {
     }
 }
 
+/// Marks a call admitted by [`AdmitOnArrival`].
+#[derive(Clone, Copy)]
+struct AdmittedOnArrival;
+
+/// Admission on arrival: a unary KV call is admitted (or refused) from
+/// its headers, before its message is read, and holds its place until
+/// its handler is done. So a refused call's message is never read into
+/// memory (HTTP/2 flow control holds the rest of it back at the caller)
+/// and a flood of large requests cannot grow the gateway past what it
+/// admits. Streams pass through: a Batch stream reads one message at a
+/// time and admits its calls per message; watches are shared.
+#[derive(Clone)]
+struct AdmitOnArrival<S> {
+    g: Arc<Gateway>,
+    inner: S,
+}
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for AdmitOnArrival<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+/// The unary KV method `path` names, as a metric label.
+fn unary_kv_method(path: &str) -> Option<&'static str> {
+    let method = path.strip_prefix("/cairn.kv.v1.KV/")?;
+    ["Put", "Get", "Delete", "Scan", "Txn"]
+        .into_iter()
+        .find(|m| *m == method)
+}
+
+type HttpResponse = tonic::codegen::http::Response<tonic::body::Body>;
+
+impl<S> tonic::codegen::Service<tonic::codegen::http::Request<tonic::body::Body>>
+    for AdmitOnArrival<S>
+where
+    S: tonic::codegen::Service<
+            tonic::codegen::http::Request<tonic::body::Body>,
+            Response = HttpResponse,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = HttpResponse;
+    type Error = std::convert::Infallible;
+    type Future = futures::future::BoxFuture<'static, Result<HttpResponse, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: tonic::codegen::http::Request<tonic::body::Body>) -> Self::Future {
+        use futures::FutureExt;
+        // The clone that was made ready serves this call.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let Some(method) = unary_kv_method(req.uri().path()) else {
+            return inner.call(req).boxed();
+        };
+        let conn = req
+            .extensions()
+            .get::<tonic::transport::server::TcpConnectInfo>()
+            .and_then(tonic::transport::server::TcpConnectInfo::remote_addr);
+        let g = self.g.clone();
+        async move {
+            let started = tokio::time::Instant::now();
+            let _admitted = match g.admit(conn) {
+                Ok(a) => a,
+                Err(s) => {
+                    observe_as(METRIC, method, started, &Err::<(), _>(s.clone()));
+                    return Ok(s.into_http());
+                }
+            };
+            req.extensions_mut().insert(AdmittedOnArrival);
+            inner.call(req).await
+        }
+        .boxed()
+    }
+}
+
 /// Serves the gateway's gRPC services until `stop`.
 pub async fn serve(
     g: Arc<Gateway>,
@@ -308,9 +396,13 @@ pub async fn serve(
     mut stop: twatch::Receiver<bool>,
 ) {
     let max = g.args.max_request_bytes;
-    let proxy = Proxy(g);
+    let proxy = Proxy(g.clone());
+    let kv = AdmitOnArrival {
+        g,
+        inner: KvServer::new(proxy.clone()).max_decoding_message_size(max),
+    };
     let mut routes = tonic::service::Routes::new(health)
-        .add_service(KvServer::new(proxy.clone()).max_decoding_message_size(max))
+        .add_service(kv)
         .add_service(ClusterServer::new(proxy).max_decoding_message_size(max));
     if let Some(r) = crate::server::reflection() {
         routes = routes.add_service(r);

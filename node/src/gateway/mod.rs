@@ -170,8 +170,9 @@ impl Gateway {
         self.epoch.elapsed().saturating_sub(last)
     }
 
-    /// Admits a request under the bounds, or refuses it at once.
-    fn admit<T>(&self, req: &tonic::Request<T>) -> Result<Admitted<'_>, Status> {
+    /// Admits a request that came on connection `conn` under the
+    /// bounds, or refuses it at once.
+    fn admit(&self, conn: Option<SocketAddr>) -> Result<Admitted<'_>, Status> {
         self.refuse_if_draining()?;
         let permit = self.inflight.clone().try_acquire_owned().map_err(|_| {
             metrics::counter!("cairn_gateway_rejected_total", "bound" => "total").increment(1);
@@ -180,7 +181,6 @@ impl Gateway {
                 self.args.max_inflight
             ))
         })?;
-        let conn = req.remote_addr();
         if !self.take_conn(conn, 1) {
             metrics::counter!("cairn_gateway_rejected_total", "bound" => "connection").increment(1);
             return Err(Status::resource_exhausted(format!(
