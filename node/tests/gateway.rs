@@ -428,6 +428,64 @@ async fn a_flood_of_large_requests_leaves_memory_bounded() {
     g.wait_ready(Duration::from_secs(5)).await;
 }
 
+/// Open Batch streams are bounded: each may hold a message it has read
+/// before admitting its calls. Past the bound a new stream is refused at
+/// once, naming the limit; a stream that ends gives its place back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_streams_are_bounded() {
+    let c = TestCluster::start(3, &[]).await;
+    let g = c.start_gateway(&["--max-batch-streams", "2"]);
+    g.wait_ready(Duration::from_secs(20)).await;
+    let open = async || {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<pb::BatchRequest>();
+        let r = raw(&g.addr)
+            .await
+            .batch(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+            .await
+            .map(tonic::Response::into_inner);
+        (tx, r)
+    };
+    let (tx1, first) = open().await;
+    let mut first = first.unwrap();
+    let (_tx2, second) = open().await;
+    let _second = second.unwrap();
+    let (_tx3, third) = open().await;
+    let refused = third.expect_err("a third stream past a bound of 2");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert!(
+        refused.message().contains("limit max-batch-streams"),
+        "{refused:?}"
+    );
+    assert!(
+        metric_where(
+            &g.metrics,
+            "cairn_gateway_rejected_total",
+            &["bound=\"batch_streams\""]
+        ) >= 1.0
+    );
+    // The first stream ends (its caller closed its side): its place is
+    // free again.
+    drop(tx1);
+    let end = tokio::time::timeout(Duration::from_secs(10), first.message()).await;
+    assert!(matches!(end, Ok(Ok(None))), "{end:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_tx, again) = open().await;
+        match again {
+            Ok(_) => break,
+            Err(s) => {
+                assert_eq!(s.code(), tonic::Code::ResourceExhausted, "{s:?}");
+                assert!(std::time::Instant::now() < deadline, "no place came back");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 /// SIGTERM during load: requests in flight complete, new ones are refused
 /// with UNAVAILABLE, the process exits 0; nothing acknowledged is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

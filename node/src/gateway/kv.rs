@@ -173,7 +173,8 @@ impl Kv for Proxy {
         req: Request<tonic::Streaming<pb::BatchRequest>>,
     ) -> Result<Response<Self::BatchStream>, Status> {
         self.0.refuse_if_draining()?;
-        Ok(Response::new(super::relay::serve(self.clone(), req)))
+        let place = self.0.open_batch_stream()?;
+        Ok(Response::new(super::relay::serve(self.clone(), req, place)))
     }
 
     type WatchStream = WatchStream;
@@ -376,6 +377,7 @@ where
                 Ok(a) => a,
                 Err(s) => {
                     observe_as(METRIC, method, started, &Err::<(), _>(s.clone()));
+                    tokio::spawn(discard(req.into_body(), g.args.max_request_bytes));
                     return Ok(s.into_http());
                 }
             };
@@ -384,6 +386,31 @@ where
         }
         .boxed()
     }
+}
+
+/// How long a refused call's message may take to arrive (see
+/// [`discard`]).
+const DISCARD_FOR: Duration = Duration::from_secs(1);
+
+/// Reads a refused call's message to its end, dropping each piece as it
+/// comes (so it costs no memory), at most `limit` bytes and
+/// [`DISCARD_FOR`]. Dropped unread, the message's stream would be reset
+/// while its caller may still be sending, and a client can see that
+/// reset in place of the refusal already sent.
+async fn discard(mut body: tonic::body::Body, limit: usize) {
+    use tonic::transport::Body as _;
+    let mut read = 0usize;
+    let drain = async {
+        while let Some(Ok(frame)) =
+            futures::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await
+        {
+            read += frame.data_ref().map_or(0, |d| d.len());
+            if read > limit {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DISCARD_FOR, drain).await;
 }
 
 /// Serves the gateway's gRPC services until `stop`.

@@ -64,6 +64,10 @@ pub struct GatewayArgs {
     /// Open watch streams in total.
     #[arg(long, env = "CAIRN_GATEWAY_MAX_WATCHERS", default_value_t = 65536)]
     pub max_watchers: usize,
+    /// Open Batch streams in total (each may hold one message being
+    /// read); past it RESOURCE_EXHAUSTED.
+    #[arg(long, env = "CAIRN_GATEWAY_MAX_BATCH_STREAMS", default_value_t = 4096)]
+    pub max_batch_streams: usize,
     /// Largest request message in bytes.
     #[arg(long, env = "CAIRN_GATEWAY_MAX_REQUEST_BYTES", default_value_t = 3 << 20)]
     pub max_request_bytes: usize,
@@ -109,6 +113,8 @@ pub struct Gateway {
     args: GatewayArgs,
     client: Client,
     inflight: Arc<Semaphore>,
+    /// Places for open Batch streams.
+    batch_streams: Arc<Semaphore>,
     per_conn: Mutex<HashMap<SocketAddr, usize>>,
     draining: AtomicBool,
     /// When the last request arrived (admitted or refused), in
@@ -193,6 +199,20 @@ impl Gateway {
             g: self,
             conn,
             _permit: permit,
+        })
+    }
+
+    /// A place for a Batch stream while it is open, or RESOURCE_EXHAUSTED
+    /// at once: a stream reads a message before it admits its calls, so
+    /// streams are counted, to bound what they can hold.
+    fn open_batch_stream(&self) -> Result<OwnedSemaphorePermit, Status> {
+        self.batch_streams.clone().try_acquire_owned().map_err(|_| {
+            metrics::counter!("cairn_gateway_rejected_total", "bound" => "batch_streams")
+                .increment(1);
+            Status::resource_exhausted(format!(
+                "the gateway has {} Batch streams open (limit max-batch-streams)",
+                self.args.max_batch_streams
+            ))
         })
     }
 
@@ -336,6 +356,7 @@ impl RunningGateway {
             inflight_gauge: metrics::gauge!("cairn_gateway_inflight"),
             relayed: metrics::counter!("cairn_gateway_relayed_calls_total"),
             inflight: Arc::new(Semaphore::new(args.max_inflight.max(1))),
+            batch_streams: Arc::new(Semaphore::new(args.max_batch_streams.max(1))),
             hub: watch::Hub::new(client.clone()),
             cache: (args.cache_mb > 0)
                 .then(|| Arc::new(cache::ReadCache::new(args.cache_mb.saturating_mul(1 << 20)))),

@@ -22,6 +22,7 @@ use cairn_proto::kv::{self as pb, batch_call::Call, batch_reply::Reply};
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, Stream, StreamExt};
+use tokio::sync::OwnedSemaphorePermit;
 use tonic::transport::server::TcpConnectInfo;
 use tonic::{Request, Status, Streaming};
 
@@ -30,8 +31,13 @@ use super::kv::{Proxy, METRIC};
 use crate::server::batch::{self, answer, BatchStream, Deadline, Isolated, Outbox};
 use crate::server::http::observe_as;
 
-/// Serves one Batch stream of the gateway.
-pub(super) fn serve(proxy: Proxy, req: Request<Streaming<pb::BatchRequest>>) -> BatchStream {
+/// Serves one Batch stream of the gateway, which holds `place` under the
+/// bound on open streams until it ends.
+pub(super) fn serve(
+    proxy: Proxy,
+    req: Request<Streaming<pb::BatchRequest>>,
+    place: OwnedSemaphorePermit,
+) -> BatchStream {
     let info = req.extensions().get::<TcpConnectInfo>().cloned();
     let conn = info.as_ref().and_then(TcpConnectInfo::remote_addr);
     let closing = batch::closed(proxy.0.drain.clone());
@@ -46,6 +52,7 @@ pub(super) fn serve(proxy: Proxy, req: Request<Streaming<pb::BatchRequest>>) -> 
         slow: FuturesUnordered::new(),
         admitted: 0,
         out: Outbox::new(),
+        _place: place,
     })
 }
 
@@ -65,6 +72,7 @@ struct Relayed {
     /// Places taken under the in-flight bounds by relayed calls.
     admitted: usize,
     out: Outbox,
+    _place: OwnedSemaphorePermit,
 }
 
 impl Relayed {
