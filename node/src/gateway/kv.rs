@@ -310,10 +310,9 @@ struct AdmittedOnArrival;
 
 /// Admission on arrival: a unary KV call is admitted (or refused) from
 /// its headers, before its message is read, and holds its place until
-/// its handler is done. So a refused call's message is never read into
-/// memory (HTTP/2 flow control holds the rest of it back at the caller)
-/// and a flood of large requests cannot grow the gateway past what it
-/// admits. Streams pass through: a Batch stream reads one message at a
+/// its handler is done. So a refused call's message is never held in
+/// memory (it is read and dropped piece by piece, see [`discard`]) and a
+/// flood of large requests cannot grow the gateway past what it admits. Streams pass through: a Batch stream reads one message at a
 /// time and admits its calls per message; watches are shared.
 #[derive(Clone)]
 struct AdmitOnArrival<S> {
@@ -325,9 +324,13 @@ impl<S: tonic::server::NamedService> tonic::server::NamedService for AdmitOnArri
     const NAME: &'static str = S::NAME;
 }
 
-/// The unary KV method `path` names, as a metric label.
-fn unary_kv_method(path: &str) -> Option<&'static str> {
-    let method = path.strip_prefix("/cairn.kv.v1.KV/")?;
+/// The unary method of service `service` that `path` names, as a metric
+/// label.
+fn unary_kv_method(service: &str, path: &str) -> Option<&'static str> {
+    let method = path
+        .strip_prefix('/')?
+        .strip_prefix(service)?
+        .strip_prefix('/')?;
     ["Put", "Get", "Delete", "Scan", "Txn"]
         .into_iter()
         .find(|m| *m == method)
@@ -338,7 +341,8 @@ type HttpResponse = tonic::codegen::http::Response<tonic::body::Body>;
 impl<S> tonic::codegen::Service<tonic::codegen::http::Request<tonic::body::Body>>
     for AdmitOnArrival<S>
 where
-    S: tonic::codegen::Service<
+    S: tonic::server::NamedService
+        + tonic::codegen::Service<
             tonic::codegen::http::Request<tonic::body::Body>,
             Response = HttpResponse,
             Error = std::convert::Infallible,
@@ -363,7 +367,7 @@ where
         // The clone that was made ready serves this call.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let Some(method) = unary_kv_method(req.uri().path()) else {
+        let Some(method) = unary_kv_method(S::NAME, req.uri().path()) else {
             return inner.call(req).boxed();
         };
         let conn = req
