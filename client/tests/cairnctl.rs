@@ -421,6 +421,7 @@ async fn cluster_commands() {
     for k in [
         "workload",
         "clients",
+        "conns",
         "ops",
         "secs",
         "ops_per_sec",

@@ -349,7 +349,7 @@ pub async fn run(
     match fmt {
         Format::Json => println!(
             "{}",
-            json!({"workload": workload, "clients": args.clients, "ops": ops,
+            json!({"workload": workload, "clients": args.clients, "conns": args.conns, "ops": ops,
                    "secs": (secs * 1000.0).round() / 1000.0,
                    "ops_per_sec": ops_per_sec.round(), "p50_us": p50, "p99_us": p99,
                    "p999_us": p999, "max_us": max, "errors": errors,
