@@ -435,6 +435,10 @@ async fn cluster_commands() {
     }
     assert_eq!(j["ops"].as_u64(), Some(200));
     assert_eq!(j["errors"].as_u64(), Some(0));
+    assert!(
+        j.get("start_late_p50_us").is_none(),
+        "no rate, no lateness: {j}"
+    );
     let t = ctl.ok(&[
         "bench",
         "get",
@@ -468,6 +472,11 @@ async fn cluster_commands() {
         "0.5",
     ]);
     assert!(j["ops"].as_u64().unwrap() <= 110, "{j}");
+    // At a rate, how late operations started is reported (it is part of
+    // their latencies): never more than the latencies themselves.
+    let late = j["start_late_p50_us"].as_u64().expect("start_late_p50_us");
+    assert!(late <= j["p50_us"].as_u64().unwrap(), "{j}");
+    assert!(j["start_late_p99_us"].as_u64().is_some(), "{j}");
     // Several connections, a preloaded key space, everything to the leader.
     let j = ctl.json(&[
         "bench",

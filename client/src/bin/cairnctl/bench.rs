@@ -127,9 +127,21 @@ impl Shared {
     }
 }
 
-async fn worker(id: usize, client: Client, shared: Arc<Shared>) -> Result<Histogram<u64>, String> {
-    let mut hist =
-        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
+/// A worker's latencies, and with `--rate` how late each operation
+/// started after it was due (the load generator's own delay, which the
+/// latencies include).
+struct Recorded {
+    latency: Histogram<u64>,
+    late: Histogram<u64>,
+}
+
+fn histogram() -> Result<Histogram<u64>, String> {
+    Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())
+}
+
+async fn worker(id: usize, client: Client, shared: Arc<Shared>) -> Result<Recorded, String> {
+    let mut hist = histogram()?;
+    let mut late = histogram()?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(id as u64 ^ 0x9e37_79b9);
     let a = &shared.args;
     let consistency = if a.serializable {
@@ -142,6 +154,10 @@ async fn worker(id: usize, client: Client, shared: Arc<Shared>) -> Result<Histog
     while let Some(due) = shared.ticket() {
         if due > Instant::now() {
             tokio::time::sleep_until(due).await;
+        }
+        if a.rate.is_some() {
+            let us = u64::try_from(due.elapsed().as_micros()).unwrap_or(u64::MAX);
+            late.saturating_record(us.max(1));
         }
         let k = rng.random_range(0..a.key_space.max(1));
         let read = match a.workload {
@@ -186,7 +202,10 @@ async fn worker(id: usize, client: Client, shared: Arc<Shared>) -> Result<Histog
             }
         }
     }
-    Ok(hist)
+    Ok(Recorded {
+        latency: hist,
+        late,
+    })
 }
 
 async fn clients(
@@ -310,11 +329,12 @@ pub async fn run(
         let c = clients[i % clients.len()].clone();
         tasks.push(tokio::spawn(worker(i, c, shared.clone())));
     }
-    let mut hist =
-        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
+    let mut hist = histogram()?;
+    let mut late = histogram()?;
     for t in tasks {
-        let h = t.await.map_err(|e| e.to_string())??;
-        hist.add(h).map_err(|e| e.to_string())?;
+        let r = t.await.map_err(|e| e.to_string())??;
+        hist.add(r.latency).map_err(|e| e.to_string())?;
+        late.add(r.late).map_err(|e| e.to_string())?;
     }
     let secs = start.elapsed().as_secs_f64();
     let cpu = cpu0.zip(cpu_time()).map(|(a, b)| b.saturating_sub(a));
@@ -347,14 +367,18 @@ pub async fn run(
         workload
     };
     match fmt {
-        Format::Json => println!(
-            "{}",
-            json!({"workload": workload, "clients": args.clients, "conns": args.conns, "ops": ops,
+        Format::Json => {
+            let mut j = json!({"workload": workload, "clients": args.clients, "conns": args.conns, "ops": ops,
                    "secs": (secs * 1000.0).round() / 1000.0,
                    "ops_per_sec": ops_per_sec.round(), "p50_us": p50, "p99_us": p99,
                    "p999_us": p999, "max_us": max, "errors": errors,
-                   "client_cpu_us_per_op": cpu_us_per_op.map(|c| (c * 10.0).round() / 10.0)})
-        ),
+                   "client_cpu_us_per_op": cpu_us_per_op.map(|c| (c * 10.0).round() / 10.0)});
+            if args.rate.is_some() && !late.is_empty() {
+                j["start_late_p50_us"] = late.value_at_quantile(0.5).into();
+                j["start_late_p99_us"] = late.value_at_quantile(0.99).into();
+            }
+            println!("{j}");
+        }
         Format::Table | Format::Simple => {
             let mut t = Table::new(&[
                 "WORKLOAD",
@@ -386,6 +410,13 @@ pub async fn run(
                 cpu_us_per_op.map_or("?".into(), |c| format!("{c:.1}us")),
             ]);
             print!("{}", t.render());
+            if args.rate.is_some() && !late.is_empty() {
+                println!(
+                    "started after they were due (in the latencies above): p50 {}, p99 {}",
+                    ms(late.value_at_quantile(0.5)),
+                    ms(late.value_at_quantile(0.99))
+                );
+            }
         }
     }
     if ops == 0 {
