@@ -243,7 +243,23 @@ async fn the_gateway_follows_membership_changes() {
     let victim = (1..=3).find(|&i| i != leader).unwrap();
     let admin = Client::connect([c.addr(leader)]).await.unwrap();
     admin.remove_member(victim).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // The gateway drops it at a refresh (every 200 ms here). Wait for
+    // that, not a fixed time: under load a refresh (the members, then
+    // each node's health) can take longer than the wait did (800 ms,
+    // which failed once in a full parallel run).
+    let gone = c.addr(victim);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&g.log)
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.contains("member gone") && l.contains(&gone))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the gateway never dropped the removed node"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     c.nodes.get_mut(&victim).unwrap().kill9();
     let before = served(&c, 4, "Get");
     for i in 0..100 {
