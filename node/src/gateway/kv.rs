@@ -202,9 +202,10 @@ impl Proxy {
         let n = g.watchers.fetch_add(1, Ordering::Relaxed);
         let slot = WatcherSlot(g.clone());
         if n >= g.args.max_watchers {
-            return Err(Status::resource_exhausted(format!(
-                "the gateway has {n} watches open (limit max-watchers)"
-            )));
+            return Err(super::exhausted(
+                "watchers",
+                format!("the gateway has {n} watches open (limit max-watchers)"),
+            ));
         }
         let source = g.hub.open(r).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
@@ -312,8 +313,10 @@ struct AdmittedOnArrival;
 /// its headers, before its message is read, and holds its place until
 /// its handler is done. So a refused call's message is never held in
 /// memory (it is read and dropped piece by piece, see [`discard`]) and a
-/// flood of large requests cannot grow the gateway past what it admits. Streams pass through: a Batch stream reads one message at a
-/// time and admits its calls per message; watches are shared.
+/// flood of large requests cannot grow the gateway past what it admits.
+/// Streams pass through: a Batch stream (their number bounded) reads one
+/// message at a time and admits its calls per message; watches are
+/// shared.
 #[derive(Clone)]
 struct AdmitOnArrival<S> {
     g: Arc<Gateway>,

@@ -135,6 +135,13 @@ pub struct Gateway {
     cache: Option<Arc<cache::ReadCache>>,
 }
 
+/// RESOURCE_EXHAUSTED for a request past `bound`, counted in
+/// `cairn_gateway_rejected_total{bound}`.
+fn exhausted(bound: &'static str, msg: String) -> Status {
+    metrics::counter!("cairn_gateway_rejected_total", "bound" => bound).increment(1);
+    Status::resource_exhausted(msg)
+}
+
 /// Holds a request's place under the in-flight bounds.
 pub struct Admitted<'a> {
     g: &'a Gateway,
@@ -181,18 +188,22 @@ impl Gateway {
     fn admit(&self, conn: Option<SocketAddr>) -> Result<Admitted<'_>, Status> {
         self.refuse_if_draining()?;
         let permit = self.inflight.clone().try_acquire_owned().map_err(|_| {
-            metrics::counter!("cairn_gateway_rejected_total", "bound" => "total").increment(1);
-            Status::resource_exhausted(format!(
-                "the gateway has {} requests in flight (limit max-inflight)",
-                self.args.max_inflight
-            ))
+            exhausted(
+                "total",
+                format!(
+                    "the gateway has {} requests in flight (limit max-inflight)",
+                    self.args.max_inflight
+                ),
+            )
         })?;
         if !self.take_conn(conn, 1) {
-            metrics::counter!("cairn_gateway_rejected_total", "bound" => "connection").increment(1);
-            return Err(Status::resource_exhausted(format!(
-                "this connection has {} requests in flight (limit max-inflight-per-conn)",
-                self.args.max_inflight_per_conn
-            )));
+            return Err(exhausted(
+                "connection",
+                format!(
+                    "this connection has {} requests in flight (limit max-inflight-per-conn)",
+                    self.args.max_inflight_per_conn
+                ),
+            ));
         }
         self.inflight_gauge.increment(1.0);
         Ok(Admitted {
@@ -207,12 +218,13 @@ impl Gateway {
     /// streams are counted, to bound what they can hold.
     fn open_batch_stream(&self) -> Result<OwnedSemaphorePermit, Status> {
         self.batch_streams.clone().try_acquire_owned().map_err(|_| {
-            metrics::counter!("cairn_gateway_rejected_total", "bound" => "batch_streams")
-                .increment(1);
-            Status::resource_exhausted(format!(
-                "the gateway has {} Batch streams open (limit max-batch-streams)",
-                self.args.max_batch_streams
-            ))
+            exhausted(
+                "batch_streams",
+                format!(
+                    "the gateway has {} Batch streams open (limit max-batch-streams)",
+                    self.args.max_batch_streams
+                ),
+            )
         })
     }
 

@@ -135,6 +135,13 @@ struct Recorded {
     late: Histogram<u64>,
 }
 
+/// Microseconds since `t`, at least 1 (a histogram's lowest value).
+fn micros_since(t: Instant) -> u64 {
+    u64::try_from(t.elapsed().as_micros())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
 fn histogram() -> Result<Histogram<u64>, String> {
     Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())
 }
@@ -156,8 +163,7 @@ async fn worker(id: usize, client: Client, shared: Arc<Shared>) -> Result<Record
             tokio::time::sleep_until(due).await;
         }
         if a.rate.is_some() {
-            let us = u64::try_from(due.elapsed().as_micros()).unwrap_or(u64::MAX);
-            late.saturating_record(us.max(1));
+            late.saturating_record(micros_since(due));
         }
         let k = rng.random_range(0..a.key_space.max(1));
         let read = match a.workload {
@@ -189,10 +195,10 @@ async fn worker(id: usize, client: Client, shared: Arc<Shared>) -> Result<Record
         } else {
             client.put(key(k), &shared.value).await.map(|_| ())
         };
-        let us = u64::try_from(due.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let us = micros_since(due);
         match r {
             Ok(()) => {
-                hist.saturating_record(us.max(1));
+                hist.saturating_record(us);
                 shared.done.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => {
@@ -366,6 +372,9 @@ pub async fn run(
     } else {
         workload
     };
+    // Recorded only with --rate.
+    let late =
+        (!late.is_empty()).then(|| (late.value_at_quantile(0.5), late.value_at_quantile(0.99)));
     match fmt {
         Format::Json => {
             let mut j = json!({"workload": workload, "clients": args.clients, "conns": args.conns, "ops": ops,
@@ -373,9 +382,9 @@ pub async fn run(
                    "ops_per_sec": ops_per_sec.round(), "p50_us": p50, "p99_us": p99,
                    "p999_us": p999, "max_us": max, "errors": errors,
                    "client_cpu_us_per_op": cpu_us_per_op.map(|c| (c * 10.0).round() / 10.0)});
-            if args.rate.is_some() && !late.is_empty() {
-                j["start_late_p50_us"] = late.value_at_quantile(0.5).into();
-                j["start_late_p99_us"] = late.value_at_quantile(0.99).into();
+            if let Some((p50, p99)) = late {
+                j["start_late_p50_us"] = p50.into();
+                j["start_late_p99_us"] = p99.into();
             }
             println!("{j}");
         }
@@ -410,11 +419,11 @@ pub async fn run(
                 cpu_us_per_op.map_or("?".into(), |c| format!("{c:.1}us")),
             ]);
             print!("{}", t.render());
-            if args.rate.is_some() && !late.is_empty() {
+            if let Some((p50, p99)) = late {
                 println!(
                     "started after they were due (in the latencies above): p50 {}, p99 {}",
-                    ms(late.value_at_quantile(0.5)),
-                    ms(late.value_at_quantile(0.99))
+                    ms(p50),
+                    ms(p99)
                 );
             }
         }
