@@ -19,20 +19,31 @@ COPY Cargo.toml Cargo.lock ./
 COPY .cargo .cargo
 COPY proto proto
 COPY node/Cargo.toml node/Cargo.toml
+COPY node/io/Cargo.toml node/io/Cargo.toml
+COPY node/lsm/Cargo.toml node/lsm/Cargo.toml
 COPY client/Cargo.toml client/Cargo.toml
+COPY client/cairnctl/Cargo.toml client/cairnctl/Cargo.toml
+COPY client/testing/Cargo.toml client/testing/Cargo.toml
 COPY sim-tests/Cargo.toml sim-tests/Cargo.toml
-RUN mkdir -p node/src/bin node/benches client/src/bin sim-tests/src \
- && for f in node/src/lib.rs client/src/lib.rs sim-tests/src/lib.rs; do echo '//! stub' > $f; done \
- && for f in node/src/bin/cairn.rs client/src/bin/cairnctl.rs; do echo 'fn main() {}' > $f; done \
- && for b in $(sed -n '/^\[\[bench\]\]/{n;s/^name = "\(.*\)"/\1/p}' node/Cargo.toml); do echo 'fn main() {}' > node/benches/$b.rs; done \
- && cargo build --release --locked -p cairn-node -p cairn-client --bins \
- && rm -rf node/src client/src sim-tests/src node/benches
-# The sources; only cairn's own crates are compiled here.
+RUN for c in node node/io node/lsm client client/testing sim-tests; do \
+      mkdir -p $c/src $c/benches && echo '//! stub' > $c/src/lib.rs; \
+      for b in $(sed -n '/^\[\[bench\]\]/{n;s/^name = "\(.*\)"/\1/p}' $c/Cargo.toml); do \
+        echo 'fn main() {}' > $c/benches/$b.rs; \
+      done; \
+    done \
+ && mkdir -p node/src/bin client/cairnctl/src \
+ && echo 'fn main() {}' > node/src/bin/cairn.rs \
+ && echo 'fn main() {}' > client/cairnctl/src/main.rs \
+ && cargo build --release --locked -p cairn-node -p cairnctl --bins \
+ && rm -rf node client sim-tests
+# The sources; only cairn's own crates are compiled here (touched: the
+# copies may be older than the stubs' build).
 COPY node node
 COPY client client
 COPY sim-tests sim-tests
-RUN touch node/src/lib.rs client/src/lib.rs \
- && cargo build --release --locked -p cairn-node -p cairn-client --bins \
+RUN touch node/src/lib.rs node/src/bin/cairn.rs node/io/src/lib.rs node/lsm/src/lib.rs \
+      client/src/lib.rs client/cairnctl/src/main.rs \
+ && cargo build --release --locked -p cairn-node -p cairnctl --bins \
  && install -D -m 0755 target/release/cairn /out/cairn \
  && install -D -m 0755 target/release/cairnctl /out/cairnctl
 

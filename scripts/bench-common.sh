@@ -5,7 +5,7 @@
 ROUNDS=${ROUNDS:-3}
 SECS=${SECS:-10}
 KEYS=${KEYS:-100000}
-cargo build --release -q -p cairn-node -p cairn-client --bins
+cargo build --release -q -p cairn-node -p cairnctl --bins
 dir=$(mktemp -d "${BENCH_DIR:-$PWD}/cairn-bench.XXXXXX")
 ./target/release/cairn dev --data-dir "$dir/data" >"$dir/dev.log" 2>&1 &
 dev=$!

@@ -19,58 +19,17 @@ use cairn_proto::kv::{self as pb, batch_call::Call, batch_reply::Reply};
 use futures::future::BoxFuture;
 use prost::Message;
 use tokio::sync::{mpsc, oneshot};
-use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
 use tonic::transport::Channel;
-use tonic::{Code, Status};
+use tonic::Status;
 
+use cairn_rpc::status::{status_from_pb, CALL_BYTES};
+
+use crate::balance::InFlight;
 use crate::client::{request, Client};
 
-/// A call larger than this goes as a unary call, and a message of calls
-/// (or of answers) is closed once it reaches this size: a large value
-/// must not hold up the small calls beside it, and a message must stay
-/// far under the server's message limit.
-pub const CALL_BYTES: usize = 256 << 10;
-/// See [`CALL_BYTES`]: the size at which the server closes a message of
-/// answers.
-pub const REPLY_BYTES: usize = 256 << 10;
 /// The largest message of answers the client accepts (a scan page can be
 /// large).
 const MAX_REPLY_MESSAGE: usize = 64 << 20;
-
-/// A failed call's status as it travels in a [`pb::BatchReply`].
-pub fn status_to_pb(s: &Status) -> pb::CallError {
-    let trailers = s
-        .metadata()
-        .iter()
-        .filter_map(|kv| match kv {
-            tonic::metadata::KeyAndValueRef::Ascii(k, v) => Some(pb::Trailer {
-                key: k.as_str().to_string(),
-                value: v.to_str().ok()?.to_string(),
-            }),
-            tonic::metadata::KeyAndValueRef::Binary(..) => None,
-        })
-        .collect();
-    pb::CallError {
-        code: s.code() as i32,
-        message: s.message().to_string(),
-        trailers,
-    }
-}
-
-/// The status a [`pb::CallError`] carries (trailers that are not valid
-/// metadata are dropped).
-pub fn status_from_pb(e: pb::CallError) -> Status {
-    let mut md = MetadataMap::new();
-    for t in e.trailers {
-        if let (Ok(k), Ok(v)) = (
-            MetadataKey::from_bytes(t.key.as_bytes()),
-            MetadataValue::try_from(t.value.as_str()),
-        ) {
-            md.insert(k, v);
-        }
-    }
-    Status::with_metadata(Code::from_i32(e.code), e.message, md)
-}
 
 /// A request of the KV API that can travel in a batch.
 pub(crate) trait KvRequest: Message + Clone + Sized + 'static {
@@ -153,8 +112,29 @@ pub(crate) struct Pending {
 pub(crate) enum Waiter {
     /// One caller of [`Batcher::call`].
     Call(oneshot::Sender<Result<Reply, Status>>),
-    /// A call relayed for a proxy (see [`crate::relay`]).
-    Relay(crate::relay::Sent),
+    /// Many calls answered on one channel, each answer tagged with its
+    /// call's id (a proxy relaying a caller's calls).
+    Tagged(Tagged),
+}
+
+/// A call whose answer goes to a channel shared with other calls.
+pub(crate) struct Tagged {
+    /// The id the answer is tagged with.
+    pub(crate) id: u64,
+    /// Where the answer goes.
+    pub(crate) tx: mpsc::UnboundedSender<Answered>,
+    /// Counts the call against its endpoint until it is settled.
+    pub(crate) in_flight: Option<InFlight>,
+}
+
+/// A [`Tagged`] call's answer.
+pub(crate) struct Answered {
+    /// The call's id.
+    pub(crate) id: u64,
+    /// What the call returned.
+    pub(crate) result: Result<Reply, Status>,
+    /// Counts the call against its endpoint until it is settled.
+    pub(crate) in_flight: Option<InFlight>,
 }
 
 impl Waiter {
@@ -163,7 +143,13 @@ impl Waiter {
             Waiter::Call(tx) => {
                 let _ = tx.send(r);
             }
-            Waiter::Relay(sent) => sent.answer(r),
+            Waiter::Tagged(t) => {
+                let _ = t.tx.send(Answered {
+                    id: t.id,
+                    result: r,
+                    in_flight: t.in_flight,
+                });
+            }
         }
     }
 }
@@ -323,24 +309,5 @@ impl Client {
         let b = Batcher::open(conn.ch.clone(), self.inner.config.connect_timeout * 2);
         conn.batcher = Some(b.clone());
         b
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_status_survives_the_trip() {
-        let mut s = Status::unavailable("not the leader");
-        s.metadata_mut()
-            .insert(cairn_proto::LEADER_ADDR, "127.0.0.1:7001".parse().unwrap());
-        let back = status_from_pb(status_to_pb(&s));
-        assert_eq!(back.code(), Code::Unavailable);
-        assert_eq!(back.message(), "not the leader");
-        assert_eq!(
-            back.metadata().get(cairn_proto::LEADER_ADDR).unwrap(),
-            "127.0.0.1:7001"
-        );
     }
 }

@@ -51,7 +51,7 @@ pub struct ClientConfig {
     /// back). None: no background refresh.
     pub refresh_interval: Option<Duration>,
     /// How connections are made: TCP, or the simulator's network.
-    pub net: Arc<dyn crate::net::Net>,
+    pub net: Arc<dyn cairn_rpc::net::Net>,
     /// Send Put, Get, Delete, Scan and Txn calls over one `KV.Batch`
     /// stream per endpoint (on by default); off: one unary call each.
     pub batch: bool,
@@ -71,7 +71,7 @@ impl Default for ClientConfig {
             seed: None,
             discover_members: false,
             refresh_interval: None,
-            net: crate::net::tcp(),
+            net: cairn_rpc::net::tcp(),
             batch: true,
         }
     }
@@ -355,7 +355,7 @@ impl Client {
             return Ok(c.ch.clone());
         }
         let cfg = &self.inner.config;
-        let ch = crate::net::channel(&cfg.net, addr, cfg.connect_timeout, |e| {
+        let ch = cairn_rpc::net::channel(&cfg.net, addr, cfg.connect_timeout, |e| {
             e.http2_keep_alive_interval(cfg.keepalive_interval)
                 .keep_alive_timeout(cfg.keepalive_timeout)
                 .keep_alive_while_idle(true)
@@ -455,10 +455,11 @@ impl Client {
             match (&result, &ep) {
                 (Ok(_), Some(e)) => e.ok_counter().increment(1),
                 (Ok(_), None) => crate::balance::requests_counter(&target, "OK").increment(1),
-                (Err(s), _) => {
-                    crate::balance::requests_counter(&target, crate::error::code_label(s.code()))
-                        .increment(1)
-                }
+                (Err(s), _) => crate::balance::requests_counter(
+                    &target,
+                    cairn_rpc::status::code_label(s.code()),
+                )
+                .increment(1),
             }
             let failure = match result {
                 Ok(v) => {

@@ -1,4 +1,4 @@
-//! cairn-client: the Rust client of cairn, and the `cairnctl` CLI.
+//! cairn-client: the Rust client library of cairn.
 //!
 //! ```no_run
 //! # async fn demo() -> cairn_client::Result<()> {
@@ -23,18 +23,20 @@
 //! that fail for a reason a retry can fix are retried with backoff inside
 //! the deadline; writes carry request ids so a retry applies once. Watches
 //! reconnect by themselves and resume after the last delivered revision.
+//!
+//! The `proxy` feature adds what the gateway needs to forward calls it
+//! did not decode (`relay`, and the `forward_*` calls).
 
 mod admin;
 mod balance;
-pub mod batch;
+mod batch;
 mod client;
 mod error;
+#[cfg(feature = "proxy")]
 mod forward;
 mod kv;
-pub mod net;
+#[cfg(feature = "proxy")]
 pub mod relay;
-#[cfg(feature = "testing")]
-pub mod testing;
 mod watch;
 
 pub use admin::{Health, MemberStatus};
@@ -42,7 +44,7 @@ pub use cairn_proto::cluster::{Member, MembersResponse, StatusResponse};
 pub use cairn_proto::kv::{KeyValue, ResponseHeader};
 pub use cairn_proto::{COMPACT_REVISION, LEADER_ADDR, LEADER_ID};
 pub use client::{Client, ClientConfig};
-pub use error::{code_label, Error, Result};
+pub use error::{Error, Result};
 pub use kv::{
     Compare, Consistency, DeleteResult, GetResult, NumberCompare, PutResult, Scan, Txn, TxnOp,
     TxnResult, ValueCompare,
@@ -51,3 +53,5 @@ pub use watch::{Event, EventKind, Watch, WatchBatch, WatchStream};
 
 /// The protobuf types, for what the typed API does not cover.
 pub use cairn_proto as proto;
+/// The network seam a [`ClientConfig`] connects through.
+pub use cairn_rpc::net;

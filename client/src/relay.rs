@@ -18,10 +18,12 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tonic::Status;
 
 use crate::balance::InFlight;
-use crate::batch::{status_from_pb, status_to_pb, Pending, Waiter, CALL_BYTES};
+use crate::batch::{Answered, Pending, Tagged, Waiter};
 use crate::client::{Client, Route, MIN_ATTEMPT};
-use crate::error::{classify, code_label, Failure};
+use crate::error::{classify, Failure};
 use crate::forward::read_route;
+use cairn_rpc::status::code_label;
+use cairn_rpc::status::{status_from_pb, status_to_pb, CALL_BYTES};
 
 /// How often attempts whose time is up are looked for.
 const SWEEP: Duration = Duration::from_millis(50);
@@ -71,30 +73,6 @@ struct Routed {
     timeout_us: u64,
     call: Call,
     method: &'static str,
-}
-
-/// A relayed call on a batch stream: where its answer goes.
-pub(crate) struct Sent {
-    id: u64,
-    tx: mpsc::UnboundedSender<Answered>,
-    in_flight: Option<InFlight>,
-}
-
-impl Sent {
-    pub(crate) fn answer(self, result: Result<Reply, Status>) {
-        let _ = self.tx.send(Answered {
-            id: self.id,
-            result,
-            in_flight: self.in_flight,
-        });
-    }
-}
-
-struct Answered {
-    id: u64,
-    result: Result<Reply, Status>,
-    /// Counts the call against its endpoint until it is settled.
-    in_flight: Option<InFlight>,
 }
 
 impl Relay {
@@ -209,7 +187,7 @@ impl Relay {
                 let p = Pending {
                     call,
                     timeout: attempt,
-                    waiter: Waiter::Relay(Sent {
+                    waiter: Waiter::Tagged(Tagged {
                         id,
                         tx: self.tx.clone(),
                         in_flight: ep.as_ref().map(|e| e.start()),

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_client::testing::{metric, TestCluster};
 use cairn_client::{Client, ClientConfig, Consistency, EventKind, Scan, Watch};
+use cairn_testing::{metric, TestCluster};
 use futures::StreamExt;
 
 /// A client that knows only a follower reaches the leader through the
@@ -177,7 +177,7 @@ async fn typed_errors() {
         Err(cairn_client::Error::CompareFailed { current: None }) => {}
         other => panic!("{other:?}"),
     }
-    let port = cairn_client::testing::free_port();
+    let port = cairn_testing::free_port();
     let cfg = ClientConfig {
         timeout: Duration::from_millis(800),
         ..ClientConfig::default()

@@ -21,9 +21,10 @@
 
 use std::time::Instant;
 
-use cairn_node::lsm::{Db, Options};
-use cairn_node::raft::command::{Command, Op, PutOp, RequestId};
-use cairn_node::raft::store::{AppliedState, Applier, Retention};
+use cairn_lsm::{Db, Options};
+use cairn_node::kv::command::{Command, Op, PutOp, RequestId};
+use cairn_node::kv::{Applier, Retention};
+use cairn_node::raft::state_machine::AppliedState;
 use cairn_node::raft::TypeConfig;
 
 // The allocator of the `cairn` binary: allocation is much of the apply
@@ -62,7 +63,7 @@ fn round(dir: &std::path::Path, keys: u64, puts: u64) -> Round {
         ..Options::default()
     };
     let db = Db::open(dir, opts).unwrap();
-    let mut applier = Applier::load(&db, Retention::default()).unwrap();
+    let mut applier = Applier::load(&db, Retention::default(), 0).unwrap();
     let value = vec![b'v'; 256];
     let mut rng: u64 = 0x9E37_79B9_7F4A_7C15;
     let mut index = 0u64;
@@ -83,7 +84,9 @@ fn round(dir: &std::path::Path, keys: u64, puts: u64) -> Round {
             last_applied: Some(openraft::testing::log_id::<TypeConfig>(1, 1, index)),
             ..AppliedState::default()
         };
-        applier.apply(&db, index, &cmd, &state).unwrap();
+        applier
+            .apply(&db, index, &cmd, state.encode().unwrap())
+            .unwrap();
     };
     for k in 0..keys {
         apply(&mut applier, k);

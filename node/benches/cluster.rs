@@ -1,5 +1,5 @@
 //! Cluster benchmark: three real `cairn node` processes on loopback with
-//! fsync on, driven over gRPC by this process.
+//! fsync on (started by `cairn-testing`), driven over gRPC by this process.
 //!
 //! ```sh
 //! cargo bench -p cairn-node --bench cluster
@@ -20,15 +20,13 @@
 //! `{"workload","clients","ops","secs","ops_per_sec","p50_us","p99_us","p999_us","node_cpu_us_per_op","client_cpu_us_per_op"}`.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cairn_proto::cluster::cluster_client::ClusterClient;
 use cairn_proto::kv::kv_client::KvClient;
 use cairn_proto::kv::{GetRequest, PutRequest, ReadConsistency};
+use cairn_testing::{Options, TestCluster};
 use hdrhistogram::Histogram;
 use tonic::transport::{Channel, Endpoint};
 
@@ -42,14 +40,6 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// utime + stime of a process, in microseconds.
 fn cpu_us(pid: &str) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -61,21 +51,6 @@ fn cpu_us(pid: &str) -> u64 {
     ticks * 10_000
 }
 
-struct Cluster {
-    _dir: tempfile::TempDir,
-    children: Vec<Child>,
-    clients: Vec<String>,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 fn channel(addr: &str) -> Channel {
     Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
@@ -84,68 +59,16 @@ fn channel(addr: &str) -> Channel {
         .connect_lazy()
 }
 
-async fn start_cluster() -> (Cluster, usize) {
-    let dir =
-        tempfile::tempdir_in(std::env::var("CLUSTER_BENCH_DIR").unwrap_or_else(|_| ".".into()))
-            .unwrap();
-    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
-    let initial: Vec<String> = ports
-        .iter()
-        .enumerate()
-        .map(|(i, (c, p))| format!("{}=127.0.0.1:{c}/127.0.0.1:{p}", i + 1))
-        .collect();
-    let mut children = Vec::new();
-    for (i, (c, p)) in ports.iter().enumerate() {
-        children.push(
-            Command::new(env!("CARGO_BIN_EXE_cairn"))
-                .arg("node")
-                .args(["--id", &(i + 1).to_string()])
-                .args([
-                    "--data-dir",
-                    dir.path().join(format!("n{}", i + 1)).to_str().unwrap(),
-                ])
-                .args(["--listen-client", &format!("127.0.0.1:{c}")])
-                .args(["--listen-peer", &format!("127.0.0.1:{p}")])
-                .args(["--initial-cluster", &initial.join(",")])
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
-    }
-    let clients: Vec<String> = ports
-        .iter()
-        .map(|(c, _)| format!("127.0.0.1:{c}"))
-        .collect();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let leader = loop {
-        let mut found = None;
-        for a in &clients {
-            if let Ok(s) = ClusterClient::new(channel(a))
-                .status(cairn_proto::cluster::StatusRequest {})
-                .await
-            {
-                let s = s.into_inner();
-                if s.leader != 0 && s.role == "leader" {
-                    found = Some((s.leader - 1) as usize);
-                }
-            }
-        }
-        if let Some(l) = found {
-            break l;
-        }
-        assert!(Instant::now() < deadline, "no leader");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+/// Three nodes with the node's default timing, data under
+/// `CLUSTER_BENCH_DIR` (default: the current directory), and the leader.
+async fn start_cluster() -> (TestCluster, u64) {
+    let options = Options {
+        dir_in: Some(std::env::var("CLUSTER_BENCH_DIR").map_or_else(|_| ".".into(), Into::into)),
+        ..Options::bench()
     };
-    (
-        Cluster {
-            _dir: dir,
-            children,
-            clients,
-        },
-        leader,
-    )
+    let cluster = TestCluster::start_with(3, &[], options).await;
+    let leader = cluster.wait_leader(Duration::from_secs(30)).await;
+    (cluster, leader)
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -168,21 +91,19 @@ fn key(i: u64) -> Vec<u8> {
 }
 
 async fn run(
-    cluster: &Cluster,
-    leader: usize,
+    cluster: &TestCluster,
+    leader: u64,
     work: Work,
     clients: usize,
     conns: usize,
     dur: Duration,
     max_ops: u64,
 ) -> Result1 {
-    let chans: Vec<Channel> = (0..conns)
-        .map(|_| channel(&cluster.clients[leader]))
-        .collect();
+    let chans: Vec<Channel> = (0..conns).map(|_| channel(&cluster.addr(leader))).collect();
     let pids: Vec<String> = cluster
-        .children
-        .iter()
-        .map(|c| c.id().to_string())
+        .nodes
+        .values()
+        .map(|n| n.pid().to_string())
         .collect();
     let node_cpu0: u64 = pids.iter().map(|p| cpu_us(p)).sum();
     let me0 = cpu_us("self");

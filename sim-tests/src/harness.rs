@@ -19,9 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cairn_client::{Client, ClientConfig, Consistency, Error, EventKind, Watch};
+use cairn_io::{Faults, InlineExecutor, MemFs};
 use cairn_node::gateway::{GatewayArgs, RunningGateway};
-use cairn_node::lsm::executor::InlineExecutor;
-use cairn_node::lsm::fs::{Faults, MemFs};
 use cairn_node::server::config::NodeArgs;
 use cairn_node::server::{NodeEnv, RunningNode};
 use rand::{Rng, SeedableRng};

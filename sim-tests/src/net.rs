@@ -1,8 +1,8 @@
-//! The simulated network: [`cairn_client::net::Net`] over turmoil's
+//! The simulated network: [`cairn_rpc::net::Net`] over turmoil's
 //! TCP, so nodes, the gateway and clients talk through the simulator,
 //! which delays, drops and partitions their traffic.
 
-use cairn_client::net::{AcceptFuture, BindFuture, BoxIo, ConnectFuture, Listener, Net};
+use cairn_rpc::net::{AcceptFuture, BindFuture, BoxIo, ConnectFuture, Listener, Net};
 
 /// turmoil's network.
 #[derive(Debug, Clone, Copy, Default)]

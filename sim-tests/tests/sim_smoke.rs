@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_client::{Client, ClientConfig};
-use cairn_node::lsm::fs::MemFs;
+use cairn_io::MemFs;
 use cairn_sim_tests::harness::add_node;
 use cairn_sim_tests::invariants::Invariants;
 use cairn_sim_tests::net::SimNet;

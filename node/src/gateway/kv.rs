@@ -441,7 +441,7 @@ pub async fn serve(
     if let Some(r) = crate::server::reflection() {
         routes = routes.add_service(r);
     }
-    cairn_client::net::serve(
+    cairn_rpc::serve::serve(
         routes,
         incoming,
         crate::server::CLIENT_KEEPALIVE,

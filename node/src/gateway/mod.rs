@@ -296,7 +296,7 @@ impl Gateway {
                 .metadata()
                 .get("grpc-timeout")
                 .and_then(|v| v.to_str().ok())
-                .and_then(cairn_client::net::grpc_timeout),
+                .and_then(cairn_rpc::serve::grpc_timeout),
         };
         self.capped(asked)
     }
@@ -325,7 +325,7 @@ impl RunningGateway {
     /// Binds the listeners and starts serving; backends are learned in the
     /// background, so the gateway starts even before the cluster answers.
     pub async fn start(args: GatewayArgs) -> std::io::Result<RunningGateway> {
-        Self::start_in(args, cairn_client::net::tcp(), None).await
+        Self::start_in(args, cairn_rpc::net::tcp(), None).await
     }
 
     /// [`RunningGateway::start`] over a given network (the simulation's),
@@ -333,7 +333,7 @@ impl RunningGateway {
     /// listener, if any, is always TCP.
     pub async fn start_in(
         args: GatewayArgs,
-        net: Arc<dyn cairn_client::net::Net>,
+        net: Arc<dyn cairn_rpc::net::Net>,
         seed: Option<u64>,
     ) -> std::io::Result<RunningGateway> {
         let cfg = ClientConfig {

@@ -16,9 +16,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use cairn_client::batch::status_to_pb;
 use cairn_client::relay::{Outcome, Relay};
 use cairn_proto::kv::{self as pb, batch_call::Call, batch_reply::Reply};
+use cairn_rpc::status::status_to_pb;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, Stream, StreamExt};
@@ -199,9 +199,7 @@ impl Relayed {
                 }) => {
                     settled += 1;
                     let code = match &reply.reply {
-                        Some(Reply::Error(e)) => {
-                            Err(cairn_client::batch::status_from_pb(e.clone()))
-                        }
+                        Some(Reply::Error(e)) => Err(cairn_rpc::status::status_from_pb(e.clone())),
                         Some(Reply::Get(r)) => {
                             if let Some(cache) = &self.proxy.0.cache {
                                 cache.fill(r);

@@ -35,11 +35,11 @@ use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
 use parking_lot::Mutex;
 
-use super::{codec, small_file};
 use super::{Entry, LogId, TypeConfig, Vote};
-use crate::lsm::executor::Executor;
-use crate::lsm::frame;
-use crate::lsm::fs::{FileSystem, RandomAccessFile, WritableFile};
+use cairn_io::executor::Executor;
+use cairn_io::frame;
+use cairn_io::fs::{FileSystem, RandomAccessFile, WritableFile};
+use cairn_io::{codec, small_file};
 
 /// A segment is closed and a new one started past this size.
 pub const SEGMENT_BYTES: u64 = 64 << 20;

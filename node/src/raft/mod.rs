@@ -1,32 +1,27 @@
-//! The Raft glue: cairn's LSM engine as the state machine of an openraft
-//! group.
+//! The Raft glue: the key-value model ([`crate::kv`]) over cairn's LSM
+//! engine as the state machine of an openraft group. openraft glue only:
 //!
-//! - [`command`]: what a log entry carries (puts, deletes, transactions)
-//!   and what applying it answers.
-//! - [`store`]: the key-value model over the LSM: records with revisions,
-//!   the watch history, the request-id table. Deterministic: the same
-//!   entries give the same bytes on every replica.
 //! - [`log_store`]: our segmented Raft log with a CRC on every record and
 //!   one fsync per appended batch.
-//! - [`state_machine`]: openraft's state machine and snapshot traits over
-//!   [`store`]; snapshots are LSM checkpoints.
+//! - [`state_machine`]: openraft's state machine trait over the
+//!   [`crate::kv::Applier`]; the applied position in the engine's flush
+//!   metadata; snapshots are LSM checkpoints.
+//! - [`snapshot`]: snapshot directories, and their transfer (the
+//!   leader's sender and the follower's receiver).
 //! - [`network`]: the peer transport over tonic.
-//! - [`codec`]: the postcard encoding of openraft's messages.
-//! - [`small_file`]: atomically replaced state files.
+//!
+//! The on-disk formats are written down in `FORMAT.md` beside this file.
 
-pub mod codec;
-pub mod command;
 pub mod log_store;
 pub mod network;
-pub mod small_file;
+pub mod snapshot;
 pub mod state_machine;
-pub mod store;
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-pub use command::{Command, CommandResponse};
+use crate::kv::{Command, CommandResponse};
 
 /// A node's id in the cluster: any non-zero number, unique and never
 /// reused.
@@ -74,4 +69,4 @@ pub type StoredMembership = a::StoredMembershipOf<TypeConfig>;
 /// Snapshot metadata.
 pub type SnapshotMeta = a::SnapshotMetaOf<TypeConfig>;
 /// A snapshot with its data handle.
-pub type Snapshot = a::SnapshotOf<TypeConfig, state_machine::SnapshotDir>;
+pub type Snapshot = a::SnapshotOf<TypeConfig, snapshot::SnapshotDir>;

@@ -9,13 +9,11 @@
 //! call that ended cleanly carries the next (heartbeats included).
 
 use std::future::Future;
-use std::io;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_client::net::Net;
 use cairn_proto::raft::{self as pb, raft_client::RaftClient};
+use cairn_rpc::net::Net;
 use openraft::base::{BoxFuture, BoxStream};
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory};
@@ -28,12 +26,12 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::Channel;
 
-use super::state_machine::SnapshotDir;
-use super::{codec, Member, NodeId, Snapshot, TypeConfig, Vote};
-use crate::lsm::fs::FileSystem;
+use super::snapshot::{self, SnapshotDir, SnapshotHeader};
+use cairn_io::codec;
+use cairn_io::fs::FileSystem;
 
-/// Bytes of snapshot data per chunk.
-pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+use super::{Member, NodeId, Snapshot, TypeConfig, Vote};
+
 /// HTTP/2 keep-alive interval on peer channels.
 const KEEPALIVE: Duration = Duration::from_secs(1);
 /// Deadline of a snapshot transfer.
@@ -42,7 +40,7 @@ const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
 /// Connects a tonic channel to `addr` (host:port) over `net` with
 /// keep-alive and a connect timeout. The connection is made on first use.
 pub fn lazy_channel(net: &Arc<dyn Net>, addr: &str) -> Result<Channel, tonic::transport::Error> {
-    cairn_client::net::channel(net, addr, Duration::from_secs(2), |e| {
+    cairn_rpc::net::channel(net, addr, Duration::from_secs(2), |e| {
         e.http2_keep_alive_interval(KEEPALIVE)
             .keep_alive_timeout(KEEPALIVE * 2)
             .keep_alive_while_idle(true)
@@ -161,10 +159,20 @@ where
                 }
                 req = self.input.next(), if !self.input_done => match req {
                     Some(req) => {
+                        let payload = match codec::encode(&req) {
+                            Ok(p) => p,
+                            Err(e) => {
+                                // Our own types always encode; if one did
+                                // not, the append fails rather than
+                                // sending an empty message.
+                                self.session = None;
+                                return Some(Err(RPCError::Unreachable(unreachable(format!(
+                                    "peer {target}: cannot encode an append: {e}"
+                                )))));
+                            }
+                        };
                         let msg = pb::RaftMessage {
-                            // Our own types always encode; an empty payload
-                            // would be refused by the peer and end the stream.
-                            payload: codec::encode(&req).unwrap_or_default().into(),
+                            payload: payload.into(),
                             error: String::new(),
                         };
                         if session.requests.send(msg).is_err() {
@@ -299,72 +307,6 @@ impl PeerClient {
     }
 }
 
-/// The first message of a snapshot stream.
-#[derive(Serialize, serde::Deserialize)]
-pub struct SnapshotHeader {
-    /// The leader's vote.
-    pub vote: Vote,
-    /// What the snapshot covers.
-    pub meta: super::SnapshotMeta,
-    /// File names and sizes, in the order they are sent.
-    pub files: Vec<(String, u64)>,
-}
-
-fn snapshot_chunks(
-    fs: Arc<dyn FileSystem>,
-    dir: PathBuf,
-    header: Vec<u8>,
-    files: Vec<(String, u64)>,
-) -> impl futures::Stream<Item = pb::SnapshotChunk> + Send + 'static {
-    use pb::snapshot_chunk::Chunk;
-    let first = futures::stream::once(async move {
-        pb::SnapshotChunk {
-            chunk: Some(Chunk::Meta(header.into())),
-        }
-    });
-    // One chunk in memory at a time: the stream reads a chunk only when
-    // the transport asks for the next one.
-    let mut work: Vec<(String, u64)> = Vec::new();
-    for (name, size) in files {
-        let mut off = 0;
-        while off < size {
-            work.push((name.clone(), off));
-            off += SNAPSHOT_CHUNK_BYTES as u64;
-        }
-        if size == 0 {
-            work.push((name, 0));
-        }
-    }
-    let rest = futures::stream::iter(work).filter_map(move |(name, offset)| {
-        let fs = fs.clone();
-        let path = dir.join(&name);
-        async move {
-            let read = || -> io::Result<Vec<u8>> {
-                let f = fs.open_read(&path)?;
-                let len = (f.len() - offset).min(SNAPSHOT_CHUNK_BYTES as u64);
-                f.read_at(offset, usize::try_from(len).map_err(io::Error::other)?)
-            };
-            match read() {
-                Ok(data) => Some(pb::SnapshotChunk {
-                    chunk: Some(Chunk::File(pb::FileChunk {
-                        name,
-                        offset,
-                        crc: crc32c::crc32c(&data),
-                        data: data.into(),
-                    })),
-                }),
-                Err(e) => {
-                    // Ending the stream early makes the receiver refuse the
-                    // snapshot (sizes do not match); the leader retries.
-                    tracing::warn!(error = %e, file = %path.display(), "snapshot read failed");
-                    None
-                }
-            }
-        }
-    });
-    first.chain(rest)
-}
-
 use futures::StreamExt;
 
 impl RaftNetworkV2<TypeConfig> for PeerClient {
@@ -479,26 +421,15 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         _option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let dir = snapshot.snapshot.dir.clone();
-        let mut files = Vec::new();
-        let names = self
-            .fs
-            .list(&dir)
+        let files = snapshot::list_files(&*self.fs, &dir)
             .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
-        for name in names {
-            let size = self
-                .fs
-                .file_size(&dir.join(&name))
-                .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
-            files.push((name, size));
-        }
-        files.sort();
         let header = codec::encode(&SnapshotHeader {
             vote,
             meta: snapshot.meta.clone(),
             files: files.clone(),
         })
         .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
-        let stream = snapshot_chunks(self.fs.clone(), dir, header, files);
+        let stream = snapshot::chunks(self.fs.clone(), dir, header, files);
         let mut client = self
             .client()
             .map_err(|e| StreamingError::Network(NetworkError::from_string(e)))?;

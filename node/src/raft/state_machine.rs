@@ -3,8 +3,7 @@
 //! ```text
 //! <data>/sm/CURRENT                 names the live database directory (replaced atomically)
 //! <data>/sm/db-<generation>/        the live LSM database (WAL off: the Raft log replays)
-//! <data>/snapshots/snap-<index>/    the newest snapshot: an LSM checkpoint + `meta`
-//! <data>/snapshots/incoming-<n>/    a snapshot being received from the leader
+//! <data>/snapshots/                 see the `snapshot` module
 //! ```
 //!
 //! Every applied entry is written with the applied position (log id and
@@ -28,18 +27,52 @@ use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::broadcast;
 
-use super::command::{CommandResponse, OpResult};
-use super::store::{AppliedState, Applier, Retention, WatchEvent};
-use super::{codec, small_file, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
-use crate::lsm::executor::Executor;
-use crate::lsm::fs::FileSystem;
-use crate::lsm::{self, Db};
+use super::snapshot::{self, remove_dir, replace_current, SnapshotDir};
+use super::{LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::kv::command::OpResult;
+use crate::kv::{Applier, CommandResponse, Retention, WatchEvent};
+use cairn_io::executor::Executor;
+use cairn_io::fs::FileSystem;
+use cairn_io::{codec, small_file};
+use cairn_lsm::{self as lsm, Db};
 
-/// The data of a snapshot: a directory holding an LSM checkpoint.
-#[derive(Debug, Clone)]
-pub struct SnapshotDir {
-    /// The directory.
-    pub dir: PathBuf,
+/// What the state machine stores in the LSM's flush metadata: the Raft
+/// position the flushed data reflects.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct AppliedState {
+    /// The last log entry applied.
+    pub last_applied: Option<LogId>,
+    /// The newest membership applied.
+    pub membership: StoredMembership,
+    /// Derived from the first membership entry: the same on every replica.
+    pub cluster_id: u64,
+}
+
+impl AppliedState {
+    /// Encodes for the LSM metadata slot.
+    pub fn encode(&self) -> io::Result<Vec<u8>> {
+        codec::encode(self)
+    }
+    /// The state recorded in an LSM metadata slot (the default when the
+    /// database has none yet).
+    pub fn from_metadata(metadata: Option<Vec<u8>>) -> io::Result<Self> {
+        metadata.map_or_else(|| Ok(Self::default()), |b| Self::decode(&b))
+    }
+
+    /// Decodes the LSM metadata slot.
+    pub fn decode(bytes: &[u8]) -> io::Result<Self> {
+        codec::decode(bytes).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("corrupt applied position in the flush metadata: {e}"),
+            )
+        })
+    }
+
+    /// The index of the last applied entry (0: none).
+    pub fn applied_index(&self) -> u64 {
+        self.last_applied.as_ref().map_or(0, |l| l.index)
+    }
 }
 
 /// The events of one revision, as broadcast to watchers.
@@ -146,18 +179,6 @@ fn io_err(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
 }
 
-/// Removes a directory and everything in it (one level: databases and
-/// checkpoints are flat).
-pub fn remove_dir(fs: &dyn FileSystem, dir: &Path) -> io::Result<()> {
-    if !fs.exists(dir) {
-        return Ok(());
-    }
-    for name in fs.list(dir)? {
-        fs.remove(&dir.join(name))?;
-    }
-    fs.remove_dir(dir)
-}
-
 /// The state machine handed to openraft.
 pub struct StateMachine {
     env: SmEnv,
@@ -192,12 +213,12 @@ impl StateMachine {
         let db = env
             .open_db(&env.sm_dir().join(format!("db-{generation}")))
             .map_err(io_err)?;
-        let state = AppliedState::from_metadata(db.durable_user_metadata()).map_err(io_err)?;
-        let applier = Applier::load(&db, env.retention).map_err(io_err)?;
-        let current = Self::load_snapshot(&env)?;
+        let state = AppliedState::from_metadata(db.durable_user_metadata())?;
+        let applier = Applier::load(&db, env.retention, state.applied_index()).map_err(io_err)?;
+        let current = snapshot::load_newest(&*fs, &env.snapshot_dir())?;
         let (events, _) = broadcast::channel(WATCH_CHANNEL);
         let shared = Arc::new(SmShared {
-            applied: AtomicU64::new(state.last_applied.as_ref().map_or(0, |l| l.index)),
+            applied: AtomicU64::new(state.applied_index()),
             history_start: AtomicU64::new(applier.history_start()),
             cluster_id: AtomicU64::new(state.cluster_id),
             db: RwLock::new(Arc::new(db)),
@@ -217,42 +238,12 @@ impl StateMachine {
     pub fn shared(&self) -> Arc<SmShared> {
         self.shared.clone()
     }
-
-    /// The newest complete snapshot; every other snapshot directory (older
-    /// ones, half-built or half-received ones) is garbage and removed.
-    fn load_snapshot(env: &SmEnv) -> io::Result<Option<Snapshot>> {
-        let fs = &*env.fs;
-        let names = fs.list(&env.snapshot_dir())?;
-        let complete = |name: &String| {
-            name.starts_with("snap-") && fs.exists(&env.snapshot_dir().join(name).join("meta"))
-        };
-        // Names are zero-padded indexes, and the list is sorted.
-        let newest = names.iter().rfind(|n| complete(n)).cloned();
-        for name in &names {
-            let garbage = ["snap-", "incoming-", "tmp-"]
-                .iter()
-                .any(|p| name.starts_with(p));
-            if garbage && Some(name) != newest.as_ref() {
-                remove_dir(fs, &env.snapshot_dir().join(name))?;
-            }
-        }
-        let Some(name) = newest else {
-            return Ok(None);
-        };
-        let dir = env.snapshot_dir().join(name);
-        let meta: SnapshotMeta = small_file::read(fs, &dir.join("meta"))?
-            .ok_or_else(|| io::Error::other("snapshot meta vanished"))?;
-        Ok(Some(Snapshot {
-            meta,
-            snapshot: SnapshotDir { dir },
-        }))
-    }
 }
 
 impl StateMachine {
     /// Makes the applied position visible to readers.
     fn publish(&self) {
-        let applied = self.state.last_applied.as_ref().map_or(0, |l| l.index);
+        let applied = self.state.applied_index();
         self.shared.applied.store(applied, Ordering::Release);
         self.shared
             .history_start
@@ -260,20 +251,6 @@ impl StateMachine {
         self.shared
             .cluster_id
             .store(self.state.cluster_id, Ordering::Release);
-    }
-}
-
-/// Makes `snap` the current snapshot and removes the one it replaces.
-fn replace_current(
-    current: &Mutex<Option<Snapshot>>,
-    fs: &dyn FileSystem,
-    snap: Snapshot,
-) -> io::Result<()> {
-    let dir = snap.snapshot.dir.clone();
-    let old = current.lock().replace(snap);
-    match old {
-        Some(old) if old.snapshot.dir != dir => remove_dir(fs, &old.snapshot.dir),
-        _ => Ok(()),
     }
 }
 
@@ -297,11 +274,13 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             &self.env.executor.clone(),
             move || -> io::Result<(Snapshot, bool)> {
                 let fs = &*env.fs;
-                let tmp = env.snapshot_dir().join(format!("tmp-{}", db.last_seq()));
+                let tmp = env
+                    .snapshot_dir()
+                    .join(format!("{}{}", snapshot::TMP, db.last_seq()));
                 remove_dir(fs, &tmp)?;
                 let info = db.checkpoint(&tmp).map_err(io_err)?;
                 let state = match info.user_metadata {
-                    Some(b) => AppliedState::decode(&b).map_err(io_err)?,
+                    Some(b) => AppliedState::decode(&b)?,
                     None => AppliedState::default(),
                 };
                 let meta = SnapshotMeta {
@@ -321,7 +300,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 }
                 small_file::write(fs, &tmp.join("meta"), &meta, true)?;
                 let index = meta.last_log_id.as_ref().map_or(0, |l| l.index);
-                let dir = env.snapshot_dir().join(format!("snap-{index:020}"));
+                let dir = snapshot::snap_dir(&env.snapshot_dir(), index);
                 remove_dir(fs, &dir)?;
                 fs.rename(&tmp, &dir)?;
                 fs.sync_dir(&env.snapshot_dir())?;
@@ -350,9 +329,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotData = SnapshotDir;
     type SnapshotBuilder = SnapshotBuilder;
 
-    async fn applied_state(
-        &mut self,
-    ) -> Result<(Option<super::LogId>, StoredMembership), io::Error> {
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
         Ok((self.state.last_applied, self.state.membership.clone()))
     }
 
@@ -378,7 +355,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let (response, events) = match entry.payload {
                 EntryPayload::Blank => {
                     self.applier
-                        .apply_empty(&db, index, &self.state)
+                        .apply_empty(&db, index, self.state.encode()?)
                         .map_err(io_err)?;
                     (None, Vec::new())
                 }
@@ -391,14 +368,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     }
                     self.state.membership = StoredMembership::new(Some(entry.log_id), m);
                     self.applier
-                        .apply_empty(&db, index, &self.state)
+                        .apply_empty(&db, index, self.state.encode()?)
                         .map_err(io_err)?;
                     (None, Vec::new())
                 }
                 EntryPayload::Normal(cmd) => {
                     let applied = self
                         .applier
-                        .apply(&db, index, &cmd, &self.state)
+                        .apply(&db, index, &cmd, self.state.encode()?)
                         .map_err(io_err)?;
                     (Some(applied.response), applied.events)
                 }
@@ -457,15 +434,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 fs.sync_dir(&live)?;
                 small_file::write(fs, &snapshot.dir.join("meta"), &meta2, true)?;
                 let index = meta2.last_log_id.as_ref().map_or(0, |l| l.index);
-                let snap_dir = env.snapshot_dir().join(format!("snap-{index:020}"));
+                let snap_dir = snapshot::snap_dir(&env.snapshot_dir(), index);
                 if snap_dir != snapshot.dir {
                     remove_dir(fs, &snap_dir)?;
                     fs.rename(&snapshot.dir, &snap_dir)?;
                     fs.sync_dir(&env.snapshot_dir())?;
                 }
                 let db = env.open_db(&live).map_err(io_err)?;
-                let state =
-                    AppliedState::from_metadata(db.durable_user_metadata()).map_err(io_err)?;
+                let state = AppliedState::from_metadata(db.durable_user_metadata())?;
                 if state.last_applied != meta2.last_log_id {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,
@@ -488,7 +464,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             },
         )
         .await??;
-        self.applier = Applier::load(&db, self.env.retention).map_err(io_err)?;
+        self.applier =
+            Applier::load(&db, self.env.retention, state.applied_index()).map_err(io_err)?;
         let old_generation = self.generation;
         self.generation = generation;
         self.state = state;

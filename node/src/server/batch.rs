@@ -17,9 +17,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use cairn_client::batch::{status_to_pb, REPLY_BYTES};
 use cairn_proto::kv::kv_server::Kv;
 use cairn_proto::kv::{self as pb, batch_call::Call, batch_reply::Reply};
+use cairn_rpc::status::{status_to_pb, REPLY_BYTES};
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, Stream, StreamExt};
 use prost::Message;

@@ -7,7 +7,7 @@ use openraft::error::{ClientWriteError, ForwardToLeader, LinearizableReadError, 
 use tonic::metadata::MetadataValue;
 use tonic::Status;
 
-use crate::raft::store::StoreError;
+use crate::kv::StoreError;
 use crate::raft::TypeConfig;
 
 pub use cairn_proto::{COMPACT_REVISION, LEADER_ADDR, LEADER_ID};

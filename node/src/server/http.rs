@@ -38,7 +38,7 @@ pub fn observe_as<T>(
 ) {
     let code = match r {
         Ok(_) => "OK",
-        Err(s) => cairn_client::code_label(s.code()),
+        Err(s) => cairn_rpc::status::code_label(s.code()),
     };
     let elapsed = started.elapsed();
     // The recorder's lookup builds the labelled key (an allocation and a

@@ -13,12 +13,12 @@ use super::errors::{self, store_error};
 use super::http::observe;
 use super::reads::ReadRounds;
 use super::NodeCore;
-use crate::raft::command::{
+use crate::kv::command::{
     self, Command, Compare, CompareOp, CompareTarget, DeleteOp, Kv, Op, OpResult, PutOp, RequestId,
     ScanSpec, Txn, TxnOp,
 };
+use crate::kv::{self as store, EventKind, WatchEvent};
 use crate::raft::state_machine;
-use crate::raft::store::{self, EventKind, WatchEvent};
 
 /// The KV service.
 #[derive(Clone)]

@@ -26,19 +26,19 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_client::net::Net;
+use cairn_rpc::net::Net;
 use openraft::{Config, ServerState, SnapshotPolicy};
 use openraft_rt::deterministic_rng::DeterministicRng;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::Channel;
 
-use crate::lsm::{self, Executor, FileSystem, StdFs, ThreadExecutor};
+use crate::kv::Retention;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::Network;
 use crate::raft::state_machine::{SmEnv, SmShared, StateMachine};
-use crate::raft::store::Retention;
 use crate::raft::{Member, NodeId, Raft};
+use cairn_io::{Executor, FileSystem, StdFs, ThreadExecutor};
 pub use config::{Limits, NodeArgs, NodeConfig};
 
 /// The cairn version, reported by Status.
@@ -284,7 +284,7 @@ fn raft_config(c: &NodeConfig) -> Result<Arc<Config>, StartError> {
 async fn bind(
     net: &Arc<dyn Net>,
     addr: &str,
-) -> Result<Box<dyn cairn_client::net::Listener>, StartError> {
+) -> Result<Box<dyn cairn_rpc::net::Listener>, StartError> {
     net.bind(addr).await.map_err(|source| StartError::Bind {
         addr: addr.to_string(),
         source,
@@ -326,7 +326,7 @@ impl RunningNode {
             NodeEnv {
                 fs,
                 executor,
-                net: cairn_client::net::tcp(),
+                net: cairn_rpc::net::tcp(),
                 seed: None,
             },
         )
@@ -349,10 +349,10 @@ impl RunningNode {
         fs.create_dir_all(&config.data_dir).map_err(storage)?;
         let log = LogStore::open(fs.clone(), executor.clone(), config.data_dir.join("raft"))
             .map_err(storage)?;
-        let lsm_opts = lsm::Options {
+        let lsm_opts = cairn_lsm::Options {
             memtable_bytes: config.memtable_bytes,
             block_cache_bytes: config.block_cache_bytes,
-            ..lsm::Options::default()
+            ..cairn_lsm::Options::default()
         };
         let sm = StateMachine::open(SmEnv {
             fs: fs.clone(),
@@ -563,7 +563,7 @@ pub async fn transfer_leadership_away(core: &NodeCore, wait: Duration) -> bool {
         .await
 }
 
-pub use cairn_client::net::{incoming, Incoming};
+pub use cairn_rpc::serve::{incoming, Incoming};
 
 /// The gRPC reflection service for cairn's and the health services (None,
 /// logged, if it cannot be built).
@@ -609,14 +609,14 @@ async fn serve_client(core: Arc<NodeCore>, incoming: Incoming, mut stop: watch::
     if let Some(r) = reflection {
         routes = routes.add_service(r);
     }
-    cairn_client::net::serve(routes, incoming, CLIENT_KEEPALIVE, async move {
+    cairn_rpc::serve::serve(routes, incoming, CLIENT_KEEPALIVE, async move {
         let _ = stop.wait_for(|s| *s).await;
     })
     .await;
 }
 
 /// HTTP/2 keep-alive on the client port (and the gateway's).
-pub const CLIENT_KEEPALIVE: cairn_client::net::KeepAlive = cairn_client::net::KeepAlive {
+pub const CLIENT_KEEPALIVE: cairn_rpc::serve::KeepAlive = cairn_rpc::serve::KeepAlive {
     interval: Duration::from_secs(10),
     timeout: Duration::from_secs(20),
 };

@@ -2,7 +2,6 @@
 //! peer port. Requests are openraft messages in postcard; anything that
 //! does not decode is refused with INVALID_ARGUMENT and changes nothing.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,9 +17,9 @@ use tokio::sync::watch;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::NodeCore;
-use crate::raft::network::SnapshotHeader;
-use crate::raft::state_machine::{remove_dir, SnapshotDir};
-use crate::raft::{codec, Snapshot, TypeConfig};
+use crate::raft::snapshot::{self, SnapshotHeader};
+use crate::raft::TypeConfig;
+use cairn_io::codec;
 
 /// Largest peer message (a batch of appended entries).
 const MAX_PEER_MESSAGE: usize = 256 << 20;
@@ -34,11 +33,11 @@ pub async fn serve(
     let svc = pb::raft_server::RaftServer::new(PeerService { core })
         .max_decoding_message_size(MAX_PEER_MESSAGE)
         .max_encoding_message_size(MAX_PEER_MESSAGE);
-    let keep_alive = cairn_client::net::KeepAlive {
+    let keep_alive = cairn_rpc::serve::KeepAlive {
         interval: Duration::from_secs(1),
         timeout: Duration::from_secs(2),
     };
-    cairn_client::net::serve(
+    cairn_rpc::serve::serve(
         tonic::service::Routes::new(svc),
         incoming,
         keep_alive,
@@ -198,87 +197,9 @@ impl pb::raft_server::Raft for PeerService {
                 ))
             }
         };
-        let expected: BTreeMap<String, u64> = header.files.iter().cloned().collect();
-        for name in expected.keys() {
-            if name.is_empty() || name.contains('/') || name.contains("..") {
-                return Err(Status::invalid_argument(format!(
-                    "bad snapshot file name {name:?}"
-                )));
-            }
-        }
-        let index = header.meta.last_log_id.as_ref().map_or(0, |l| l.index);
-        let dir = core
-            .config
-            .data_dir
-            .join("snapshots")
-            .join(format!("incoming-{index:020}"));
-        remove_dir(&*fs, &dir).map_err(internal)?;
-        fs.create_dir_all(&dir).map_err(internal)?;
-        let result = async {
-            let mut files: BTreeMap<String, (Box<dyn crate::lsm::fs::WritableFile>, u64)> =
-                BTreeMap::new();
-            while let Some(chunk) = stream.next().await {
-                let chunk = chunk?;
-                // The leader is bringing this node up to date.
-                core.heard_from_leader();
-                let Some(pb::snapshot_chunk::Chunk::File(f)) = chunk.chunk else {
-                    return Err(Status::invalid_argument(
-                        "a second meta in a snapshot stream",
-                    ));
-                };
-                let Some(&size) = expected.get(&f.name) else {
-                    return Err(Status::invalid_argument(format!(
-                        "unexpected file {:?}",
-                        f.name
-                    )));
-                };
-                if crc32c::crc32c(&f.data) != f.crc {
-                    return Err(Status::data_loss(format!(
-                        "checksum mismatch in {} at {}",
-                        f.name, f.offset
-                    )));
-                }
-                if !files.contains_key(&f.name) {
-                    let w = fs.create(&dir.join(&f.name)).map_err(internal)?;
-                    files.insert(f.name.clone(), (w, 0));
-                }
-                let Some((w, written)) = files.get_mut(&f.name) else {
-                    return Err(Status::internal("file vanished"));
-                };
-                if f.offset != *written || *written + f.data.len() as u64 > size {
-                    return Err(Status::invalid_argument(format!(
-                        "out-of-order chunk of {}",
-                        f.name
-                    )));
-                }
-                w.append(&f.data).map_err(internal)?;
-                *written += f.data.len() as u64;
-            }
-            for (name, size) in &expected {
-                let Some((w, written)) = files.get_mut(name) else {
-                    return Err(Status::invalid_argument(format!(
-                        "snapshot is missing {name}"
-                    )));
-                };
-                if written != size {
-                    return Err(Status::invalid_argument(format!(
-                        "{name}: {written} of {size} bytes arrived"
-                    )));
-                }
-                w.flush().and_then(|()| w.sync()).map_err(internal)?;
-            }
-            fs.sync_dir(&dir).map_err(internal)?;
-            Ok(())
-        }
-        .await;
-        if let Err(e) = result {
-            let _ = remove_dir(&*fs, &dir);
-            return Err(e);
-        }
-        let snapshot = Snapshot {
-            meta: header.meta,
-            snapshot: SnapshotDir { dir },
-        };
+        let root = core.config.data_dir.join("snapshots");
+        let snapshot =
+            snapshot::receive(&*fs, &root, &header, stream, || core.heard_from_leader()).await?;
         reply(
             core.scope
                 .run(core.raft.install_full_snapshot(header.vote, snapshot))

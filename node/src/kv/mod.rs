@@ -1,0 +1,50 @@
+//! The key-value model over the LSM engine: what a command does to the
+//! data, the watch history and the request-id table.
+//!
+//! The state machine keeps everything in one LSM database, in three key
+//! spaces told apart by their first byte:
+//!
+//! ```text
+//! 'd' user_key          -> create_rev u64 | mod_rev u64 | version u64 | value   (LE)
+//! 'v' revision u64 BE   -> postcard(Record): the revision's watch events and,
+//!                          for a write with a request id, the id and its answer
+//! 'm' name              -> small state (the oldest revision kept in history)
+//! ```
+//!
+//! One record per revision holds both the watch history and the request-id
+//! table (before, each had keys of its own: a put wrote three keys and
+//! later deleted two; now it writes two and later deletes one). A record
+//! is deleted once both windows have passed it.
+//!
+//! Applying is deterministic: it depends only on the entries and the
+//! state, never on time or on memory addresses, so every replica writes
+//! the same bytes. The watch history and the request-id table are trimmed
+//! by log index, so they too are equal on every replica.
+//!
+//! - [`command`]: what a log entry carries (puts, deletes, transactions)
+//!   and what applying it answers.
+//! - `layout`: the key spaces and the encoding of pairs and records.
+//! - [`read`]: reads of pairs, ranges and the watch history.
+//! - [`Applier`]: applies commands in log order (`applier`, with one
+//!   command's pending writes in `tx`) and trims the history.
+//! - `format`: the layout's version, checked (and old layouts converted)
+//!   when the applier loads.
+//!
+//! The layout is written down byte by byte in `FORMAT.md` beside this file.
+
+mod applier;
+pub mod command;
+mod error;
+mod format;
+mod layout;
+pub mod read;
+#[cfg(test)]
+mod tests;
+mod tx;
+
+pub use applier::{Applied, Applier, Retention, HISTORY_TRIM_EVERY, KEY_META_CAPACITY};
+pub use command::{Command, CommandResponse};
+pub use error::StoreError;
+pub use format::FORMAT_VERSION;
+pub use layout::{EventKind, WatchEvent};
+pub use read::{get, history, history_start, scan, MAX_PAGE};

@@ -1,0 +1,103 @@
+//! Test 3: a node joining after 20k writes, when the log has been purged
+//! behind a snapshot, catches up through a streamed snapshot and is
+//! promoted; then a voter is removed and the cluster goes on.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use cairn_proto::cluster::{MembersRequest, RemoveRequest};
+use cairn_testing::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_learner_catches_up_by_snapshot_and_is_promoted() {
+    let flags = ["--snapshot-entries", "2000", "--memtable-mib", "2"];
+    let mut c = TestCluster::start(3, &flags).await;
+    let leader = c.wait_leader(Duration::from_secs(10)).await;
+    let addr = c.addr(leader);
+    let mut tasks = Vec::new();
+    for w in 0..16 {
+        let addr = addr.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut k = kv(&addr).await;
+            let mut last = 0;
+            for i in 0..1250 {
+                let r = k
+                    .put(put_req(&format!("k{w:02}/{i:05}"), &format!("{w}.{i}")))
+                    .await
+                    .unwrap();
+                last = last.max(r.into_inner().header.unwrap().revision);
+            }
+            last
+        }));
+    }
+    let mut last = 0;
+    for t in tasks {
+        last = last.max(t.await.unwrap());
+    }
+    assert!(last >= 20_000);
+    // The log has been purged behind a snapshot.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = status(&addr).await.unwrap();
+        if s.purged_index > 0 && s.snapshot_index > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no snapshot and purge: {s:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Node 4 joins through a follower (the request is redirected).
+    let via = c.running().into_iter().find(|&i| i != leader).unwrap();
+    c.add_joining_node(4, via, &flags);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let m = cluster(&addr)
+            .await
+            .members(MembersRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        if m.members.iter().any(|x| x.id == 4 && !x.is_learner) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 4 not promoted: {m:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    c.wait_applied(4, last, Duration::from_secs(30)).await;
+    assert!(
+        metric(&c.nodes[&4].metrics, "cairn_snapshots_installed_total") >= 1.0,
+        "node 4 caught up through a snapshot"
+    );
+    assert_eq!(dump(&c.addr(4)).await, dump(&addr).await);
+
+    // Remove a voter that is not the leader; the cluster goes on.
+    let victim = c
+        .running()
+        .into_iter()
+        .find(|&i| i != leader && i != 4)
+        .unwrap();
+    let m = with_cluster_leader(&c, leader, victim).await;
+    assert_eq!(m.members.len(), 3);
+    assert!(m.members.iter().all(|x| x.id != victim && !x.is_learner));
+    c.nodes.get_mut(&victim).unwrap().kill9();
+    let r = kv(&addr)
+        .await
+        .put(put_req("after-remove", "ok"))
+        .await
+        .unwrap();
+    let rev = r.into_inner().header.unwrap().revision;
+    c.wait_applied(4, rev, Duration::from_secs(10)).await;
+}
+
+async fn with_cluster_leader(
+    c: &TestCluster,
+    leader: u64,
+    victim: u64,
+) -> cairn_proto::cluster::MembersResponse {
+    cluster(&c.addr(leader))
+        .await
+        .remove(RemoveRequest { id: victim })
+        .await
+        .unwrap()
+        .into_inner()
+}

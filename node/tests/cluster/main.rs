@@ -1,0 +1,18 @@
+//! The node's integration tests, one binary: each module is one
+//! behaviour. Most run real `cairn` processes on loopback through
+//! `cairn-testing`; `raft_storage` and `disk_failure` drive the Raft
+//! storage and a whole node in-process on a simulated disk.
+
+mod bad_input;
+mod batch;
+mod cluster_basics;
+mod cluster_restart;
+mod disk_failure;
+mod gateway;
+mod leader_crash;
+mod learner_snapshot;
+mod raft_storage;
+mod read_rounds;
+mod request_id;
+mod sigterm_leader;
+mod txn_and_watch;
