@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cairn_client::{Client, ClientConfig, Consistency, Error, EventKind, Watch};
-use cairn_io::{Faults, InlineExecutor, MemFs};
+use cairn_io::{InlineExecutor, MemFs};
 use cairn_node::gateway::{GatewayArgs, RunningGateway};
 use cairn_node::server::config::NodeArgs;
 use cairn_node::server::{NodeEnv, RunningNode};
@@ -27,6 +27,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::checker::{check, Input, Operation, Output, Value, Verdict};
 use crate::invariants::Invariants;
+use crate::nemesis::{disk_of, next_fault, Fault, NORMAL_LATENCY};
 use crate::net::SimNet;
 use crate::watches::{self, State, END_KEY};
 
@@ -239,7 +240,7 @@ pub fn add_node(
 }
 
 /// The gateway's host and its client address.
-const GATEWAY: &str = "gw";
+pub(crate) const GATEWAY: &str = "gw";
 const GATEWAY_ADDR: &str = "gw:7001";
 
 /// Adds the gateway (host `gw`) in front of every node host.
@@ -723,214 +724,32 @@ fn push(log: &Arc<Mutex<Vec<String>>>, what: String) -> Result<(), String> {
     Ok(())
 }
 
-/// One fault at a time.
-#[derive(Debug, Clone)]
-enum Fault {
-    /// Hosts crashed (their unsynced data lost).
-    Crash(Vec<String>),
-    /// Every link between the two sides cut both ways (one host alone, or
-    /// a random minority/majority split).
-    Split(Vec<String>, Vec<String>),
-    /// A host's outgoing links cut: it hears the others, they do not hear
-    /// it.
-    Mute(String),
-    /// A host's links held: messages wait and arrive late, at the heal.
-    Hold(String),
-    /// A host's links slow and jittery: each message's latency is drawn
-    /// up to this many milliseconds (instead of the usual 100), around
-    /// and past the election timeout.
-    Slow(String, u64),
-    /// A node's disk fails: every fsync fails (`None`), or it is full
-    /// after this many more bytes. The heal restarts the node (if it is
-    /// still up) from what it had synced.
-    Disk(String, Option<u64>),
-}
-
-/// The most a message takes on a healthy link (turmoil's default).
-const NORMAL_LATENCY: Duration = Duration::from_millis(100);
-
-/// The disk of host `n{i}`.
-fn disk_of<'a>(disks: &'a [Arc<MemFs>], host: &str) -> Option<&'a Arc<MemFs>> {
-    let i: usize = host.strip_prefix('n')?.parse().ok()?;
-    disks.get(i.checked_sub(1)?)
-}
-
-impl Fault {
-    fn describe(&self) -> String {
-        match self {
-            Fault::Crash(h) => format!("crash {}", h.join(",")),
-            Fault::Split(a, b) => format!("split {} | {}", a.join(","), b.join(",")),
-            Fault::Mute(h) => format!("mute {h} (one-way)"),
-            Fault::Hold(h) => format!("hold {h}"),
-            Fault::Slow(h, ms) => format!("slow {h} (latency up to {ms} ms)"),
-            Fault::Disk(h, None) => format!("disk {h}: fsync fails"),
-            Fault::Disk(h, Some(n)) => format!("disk {h}: full after {n} bytes"),
-        }
-    }
-
-    /// Starts the fault. Crashed hosts' disks lose their unsynced data
-    /// after the hosts are gone (whatever the dying hosts' destructors
-    /// wrote is lost too, as in a power cut), torn as `seed` says.
-    fn apply(&self, sim: &mut turmoil::Sim<'_>, all: &[String], disks: &[Arc<MemFs>], seed: u64) {
-        match self {
-            Fault::Crash(hosts) => {
-                for h in hosts {
-                    sim.crash(h.as_str());
-                }
-                for d in hosts.iter().filter_map(|h| disk_of(disks, h)) {
-                    d.crash(true, seed);
-                }
-            }
-            Fault::Split(a, b) => {
-                for x in a {
-                    for y in b {
-                        sim.partition(x.as_str(), y.as_str());
-                    }
-                }
-            }
-            Fault::Mute(h) => {
-                for o in all.iter().filter(|o| *o != h) {
-                    sim.partition_oneway(h.as_str(), o.as_str());
-                }
-            }
-            Fault::Hold(h) => {
-                for o in all.iter().filter(|o| *o != h) {
-                    sim.hold(h.as_str(), o.as_str());
-                }
-            }
-            Fault::Slow(h, ms) => {
-                for o in all.iter().filter(|o| *o != h) {
-                    sim.set_link_max_message_latency(
-                        h.as_str(),
-                        o.as_str(),
-                        Duration::from_millis(*ms),
-                    );
-                }
-            }
-            Fault::Disk(h, full) => {
-                if let Some(d) = disk_of(disks, h) {
-                    d.set_faults(Faults {
-                        space_left: *full,
-                        fail_sync: full.is_none(),
-                    });
-                }
-            }
-        }
-    }
-
-    /// Ends the fault: restarts crashed hosts, reconnects cut links,
-    /// releases held messages, gives a failed disk back (its node
-    /// restarted from what it had synced).
-    fn heal(&self, sim: &mut turmoil::Sim<'_>, all: &[String], disks: &[Arc<MemFs>], seed: u64) {
-        match self {
-            Fault::Crash(hosts) => {
-                for h in hosts {
-                    sim.bounce(h.as_str());
-                }
-            }
-            Fault::Split(a, b) => {
-                for x in a {
-                    for y in b {
-                        sim.repair(x.as_str(), y.as_str());
-                    }
-                }
-            }
-            Fault::Mute(h) => {
-                for o in all.iter().filter(|o| *o != h) {
-                    sim.repair_oneway(h.as_str(), o.as_str());
-                }
-            }
-            Fault::Hold(h) => {
-                for o in all.iter().filter(|o| *o != h) {
-                    sim.release(h.as_str(), o.as_str());
-                }
-            }
-            Fault::Slow(h, _) => {
-                for o in all.iter().filter(|o| *o != h) {
-                    sim.set_link_max_message_latency(h.as_str(), o.as_str(), NORMAL_LATENCY);
-                }
-            }
-            Fault::Disk(h, _) => {
-                sim.crash(h.as_str());
-                if let Some(d) = disk_of(disks, h) {
-                    d.crash(true, seed);
-                }
-                sim.bounce(h.as_str());
-            }
-        }
-    }
-}
-
-/// A partition-type fault chosen by `rng`.
-fn network_fault(rng: &mut impl Rng, all: &[String], leader: Option<&String>) -> Fault {
-    let any = all[rng.random_range(0..all.len())].clone();
-    // Half the single-host faults aim at the leader when one is known:
-    // an isolated, muted or slowed leader is what tests elections most.
-    let host = match (rng.random_bool(0.5), leader) {
-        (true, Some(l)) => l.clone(),
-        _ => any,
-    };
-    match rng.random_range(0..5) {
-        0 => {
-            let rest = all.iter().filter(|o| **o != host).cloned().collect();
-            Fault::Split(vec![host], rest)
-        }
-        1 => {
-            // A random minority (one or two hosts) against the rest.
-            let mut hosts = all.to_vec();
-            let mut minority = Vec::new();
-            for _ in 0..rng.random_range(1..=2) {
-                minority.push(hosts.remove(rng.random_range(0..hosts.len())));
-            }
-            Fault::Split(minority, hosts)
-        }
-        2 => Fault::Mute(host),
-        3 => Fault::Hold(host),
-        _ => Fault::Slow(host, rng.random_range(300..1500)),
-    }
-}
-
-/// The next fault, chosen by `rng` among the kinds `opts` allows.
-fn next_fault(
-    rng: &mut impl Rng,
-    opts: &Options,
-    nodes: &[String],
-    leader: Option<&String>,
-) -> Option<Fault> {
-    let mut kinds = Vec::new();
-    if opts.crashes {
-        kinds.extend([0, 0, 0]);
-    }
-    if opts.partitions {
-        kinds.extend([1, 1, 1]);
-    }
-    if opts.disk_faults {
-        kinds.push(2);
-    }
-    let kind = *kinds.get(rng.random_range(0..kinds.len().max(1)))?;
-    let node = nodes[rng.random_range(0..nodes.len())].clone();
-    Some(match kind {
-        0 => {
-            let hosts = if rng.random_bool(0.15) {
-                // A power loss: every node at once.
-                nodes.to_vec()
-            } else if opts.gateway && rng.random_bool(0.1) {
-                vec![GATEWAY.to_string()]
-            } else {
-                vec![node]
-            };
-            Fault::Crash(hosts)
-        }
-        1 => network_fault(rng, nodes, leader),
-        _ => Fault::Disk(
-            node,
-            rng.random_bool(0.5).then(|| rng.random_range(0..256 << 10)),
-        ),
-    })
+/// A simulation being run: the hosts and what they record.
+struct World<'a> {
+    sim: turmoil::Sim<'a>,
+    disks: Vec<Arc<MemFs>>,
+    invariants: Arc<Mutex<Invariants>>,
+    stops: Stops,
+    watchers: Vec<Arc<Mutex<WatchLog>>>,
+    admin_log: Arc<Mutex<Vec<String>>>,
+    history: Arc<Mutex<Vec<Operation>>>,
+    /// Faults applied and healed, in order.
+    faults: Vec<String>,
+    /// Violations seen while the run went on.
+    violations: Vec<String>,
 }
 
 /// Runs one simulation and checks its history.
 pub fn run(opts: &Options) -> Result<Report, String> {
+    let mut world = build(opts);
+    run_nemesis(&mut world, opts)?;
+    let converged = liveness(&mut world, opts)?;
+    report(world, opts, converged)
+}
+
+/// The hosts of a run: the nodes (each with its disk), the gateway, the
+/// watchers, the administrator and the clients.
+fn build(opts: &Options) -> World<'static> {
     let mut sim = turmoil::Builder::new()
         .simulation_duration(Duration::from_secs(600))
         .max_message_latency(NORMAL_LATENCY)
@@ -982,172 +801,183 @@ pub fn run(opts: &Options) -> Result<Report, String> {
             client_loop(id, o, h).await.map_err(|e| e.into())
         });
     }
+    World {
+        sim,
+        disks,
+        invariants,
+        stops,
+        watchers,
+        admin_log,
+        history,
+        faults: Vec::new(),
+        violations: Vec::new(),
+    }
+}
+
+/// Steps the simulation until the clients are done, applying a fault
+/// every 0.5-2.5 simulated seconds and healing it before the next; a
+/// node whose Raft log failed to write must stop within 500 ms.
+fn run_nemesis(w: &mut World<'_>, opts: &Options) -> Result<(), String> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed ^ 0x7e5e);
-    let mut faults = Vec::new();
-    let mut violations = Vec::new();
-    // One fault at a time, healed before the next.
     let mut next_at = Duration::from_secs(1);
     let mut active: Option<(Fault, usize)> = None;
     // When the active disk fault first failed a write to a Raft log.
     let mut log_failed_at: Option<Duration> = None;
     let all: Vec<String> = (1..=NODES).map(|i| format!("n{i}")).collect();
-    let stopped = |host: &str, since: usize| -> Result<bool, String> {
-        Ok(stops
-            .lock()
-            .map_err(|e| e.to_string())?
-            .iter()
-            .skip(since)
-            .any(|(id, ..)| format!("n{id}") == host))
-    };
     loop {
-        let done = sim.step().map_err(|e| format!("simulation: {e}"))?;
+        let done = w.sim.step().map_err(|e| format!("simulation: {e}"))?;
         if done {
             break;
         }
         if let Some((Fault::Disk(h, _), _)) = &active {
-            if log_failed_at.is_none()
-                && disk_of(&disks, h).is_some_and(|d| {
-                    d.failed()
-                        .iter()
-                        .any(|p| p.starts_with(format!("/data/{h}/raft")))
-                })
-            {
-                log_failed_at = Some(sim.elapsed());
+            if log_failed_at.is_none() && raft_log_failed(&w.disks, h) {
+                log_failed_at = Some(w.sim.elapsed());
             }
         }
-        if !opts.faults || sim.elapsed() < next_at {
+        if !opts.faults || w.sim.elapsed() < next_at {
             continue;
         }
-        let t = sim.elapsed();
+        let t = w.sim.elapsed();
         next_at = t + Duration::from_millis(rng.random_range(500..2500));
         match active.take() {
             Some((fault, stops_before)) => {
                 if let (Fault::Disk(h, _), Some(at)) = (&fault, log_failed_at.take()) {
                     // A node must stop at its first failed log write: it
                     // cannot know what reached the disk.
-                    if t - at >= Duration::from_millis(500) && !stopped(h, stops_before)? {
-                        violations.push(format!(
+                    if t - at >= Duration::from_millis(500) && !stopped(&w.stops, h, stops_before)?
+                    {
+                        w.violations.push(format!(
                             "{h} went on for {:?} after its Raft log failed to write",
                             t - at
                         ));
                     }
                 }
-                fault.heal(&mut sim, &all, &disks, rng.random());
-                faults.push(format!("{t:?} heal {}", fault.describe()));
+                fault.heal(&mut w.sim, &all, &w.disks, rng.random());
+                w.faults.push(format!("{t:?} heal {}", fault.describe()));
             }
             None => {
                 // The leader as the invariant checker last saw it: the
                 // run is deterministic, so this is the same in a replay.
-                let leader = invariants
+                let leader = w
+                    .invariants
                     .lock()
                     .map_err(|e| e.to_string())?
                     .latest_leader()
                     .map(|id| format!("n{id}"));
                 if let Some(fault) = next_fault(&mut rng, opts, &all, leader.as_ref()) {
-                    fault.apply(&mut sim, &all, &disks, rng.random());
-                    faults.push(format!("{t:?} {}", fault.describe()));
-                    let n = stops.lock().map_err(|e| e.to_string())?.len();
+                    fault.apply(&mut w.sim, &all, &w.disks, rng.random());
+                    w.faults.push(format!("{t:?} {}", fault.describe()));
+                    let n = w.stops.lock().map_err(|e| e.to_string())?.len();
                     active = Some((fault, n));
                 }
             }
         }
     }
-    // The liveness phase: every fault healed, the replicas must converge
-    // to the same state and serve it; then the watchers must reach the end.
     if let Some((fault, _)) = active.take() {
-        fault.heal(&mut sim, &all, &disks, rng.random());
-        faults.push(format!("{:?} heal all", sim.elapsed()));
+        fault.heal(&mut w.sim, &all, &w.disks, rng.random());
+        w.faults.push(format!("{:?} heal all", w.sim.elapsed()));
     }
+    Ok(())
+}
+
+/// Whether a write to host `h`'s Raft log has failed on its disk.
+fn raft_log_failed(disks: &[Arc<MemFs>], h: &str) -> bool {
+    disk_of(disks, h).is_some_and(|d| {
+        d.failed()
+            .iter()
+            .any(|p| p.starts_with(format!("/data/{h}/raft")))
+    })
+}
+
+/// Whether `host` stopped on a storage error after the first `since`
+/// stops.
+fn stopped(stops: &Stops, host: &str, since: usize) -> Result<bool, String> {
+    Ok(stops
+        .lock()
+        .map_err(|e| e.to_string())?
+        .iter()
+        .skip(since)
+        .any(|(id, ..)| format!("n{id}") == host))
+}
+
+/// The liveness phase: every fault healed, the replicas must converge to
+/// the same state and serve it; then the watchers must reach the end.
+/// The applied index and state they converged to.
+fn liveness(w: &mut World<'_>, opts: &Options) -> Result<(u64, State), String> {
     let converged = Arc::new(Mutex::new(None));
     let out = converged.clone();
     let seed = opts.seed;
-    let ends = watchers.clone();
-    sim.client("verify", async move {
+    let ends = w.watchers.clone();
+    w.sim.client("verify", async move {
         let state = converge(seed).await?;
         *out.lock().map_err(|e| e.to_string())? = Some(state);
         end_watches(seed, &ends).await?;
         Ok(())
     });
-    while !sim
+    while !w
+        .sim
         .step()
         .map_err(|e| format!("seed {}: liveness: {e}", opts.seed))?
     {}
-    let history = history.lock().map_err(|e| e.to_string())?.clone();
-    faults.extend(admin_log.lock().map_err(|e| e.to_string())?.iter().cloned());
-    for (id, at, why) in stops.lock().map_err(|e| e.to_string())?.iter() {
+    let state = converged
+        .lock()
+        .map_err(|e| e.to_string())?
+        .take()
+        .ok_or("the liveness phase did not converge")?;
+    Ok(state)
+}
+
+/// Checks everything the run recorded: the invariants, each watch stream
+/// (and that both are identical), and the history; the run's report.
+fn report(w: World<'_>, opts: &Options, converged: (u64, State)) -> Result<Report, String> {
+    let seed = opts.seed;
+    let history = w.history.lock().map_err(|e| e.to_string())?.clone();
+    let mut faults = w.faults;
+    faults.extend(
+        w.admin_log
+            .lock()
+            .map_err(|e| e.to_string())?
+            .iter()
+            .cloned(),
+    );
+    for (id, at, why) in w.stops.lock().map_err(|e| e.to_string())?.iter() {
         faults.push(format!("{at:?} n{id} stopped: {why}"));
     }
-    let inv = invariants.lock().map_err(|e| e.to_string())?;
+    let inv = w.invariants.lock().map_err(|e| e.to_string())?;
+    let mut violations = w.violations;
     violations.extend(inv.violations.iter().cloned());
     if !violations.is_empty() {
         return Err(format!(
-            "seed {}: violations: {violations:?}\nfaults: {faults:#?}",
-            opts.seed
+            "seed {seed}: violations: {violations:?}\nfaults: {faults:#?}"
         ));
     }
     let (leaders, applied) = inv.counts();
     let invariants = (inv.observations, leaders, applied);
     drop(inv);
-    let (applied, state) = converged
-        .lock()
-        .map_err(|e| e.to_string())?
-        .take()
-        .ok_or("the liveness phase did not converge")?;
+    let (applied, state) = converged;
     let mut watched = Vec::new();
     let mut streams: Vec<Vec<watches::Event>> = Vec::new();
-    for (i, w) in watchers.iter().enumerate() {
-        let w = w.lock().map_err(|e| e.to_string())?;
-        let verdict = match &w.error {
+    for (i, log) in w.watchers.iter().enumerate() {
+        let log = log.lock().map_err(|e| e.to_string())?;
+        let verdict = match &log.error {
             Some(e) => Err(e.clone()),
-            None => watches::check(&w.events, &history, &state, applied),
+            None => watches::check(&log.events, &history, &state, applied),
         };
         if let Err(e) = verdict {
             return Err(format!(
-                "seed {}: watcher w{}: {e}\nfaults: {faults:#?}",
-                opts.seed,
+                "seed {seed}: watcher w{}: {e}\nfaults: {faults:#?}",
                 i + 1
             ));
         }
-        watched.push(w.events.len());
-        streams.push(w.events.clone());
+        watched.push(log.events.len());
+        streams.push(log.events.clone());
     }
-    if let Some(other) = streams.iter().position(|s| *s != streams[0]) {
-        let (a, b) = (&streams[0], &streams[other]);
-        let at = a
-            .iter()
-            .zip(b)
-            .position(|(x, y)| x != y)
-            .unwrap_or(a.len().min(b.len()));
-        if std::env::var_os("SIM_PRINT_STREAMS").is_some() {
-            for (x, y) in a.iter().zip(b) {
-                eprintln!(
-                    "{:>4} {:>5} {} {} | {:>4} {:>5} {} {}",
-                    x.revision,
-                    String::from_utf8_lossy(&x.key),
-                    x.version,
-                    String::from_utf8_lossy(&x.value),
-                    y.revision,
-                    String::from_utf8_lossy(&y.key),
-                    y.version,
-                    String::from_utf8_lossy(&y.value)
-                );
-            }
-        }
-        return Err(format!(
-            "seed {}: watchers w1 and w{} received different streams: {} and {} events, first difference at event {at}: {:?} and {:?}\nfaults: {faults:#?}",
-            opts.seed,
-            other + 1,
-            a.len(),
-            b.len(),
-            a.get(at),
-            b.get(at)
-        ));
-    }
+    compare_streams(&streams).map_err(|e| format!("seed {seed}: {e}\nfaults: {faults:#?}"))?;
     let mut h = std::collections::hash_map::DefaultHasher::new();
     std::hash::Hash::hash(&format!("{history:?}{faults:?}{streams:?}"), &mut h);
     let report = Report {
         trace_hash: std::hash::Hasher::finish(&h),
-        elapsed: sim.elapsed(),
+        elapsed: w.sim.elapsed(),
         history,
         faults,
         invariants,
@@ -1155,9 +985,42 @@ pub fn run(opts: &Options) -> Result<Report, String> {
     };
     match check(&report.history, 1 << 22) {
         Verdict::Ok => Ok(report),
-        v => Err(format!(
-            "seed {}: {v:?}\nfaults: {:#?}",
-            opts.seed, report.faults
-        )),
+        v => Err(format!("seed {seed}: {v:?}\nfaults: {:#?}", report.faults)),
     }
+}
+
+/// Every watcher must have received the same stream as the first.
+fn compare_streams(streams: &[Vec<watches::Event>]) -> Result<(), String> {
+    let Some(other) = streams.iter().position(|s| *s != streams[0]) else {
+        return Ok(());
+    };
+    let (a, b) = (&streams[0], &streams[other]);
+    let at = a
+        .iter()
+        .zip(b)
+        .position(|(x, y)| x != y)
+        .unwrap_or(a.len().min(b.len()));
+    if std::env::var_os("SIM_PRINT_STREAMS").is_some() {
+        for (x, y) in a.iter().zip(b) {
+            eprintln!(
+                "{:>4} {:>5} {} {} | {:>4} {:>5} {} {}",
+                x.revision,
+                String::from_utf8_lossy(&x.key),
+                x.version,
+                String::from_utf8_lossy(&x.value),
+                y.revision,
+                String::from_utf8_lossy(&y.key),
+                y.version,
+                String::from_utf8_lossy(&y.value)
+            );
+        }
+    }
+    Err(format!(
+        "watchers w1 and w{} received different streams: {} and {} events, first difference at event {at}: {:?} and {:?}",
+        other + 1,
+        a.len(),
+        b.len(),
+        a.get(at),
+        b.get(at)
+    ))
 }

@@ -5,8 +5,9 @@
 //! histories (with unknown outcomes) and the check of serializable reads;
 //! [`net`], the simulated network under the real client, node and gateway
 //! code; [`harness`], a run of five node hosts (three founders, two
-//! spares), a gateway, clients and watchers under a nemesis that isolates,
-//! splits, mutes (one-way), delays and crashes nodes and fails their disks,
+//! spares), a gateway, clients and watchers under a nemesis (`nemesis`)
+//! that isolates, splits, mutes (one-way), delays and crashes nodes and
+//! fails their disks,
 //! and an administrator that transfers leadership, triggers snapshots and
 //! grows and shrinks the cluster between 3 and 5 voters, its history
 //! checked; [`invariants`], Raft's safety properties checked while it
@@ -20,5 +21,6 @@
 pub mod checker;
 pub mod harness;
 pub mod invariants;
+mod nemesis;
 pub mod net;
 pub mod watches;

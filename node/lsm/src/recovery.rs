@@ -19,6 +19,7 @@ use super::sst::{Table, TableOptions};
 use super::version::{NewFile, Version, VersionEdit, NUM_LEVELS};
 use super::wal::{self, WalWriter};
 use super::{Error, Options, Result};
+use cairn_io::fs::{DirLock, FileSystem};
 
 /// What a file name in the database directory says it is.
 #[derive(Debug, PartialEq, Eq)]
@@ -42,6 +43,10 @@ fn parse_name(name: &str) -> FileKind {
     }
 }
 
+/// Opens (or creates) the database in `dir`: replays the manifest, opens
+/// the live tables, replays the WALs the manifest still needs into an L0
+/// table, writes a new manifest (with a new WAL when the WAL is on), and
+/// removes every file the new manifest does not name.
 pub(crate) fn open(dir: &Path, opts: Options) -> Result<Db> {
     validate(&opts)?;
     let fs = opts.fs.clone();
@@ -50,22 +55,14 @@ pub(crate) fn open(dir: &Path, opts: Options) -> Result<Db> {
         .lock_dir(dir)
         .map_err(|e| Error::Open(format!("{}: {e}", dir.display())))?;
     let recovered = manifest::recover(fs.as_ref(), dir)?;
-    let fresh = recovered.is_none();
-    if fresh && !opts.create_if_missing {
+    if recovered.is_none() && !opts.create_if_missing {
         return Err(Error::Open(format!("no database in {}", dir.display())));
     }
     let r = recovered.unwrap_or(manifest::Recovered {
         next_file_number: 1,
         ..manifest::Recovered::default()
     });
-    let names = fs.list(dir).map_err(|e| Error::io(dir, e))?;
-    let kinds: Vec<(String, FileKind)> = names
-        .into_iter()
-        .map(|n| {
-            let k = parse_name(&n);
-            (n, k)
-        })
-        .collect();
+    let kinds = list_files(fs.as_ref(), dir)?;
     // Numbers a crash may have handed out without recording them.
     let max_seen = kinds
         .iter()
@@ -84,8 +81,72 @@ pub(crate) fn open(dir: &Path, opts: Options) -> Result<Db> {
         bloom_bits_per_key: opts.bloom_bits_per_key,
         compression: opts.compression,
     };
+    let (mut opened, mut edit) = open_tables(&fs, dir, &r, &cache)?;
+    let replayed = replay_wals(fs.as_ref(), dir, &kinds, &r)?;
+    // Write what the WALs held to L0, so the old WALs can go.
+    if !replayed.mem.is_empty() {
+        let number = next_file;
+        next_file += 1;
+        let (file, table) = write_level0(&replayed.mem, &fs, dir, number, table_opts, &cache)?;
+        opened.insert(number, table);
+        edit.added.push(file);
+    }
 
-    // Open every live table.
+    // A new WAL for new writes, then a new manifest that names it.
+    let mut wal_writer = None;
+    let mut wal_number = 0;
+    if opts.wal {
+        wal_number = next_file;
+        next_file += 1;
+        wal_writer = Some(WalWriter::create(fs.as_ref(), dir, wal_number)?);
+    }
+    let manifest_number = next_file;
+    next_file += 1;
+    let version = Arc::new(Version::default().apply(&edit, &opened));
+    edit.log_number = Some(wal_number);
+    edit.next_file_number = Some(next_file);
+    edit.last_seq = Some(replayed.last_seq);
+    edit.user_metadata = replayed.metadata.clone();
+    let manifest = Manifest::create(fs.as_ref(), dir, manifest_number, &edit)?;
+    remove_garbage(fs.as_ref(), dir, &kinds, |kind| match kind {
+        FileKind::Table(n) => opened.contains_key(n),
+        FileKind::Wal(n) => *n == wal_number,
+        FileKind::Manifest(n) => *n == manifest_number,
+        FileKind::Other => true,
+    });
+
+    let live = Live {
+        version,
+        wal_number,
+        wal_writer,
+        manifest,
+        next_file,
+        last_seq: replayed.last_seq,
+        metadata: replayed.metadata,
+    };
+    Ok(assemble(dir, opts, table_opts, cache, lock, live))
+}
+
+/// Every file in `dir` with what its name says it is.
+fn list_files(fs: &dyn FileSystem, dir: &Path) -> Result<Vec<(String, FileKind)>> {
+    let names = fs.list(dir).map_err(|e| Error::io(dir, e))?;
+    Ok(names
+        .into_iter()
+        .map(|n| {
+            let k = parse_name(&n);
+            (n, k)
+        })
+        .collect())
+}
+
+/// Opens every table the manifest names, checking that each exists and
+/// has the size the manifest recorded; the edit that adds them all.
+fn open_tables(
+    fs: &Arc<dyn FileSystem>,
+    dir: &Path,
+    r: &manifest::Recovered,
+    cache: &Arc<BlockCache>,
+) -> Result<(BTreeMap<u64, Arc<Table>>, VersionEdit)> {
     let mut opened = BTreeMap::new();
     let mut edit = VersionEdit::default();
     for (number, (level, summary)) in &r.files {
@@ -108,8 +169,24 @@ pub(crate) fn open(dir: &Path, opts: Options) -> Result<Db> {
             summary: summary.clone(),
         });
     }
+    Ok((opened, edit))
+}
 
-    // Replay the WALs the manifest still needs, oldest first.
+/// What the WALs held beyond the manifest.
+struct Replayed {
+    mem: Arc<MemTable>,
+    last_seq: SeqNo,
+    metadata: Option<Vec<u8>>,
+}
+
+/// Replays the WALs the manifest still needs, oldest first, into one
+/// memtable.
+fn replay_wals(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    kinds: &[(String, FileKind)],
+    r: &manifest::Recovered,
+) -> Result<Replayed> {
     let mut wal_numbers: Vec<u64> = kinds
         .iter()
         .filter_map(|(_, k)| match k {
@@ -120,69 +197,77 @@ pub(crate) fn open(dir: &Path, opts: Options) -> Result<Db> {
     wal_numbers.sort_unstable();
     let mut last_seq: SeqNo = r.last_seq;
     let mut metadata = r.user_metadata.clone();
-    let replayed = Arc::new(MemTable::new(0));
+    let mem = Arc::new(MemTable::new(0));
     for n in &wal_numbers {
         let path = dir.join(wal::file_name(*n));
-        for (seq, mut batch) in wal::replay(fs.as_ref(), &path)? {
+        for (seq, mut batch) in wal::replay(fs, &path)? {
             let mut s = seq;
             for op in batch.iter() {
-                replayed.insert(op.key, s, op.kind, op.value);
+                mem.insert(op.key, s, op.kind, op.value);
                 s += 1;
             }
             last_seq = last_seq.max(s.saturating_sub(1));
             if let Some(m) = batch.take_metadata() {
-                replayed.set_metadata(m.clone());
+                mem.set_metadata(m.clone());
                 metadata = Some(m);
             }
         }
     }
-    // Write what the WALs held to L0, so the old WALs can go.
-    if !replayed.is_empty() {
-        let number = next_file;
-        next_file += 1;
-        let (file, table) = write_level0(&replayed, &fs, dir, number, table_opts, &cache)?;
-        opened.insert(number, table);
-        edit.added.push(file);
-    }
+    Ok(Replayed {
+        mem,
+        last_seq,
+        metadata,
+    })
+}
 
-    // A new WAL for new writes, then a new manifest that names it.
-    let mut wal_writer = None;
-    let mut wal_number = 0;
-    if opts.wal {
-        wal_number = next_file;
-        next_file += 1;
-        wal_writer = Some(WalWriter::create(fs.as_ref(), dir, wal_number)?);
-    }
-    let manifest_number = next_file;
-    next_file += 1;
-    let version = Arc::new(Version::default().apply(&edit, &opened));
-    edit.log_number = Some(wal_number);
-    edit.next_file_number = Some(next_file);
-    edit.last_seq = Some(last_seq);
-    edit.user_metadata = metadata.clone();
-    let manifest = Manifest::create(fs.as_ref(), dir, manifest_number, &edit)?;
-
-    // Everything not named by the new manifest is garbage now.
-    for (name, kind) in &kinds {
+/// Removes every file of `kinds` that `live` does not keep (a crash's
+/// leftovers; `CURRENT.tmp` too). Best effort: a file left behind is
+/// removed at the next open.
+fn remove_garbage(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    kinds: &[(String, FileKind)],
+    live: impl Fn(&FileKind) -> bool,
+) {
+    for (name, kind) in kinds {
         let garbage = match kind {
-            FileKind::Table(n) => !opened.contains_key(n),
-            FileKind::Wal(n) => *n != wal_number,
-            FileKind::Manifest(n) => *n != manifest_number,
             FileKind::Other => name == "CURRENT.tmp",
+            k => !live(k),
         };
         if garbage {
             let _ = fs.remove(&dir.join(name));
         }
     }
+}
 
-    let mem = Arc::new(MemTable::new(wal_number));
+/// What the new manifest made live.
+struct Live {
+    version: Arc<Version>,
+    wal_number: u64,
+    wal_writer: Option<WalWriter>,
+    manifest: Manifest,
+    next_file: u64,
+    last_seq: SeqNo,
+    metadata: Option<Vec<u8>>,
+}
+
+/// The open database over `live`, its background work scheduled.
+fn assemble(
+    dir: &Path,
+    opts: Options,
+    table_opts: TableOptions,
+    cache: Arc<BlockCache>,
+    lock: Box<dyn DirLock>,
+    live: Live,
+) -> Db {
+    let mem = Arc::new(MemTable::new(live.wal_number));
     let state = State {
         mem: mem.clone(),
         imm: VecDeque::new(),
-        version: version.clone(),
-        next_file_number: next_file,
-        last_seq,
-        durable_metadata: metadata,
+        version: live.version.clone(),
+        next_file_number: live.next_file,
+        last_seq: live.last_seq,
+        durable_metadata: live.metadata,
         flush_scheduled: false,
         compaction_scheduled: false,
         wal_sync_scheduled: false,
@@ -195,7 +280,7 @@ pub(crate) fn open(dir: &Path, opts: Options) -> Result<Db> {
     let sv = SuperVersion {
         mem,
         imm: Vec::new(),
-        version,
+        version: live.version,
     };
     let inner = Arc::new(Inner {
         dir: dir.to_path_buf(),
@@ -204,9 +289,9 @@ pub(crate) fn open(dir: &Path, opts: Options) -> Result<Db> {
         state: Mutex::new(state),
         bg_cv: Condvar::new(),
         sv: Mutex::new(Arc::new(sv)),
-        visible_seq: AtomicU64::new(last_seq),
-        wal: Mutex::new(wal_writer),
-        manifest: Mutex::new(manifest),
+        visible_seq: AtomicU64::new(live.last_seq),
+        wal: Mutex::new(live.wal_writer),
+        manifest: Mutex::new(live.manifest),
         snapshots: Mutex::new(BTreeMap::new()),
         counters: Counters::default(),
         dir_lock: Mutex::new(Some(lock)),
@@ -216,7 +301,7 @@ pub(crate) fn open(dir: &Path, opts: Options) -> Result<Db> {
         let mut st = inner.state.lock();
         inner.schedule(&mut st);
     }
-    Ok(Db { inner })
+    Db { inner }
 }
 
 fn validate(opts: &Options) -> Result<()> {

@@ -341,35 +341,14 @@ impl RunningNode {
             net,
             seed,
         } = env;
-        let data_dir = config.data_dir.display().to_string();
-        let storage = |source| StartError::Storage {
-            dir: data_dir.clone(),
-            source,
-        };
-        fs.create_dir_all(&config.data_dir).map_err(storage)?;
-        let log = LogStore::open(fs.clone(), executor.clone(), config.data_dir.join("raft"))
-            .map_err(storage)?;
-        let lsm_opts = cairn_lsm::Options {
-            memtable_bytes: config.memtable_bytes,
-            block_cache_bytes: config.block_cache_bytes,
-            ..cairn_lsm::Options::default()
-        };
-        let sm = StateMachine::open(SmEnv {
-            fs: fs.clone(),
-            executor: executor.clone(),
-            data_dir: config.data_dir.clone(),
-            lsm: lsm_opts,
-            retention: Retention {
-                history_revisions: config.history_revisions,
-                ..Retention::default()
-            },
-        })
-        .map_err(storage)?;
+        let storage = storage_error(&config);
+        fs.create_dir_all(&config.data_dir).map_err(&storage)?;
+        let (log, sm) = open_storage(&config, &fs, &executor).map_err(&storage)?;
         let shared = sm.shared();
         let client_listener = bind(&net, &config.listen_client).await?;
         let peer_listener = bind(&net, &config.listen_peer).await?;
-        let client_addr = client_listener.local_addr().map_err(storage)?;
-        let peer_addr = peer_listener.local_addr().map_err(storage)?;
+        let client_addr = client_listener.local_addr().map_err(&storage)?;
+        let peer_addr = peer_listener.local_addr().map_err(&storage)?;
         let scope = RaftScope::new(config.id ^ seed.unwrap_or_else(rand::random::<u64>));
         let raft = scope
             .run(Raft::new(
@@ -404,34 +383,19 @@ impl RunningNode {
             .unwrap_or(true);
         let (stop, stop_rx) = watch::channel(false);
         // tasks[0] is the peer server (shutdown relies on the order).
-        let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(peer::serve(
-            core.clone(),
-            incoming(peer_listener),
-            stop_rx.clone(),
-        )));
-        tasks.push(tokio::spawn(serve_client(
-            core.clone(),
-            incoming(client_listener),
-            stop_rx.clone(),
-        )));
-        let metrics_addr = if core.config.listen_metrics.is_empty() {
-            None
-        } else {
-            let l = TcpListener::bind(&core.config.listen_metrics)
-                .await
-                .map_err(|source| StartError::Bind {
-                    addr: core.config.listen_metrics.clone(),
-                    source,
-                })?;
-            let a = l.local_addr().map_err(storage)?;
-            tasks.push(tokio::spawn(http::serve(
-                http::node_readiness(&core),
-                l,
+        let mut tasks = vec![
+            tokio::spawn(peer::serve(
+                core.clone(),
+                incoming(peer_listener),
                 stop_rx.clone(),
-            )));
-            Some(a)
-        };
+            )),
+            tokio::spawn(serve_client(
+                core.clone(),
+                incoming(client_listener),
+                stop_rx.clone(),
+            )),
+        ];
+        let metrics_addr = serve_metrics(&core, &stop_rx, &mut tasks).await?;
         tasks.push(tokio::spawn(http::export_raft_metrics(
             core.clone(),
             stop_rx.clone(),
@@ -561,6 +525,66 @@ pub async fn transfer_leadership_away(core: &NodeCore, wait: Duration) -> bool {
     }
     core.wait_metrics(wait, |m| m.current_leader.is_some_and(|l| l != me))
         .await
+}
+
+/// Turns an I/O error under the node's data directory into a start error
+/// naming it.
+fn storage_error(config: &NodeConfig) -> impl Fn(std::io::Error) -> StartError {
+    let dir = config.data_dir.display().to_string();
+    move |source| StartError::Storage {
+        dir: dir.clone(),
+        source,
+    }
+}
+
+/// Opens the Raft log and the state machine under the data directory.
+fn open_storage(
+    config: &NodeConfig,
+    fs: &Arc<dyn FileSystem>,
+    executor: &Arc<dyn Executor>,
+) -> std::io::Result<(LogStore, StateMachine)> {
+    let log = LogStore::open(fs.clone(), executor.clone(), config.data_dir.join("raft"))?;
+    let lsm = cairn_lsm::Options {
+        memtable_bytes: config.memtable_bytes,
+        block_cache_bytes: config.block_cache_bytes,
+        ..cairn_lsm::Options::default()
+    };
+    let sm = StateMachine::open(SmEnv {
+        fs: fs.clone(),
+        executor: executor.clone(),
+        data_dir: config.data_dir.clone(),
+        lsm,
+        retention: Retention {
+            history_revisions: config.history_revisions,
+            ..Retention::default()
+        },
+    })?;
+    Ok((log, sm))
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` when a metrics address is
+/// configured; its bound address.
+async fn serve_metrics(
+    core: &Arc<NodeCore>,
+    stop: &watch::Receiver<bool>,
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> Result<Option<std::net::SocketAddr>, StartError> {
+    let addr = &core.config.listen_metrics;
+    if addr.is_empty() {
+        return Ok(None);
+    }
+    let bind_error = |source| StartError::Bind {
+        addr: addr.clone(),
+        source,
+    };
+    let l = TcpListener::bind(addr).await.map_err(bind_error)?;
+    let a = l.local_addr().map_err(bind_error)?;
+    tasks.push(tokio::spawn(http::serve(
+        http::node_readiness(core),
+        l,
+        stop.clone(),
+    )));
+    Ok(Some(a))
 }
 
 pub use cairn_rpc::serve::{incoming, Incoming};

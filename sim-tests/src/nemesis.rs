@@ -1,0 +1,229 @@
+//! The nemesis: one fault at a time (a crash, a partition, a one-way cut,
+//! held or slow links, a failing or full disk), chosen by the run's seed
+//! and healed before the next.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_io::{Faults, MemFs};
+use rand::Rng;
+
+use crate::harness::{Options, GATEWAY};
+
+/// One fault at a time.
+#[derive(Debug, Clone)]
+pub(crate) enum Fault {
+    /// Hosts crashed (their unsynced data lost).
+    Crash(Vec<String>),
+    /// Every link between the two sides cut both ways (one host alone, or
+    /// a random minority/majority split).
+    Split(Vec<String>, Vec<String>),
+    /// A host's outgoing links cut: it hears the others, they do not hear
+    /// it.
+    Mute(String),
+    /// A host's links held: messages wait and arrive late, at the heal.
+    Hold(String),
+    /// A host's links slow and jittery: each message's latency is drawn
+    /// up to this many milliseconds (instead of the usual 100), around
+    /// and past the election timeout.
+    Slow(String, u64),
+    /// A node's disk fails: every fsync fails (`None`), or it is full
+    /// after this many more bytes. The heal restarts the node (if it is
+    /// still up) from what it had synced.
+    Disk(String, Option<u64>),
+}
+
+/// The most a message takes on a healthy link (turmoil's default).
+pub(crate) const NORMAL_LATENCY: Duration = Duration::from_millis(100);
+
+/// The disk of host `n{i}`.
+pub(crate) fn disk_of<'a>(disks: &'a [Arc<MemFs>], host: &str) -> Option<&'a Arc<MemFs>> {
+    let i: usize = host.strip_prefix('n')?.parse().ok()?;
+    disks.get(i.checked_sub(1)?)
+}
+
+impl Fault {
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Fault::Crash(h) => format!("crash {}", h.join(",")),
+            Fault::Split(a, b) => format!("split {} | {}", a.join(","), b.join(",")),
+            Fault::Mute(h) => format!("mute {h} (one-way)"),
+            Fault::Hold(h) => format!("hold {h}"),
+            Fault::Slow(h, ms) => format!("slow {h} (latency up to {ms} ms)"),
+            Fault::Disk(h, None) => format!("disk {h}: fsync fails"),
+            Fault::Disk(h, Some(n)) => format!("disk {h}: full after {n} bytes"),
+        }
+    }
+
+    /// Starts the fault. Crashed hosts' disks lose their unsynced data
+    /// after the hosts are gone (whatever the dying hosts' destructors
+    /// wrote is lost too, as in a power cut), torn as `seed` says.
+    pub(crate) fn apply(
+        &self,
+        sim: &mut turmoil::Sim<'_>,
+        all: &[String],
+        disks: &[Arc<MemFs>],
+        seed: u64,
+    ) {
+        match self {
+            Fault::Crash(hosts) => {
+                for h in hosts {
+                    sim.crash(h.as_str());
+                }
+                for d in hosts.iter().filter_map(|h| disk_of(disks, h)) {
+                    d.crash(true, seed);
+                }
+            }
+            Fault::Split(a, b) => {
+                for x in a {
+                    for y in b {
+                        sim.partition(x.as_str(), y.as_str());
+                    }
+                }
+            }
+            Fault::Mute(h) => {
+                for o in all.iter().filter(|o| *o != h) {
+                    sim.partition_oneway(h.as_str(), o.as_str());
+                }
+            }
+            Fault::Hold(h) => {
+                for o in all.iter().filter(|o| *o != h) {
+                    sim.hold(h.as_str(), o.as_str());
+                }
+            }
+            Fault::Slow(h, ms) => {
+                for o in all.iter().filter(|o| *o != h) {
+                    sim.set_link_max_message_latency(
+                        h.as_str(),
+                        o.as_str(),
+                        Duration::from_millis(*ms),
+                    );
+                }
+            }
+            Fault::Disk(h, full) => {
+                if let Some(d) = disk_of(disks, h) {
+                    d.set_faults(Faults {
+                        space_left: *full,
+                        fail_sync: full.is_none(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Ends the fault: restarts crashed hosts, reconnects cut links,
+    /// releases held messages, gives a failed disk back (its node
+    /// restarted from what it had synced).
+    pub(crate) fn heal(
+        &self,
+        sim: &mut turmoil::Sim<'_>,
+        all: &[String],
+        disks: &[Arc<MemFs>],
+        seed: u64,
+    ) {
+        match self {
+            Fault::Crash(hosts) => {
+                for h in hosts {
+                    sim.bounce(h.as_str());
+                }
+            }
+            Fault::Split(a, b) => {
+                for x in a {
+                    for y in b {
+                        sim.repair(x.as_str(), y.as_str());
+                    }
+                }
+            }
+            Fault::Mute(h) => {
+                for o in all.iter().filter(|o| *o != h) {
+                    sim.repair_oneway(h.as_str(), o.as_str());
+                }
+            }
+            Fault::Hold(h) => {
+                for o in all.iter().filter(|o| *o != h) {
+                    sim.release(h.as_str(), o.as_str());
+                }
+            }
+            Fault::Slow(h, _) => {
+                for o in all.iter().filter(|o| *o != h) {
+                    sim.set_link_max_message_latency(h.as_str(), o.as_str(), NORMAL_LATENCY);
+                }
+            }
+            Fault::Disk(h, _) => {
+                sim.crash(h.as_str());
+                if let Some(d) = disk_of(disks, h) {
+                    d.crash(true, seed);
+                }
+                sim.bounce(h.as_str());
+            }
+        }
+    }
+}
+
+/// A partition-type fault chosen by `rng`.
+fn network_fault(rng: &mut impl Rng, all: &[String], leader: Option<&String>) -> Fault {
+    let any = all[rng.random_range(0..all.len())].clone();
+    // Half the single-host faults aim at the leader when one is known:
+    // an isolated, muted or slowed leader is what tests elections most.
+    let host = match (rng.random_bool(0.5), leader) {
+        (true, Some(l)) => l.clone(),
+        _ => any,
+    };
+    match rng.random_range(0..5) {
+        0 => {
+            let rest = all.iter().filter(|o| **o != host).cloned().collect();
+            Fault::Split(vec![host], rest)
+        }
+        1 => {
+            // A random minority (one or two hosts) against the rest.
+            let mut hosts = all.to_vec();
+            let mut minority = Vec::new();
+            for _ in 0..rng.random_range(1..=2) {
+                minority.push(hosts.remove(rng.random_range(0..hosts.len())));
+            }
+            Fault::Split(minority, hosts)
+        }
+        2 => Fault::Mute(host),
+        3 => Fault::Hold(host),
+        _ => Fault::Slow(host, rng.random_range(300..1500)),
+    }
+}
+
+/// The next fault, chosen by `rng` among the kinds `opts` allows.
+pub(crate) fn next_fault(
+    rng: &mut impl Rng,
+    opts: &Options,
+    nodes: &[String],
+    leader: Option<&String>,
+) -> Option<Fault> {
+    let mut kinds = Vec::new();
+    if opts.crashes {
+        kinds.extend([0, 0, 0]);
+    }
+    if opts.partitions {
+        kinds.extend([1, 1, 1]);
+    }
+    if opts.disk_faults {
+        kinds.push(2);
+    }
+    let kind = *kinds.get(rng.random_range(0..kinds.len().max(1)))?;
+    let node = nodes[rng.random_range(0..nodes.len())].clone();
+    Some(match kind {
+        0 => {
+            let hosts = if rng.random_bool(0.15) {
+                // A power loss: every node at once.
+                nodes.to_vec()
+            } else if opts.gateway && rng.random_bool(0.1) {
+                vec![GATEWAY.to_string()]
+            } else {
+                vec![node]
+            };
+            Fault::Crash(hosts)
+        }
+        1 => network_fault(rng, nodes, leader),
+        _ => Fault::Disk(
+            node,
+            rng.random_bool(0.5).then(|| rng.random_range(0..256 << 10)),
+        ),
+    })
+}
