@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's cairnctl benchmark: starts `cairn dev` (release, fsync on)
+# docs/benchmarks.md's cairnctl benchmark: starts `cairn dev` (release, fsync on)
 # in a fresh directory, runs every workload ROUNDS times for SECS seconds
 # with `cairnctl bench -o json`, and prints one JSON line per run plus the
 # median of each workload. Bounded: ROUNDS x 6 workloads x SECS seconds,

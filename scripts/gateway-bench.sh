@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's gateway benchmark: starts `cairn dev` (three nodes and the
+# docs/benchmarks.md's gateway benchmark: starts `cairn dev` (three nodes and the
 # gateway on 127.0.0.1:7000, release, fsync on) in a fresh directory and
 # runs `cairnctl bench` with 64 clients directly against the leader and
 # through the gateway, alternated, ROUNDS times for SECS seconds each

@@ -111,6 +111,7 @@ impl Endpoint {
 /// A request counted against an endpoint's outstanding requests.
 pub(crate) struct InFlight(Arc<Endpoint>);
 
+#[cfg(feature = "proxy")]
 impl InFlight {
     /// The endpoint it counts against.
     pub(crate) fn endpoint(&self) -> &Arc<Endpoint> {

@@ -22,10 +22,10 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::transport::Channel;
 use tonic::Status;
 
-use cairn_rpc::status::{status_from_pb, CALL_BYTES};
+use cairn_rpc::status::CALL_BYTES;
 
+#[cfg(feature = "proxy")]
 use crate::balance::InFlight;
-use crate::client::{request, Client};
 
 /// The largest message of answers the client accepts (a scan page can be
 /// large).
@@ -75,33 +75,6 @@ kv_request!(pb::DeleteRequest, pb::DeleteResponse, Delete, delete);
 kv_request!(pb::ScanRequest, pb::ScanResponse, Scan, scan);
 kv_request!(pb::TxnRequest, pb::TxnResponse, Txn, txn);
 
-/// Where one attempt of a call goes: the endpoint's channel, and its
-/// batch stream for KV calls.
-#[derive(Clone)]
-pub(crate) struct Upstream {
-    /// The gRPC channel to the endpoint.
-    pub(crate) ch: Channel,
-    pub(crate) addr: String,
-    pub(crate) client: Client,
-}
-
-impl Upstream {
-    /// One attempt of a KV call, with the attempt's timeout: over the
-    /// endpoint's batch stream, or unary when batching is off or the
-    /// request is large.
-    pub(crate) async fn kv<R: KvRequest>(self, req: R, t: Duration) -> Result<R::Response, Status> {
-        if !self.client.inner.config.batch || req.encoded_len() > CALL_BYTES {
-            return R::unary(KvClient::new(self.ch), request(req, t)).await;
-        }
-        let batcher = self.client.batcher(&self.addr, &self.ch);
-        match batcher.call(req.into_call(), t).await? {
-            Reply::Error(e) => Err(status_from_pb(e)),
-            other => R::from_reply(other)
-                .ok_or_else(|| Status::internal("the server answered a call with another kind")),
-        }
-    }
-}
-
 pub(crate) struct Pending {
     pub(crate) call: Call,
     pub(crate) timeout: Duration,
@@ -114,10 +87,12 @@ pub(crate) enum Waiter {
     Call(oneshot::Sender<Result<Reply, Status>>),
     /// Many calls answered on one channel, each answer tagged with its
     /// call's id (a proxy relaying a caller's calls).
+    #[cfg(feature = "proxy")]
     Tagged(Tagged),
 }
 
 /// A call whose answer goes to a channel shared with other calls.
+#[cfg(feature = "proxy")]
 pub(crate) struct Tagged {
     /// The id the answer is tagged with.
     pub(crate) id: u64,
@@ -128,6 +103,7 @@ pub(crate) struct Tagged {
 }
 
 /// A [`Tagged`] call's answer.
+#[cfg(feature = "proxy")]
 pub(crate) struct Answered {
     /// The call's id.
     pub(crate) id: u64,
@@ -143,6 +119,7 @@ impl Waiter {
             Waiter::Call(tx) => {
                 let _ = tx.send(r);
             }
+            #[cfg(feature = "proxy")]
             Waiter::Tagged(t) => {
                 let _ = t.tx.send(Answered {
                     id: t.id,
@@ -176,7 +153,7 @@ impl Batcher {
     }
 
     /// Sends `call` and waits at most `timeout` for its answer.
-    async fn call(&self, call: Call, timeout: Duration) -> Result<Reply, Status> {
+    pub(crate) async fn call(&self, call: Call, timeout: Duration) -> Result<Reply, Status> {
         let (tx, rx) = oneshot::channel();
         let pending = Pending {
             call,
@@ -286,28 +263,5 @@ async fn run(
     }
     while let Ok(p) = calls.try_recv() {
         p.waiter.answer(Err(failure.clone()));
-    }
-}
-
-impl Client {
-    /// The batch stream to `addr`, opened on first use and again after it
-    /// ended.
-    pub(crate) fn batcher(&self, addr: &str, ch: &Channel) -> Arc<Batcher> {
-        let mut map = self.inner.channels.lock();
-        if let Some(b) = map.get(addr).and_then(|c| c.batcher.as_ref()) {
-            if !b.is_closed() {
-                return b.clone();
-            }
-        }
-        // First use, or the stream ended: only here is the key built.
-        let conn = map
-            .entry(addr.to_string())
-            .or_insert_with(|| crate::client::Conn {
-                ch: ch.clone(),
-                batcher: None,
-            });
-        let b = Batcher::open(conn.ch.clone(), self.inner.config.connect_timeout * 2);
-        conn.batcher = Some(b.clone());
-        b
     }
 }

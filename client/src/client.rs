@@ -12,8 +12,13 @@ use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
+use cairn_proto::kv::batch_reply::Reply;
+use cairn_proto::kv::kv_client::KvClient;
+use cairn_rpc::status::{status_from_pb, CALL_BYTES};
+use tonic::Status;
+
 use crate::balance::{pick, Endpoint};
-use crate::batch::Upstream;
+use crate::batch::{Batcher, KvRequest};
 use crate::error::{classify, Error, Failure, Result};
 
 /// How a [`Client`] connects, times out and retries.
@@ -80,7 +85,7 @@ impl Default for ClientConfig {
 /// An endpoint's channel and batch stream.
 pub(crate) struct Conn {
     pub(crate) ch: Channel,
-    pub(crate) batcher: Option<Arc<crate::batch::Batcher>>,
+    pub(crate) batcher: Option<Arc<Batcher>>,
 }
 
 /// Where a call must go.
@@ -526,6 +531,19 @@ impl Client {
 /// The shortest per-attempt timeout while the deadline allows it.
 pub(crate) const MIN_ATTEMPT: Duration = Duration::from_millis(250);
 
+impl Client {
+    /// One attempt's share of a deadline of `left`: at most
+    /// `attempt_timeout` and half of `left` (but not under a floor), so a
+    /// silent backend leaves time for a retry elsewhere.
+    pub(crate) fn attempt_timeout(&self, left: Duration) -> Duration {
+        self.inner
+            .config
+            .attempt_timeout
+            .min((left / 2).max(MIN_ATTEMPT))
+            .min(left)
+    }
+}
+
 /// Refreshes the members and checks every endpoint's readiness, every
 /// `every`, until the client is dropped.
 async fn refresh(inner: std::sync::Weak<Inner>, every: Duration) {
@@ -555,6 +573,54 @@ async fn refresh(inner: std::sync::Weak<Inner>, every: Duration) {
         }
         metrics::gauge!("cairn_client_endpoints_in_rotation")
             .set(client.endpoints_in_rotation() as f64);
+    }
+}
+
+/// Where one attempt of a call goes: the endpoint's channel, and its
+/// batch stream for KV calls.
+#[derive(Clone)]
+pub(crate) struct Upstream {
+    /// The gRPC channel to the endpoint.
+    pub(crate) ch: Channel,
+    pub(crate) addr: String,
+    pub(crate) client: Client,
+}
+
+impl Upstream {
+    /// One attempt of a KV call, with the attempt's timeout: over the
+    /// endpoint's batch stream, or unary when batching is off or the
+    /// request is large.
+    pub(crate) async fn kv<R: KvRequest>(self, req: R, t: Duration) -> Result<R::Response, Status> {
+        if !self.client.inner.config.batch || req.encoded_len() > CALL_BYTES {
+            return R::unary(KvClient::new(self.ch), request(req, t)).await;
+        }
+        let batcher = self.client.batcher(&self.addr, &self.ch);
+        match batcher.call(req.into_call(), t).await? {
+            Reply::Error(e) => Err(status_from_pb(e)),
+            other => R::from_reply(other)
+                .ok_or_else(|| Status::internal("the server answered a call with another kind")),
+        }
+    }
+}
+
+impl Client {
+    /// The batch stream to `addr`, opened on first use and again after it
+    /// ended.
+    pub(crate) fn batcher(&self, addr: &str, ch: &Channel) -> Arc<Batcher> {
+        let mut map = self.inner.channels.lock();
+        if let Some(b) = map.get(addr).and_then(|c| c.batcher.as_ref()) {
+            if !b.is_closed() {
+                return b.clone();
+            }
+        }
+        // First use, or the stream ended: only here is the key built.
+        let conn = map.entry(addr.to_string()).or_insert_with(|| Conn {
+            ch: ch.clone(),
+            batcher: None,
+        });
+        let b = Batcher::open(conn.ch.clone(), self.inner.config.connect_timeout * 2);
+        conn.batcher = Some(b.clone());
+        b
     }
 }
 

@@ -19,7 +19,7 @@ use tonic::Status;
 
 use crate::balance::InFlight;
 use crate::batch::{Answered, Pending, Tagged, Waiter};
-use crate::client::{Client, Route, MIN_ATTEMPT};
+use crate::client::{Client, Route};
 use crate::error::{classify, Failure};
 use crate::forward::read_route;
 use cairn_rpc::status::code_label;
@@ -318,18 +318,5 @@ fn answer(id: u64, r: Relayed, reply: Reply) -> Outcome {
         },
         method: r.method,
         started: r.started,
-    }
-}
-
-impl Client {
-    /// One attempt's share of a deadline of `left`: at most
-    /// `attempt_timeout` and half of `left` (but not under a floor), so a
-    /// silent backend leaves time for a retry elsewhere.
-    pub(crate) fn attempt_timeout(&self, left: Duration) -> Duration {
-        self.inner
-            .config
-            .attempt_timeout
-            .min((left / 2).max(MIN_ATTEMPT))
-            .min(left)
     }
 }

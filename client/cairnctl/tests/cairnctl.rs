@@ -407,7 +407,7 @@ async fn cluster_commands() {
         "{j}"
     );
 
-    // bench: a short run prints the JSON line the README documents.
+    // bench: a short run prints the JSON line docs/benchmarks.md documents.
     let j = ctl.json(&[
         "bench",
         "put",

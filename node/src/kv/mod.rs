@@ -36,15 +36,17 @@ mod applier;
 pub mod command;
 mod error;
 mod format;
+mod key_meta;
 mod layout;
 pub mod read;
 #[cfg(test)]
 mod tests;
 mod tx;
 
-pub use applier::{Applied, Applier, Retention, HISTORY_TRIM_EVERY, KEY_META_CAPACITY};
+pub use applier::{Applied, Applier, Retention, HISTORY_TRIM_EVERY};
 pub use command::{Command, CommandResponse};
 pub use error::StoreError;
 pub use format::FORMAT_VERSION;
+pub use key_meta::KEY_META_CAPACITY;
 pub use layout::{EventKind, WatchEvent};
 pub use read::{get, history, history_start, scan, MAX_PAGE};

@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 
 use cairn_lsm::{Db, WriteBatch};
 
-use super::applier::KeyMeta;
 use super::command::{DeleteOp, Kv, OpResult, PutOp, ScanSpec, Txn, TxnOp};
 use super::error::Result;
+use super::key_meta::KeyMeta;
 use super::layout::{data_key, encode_kv, EventKind, WatchEvent};
 use super::read::{get, scan_merged, MAX_PAGE};
 

@@ -16,7 +16,7 @@ fn one_seed_command(seed: u64) -> Command {
     let mut c = Command::new(std::env::current_exe().unwrap());
     c.args([
         "--exact",
-        "one_seed",
+        "seeds::one_seed",
         "--ignored",
         "--nocapture",
         "--test-threads",
@@ -99,7 +99,7 @@ fn replay_traced(seed: u64) {
         .unwrap();
     assert!(
         status.success(),
-        "seed {seed} failed (its trace is above); replay it with:\n  SIM_SEED={seed} cargo test -p cairn-sim-tests --test sim_seeds -- --nocapture"
+        "seed {seed} failed (its trace is above); replay it with:\n  SIM_SEED={seed} cargo test -p cairn-sim-tests --test sim seeds:: -- --nocapture"
     );
 }
 
@@ -142,7 +142,7 @@ fn seeds_pass_the_checker() {
             }
             Err(e) => {
                 eprintln!(
-                    "{e}\nseed {seed} failed; replay it with:\n  SIM_SEED={seed} cargo test -p cairn-sim-tests --test sim_seeds -- --nocapture"
+                    "{e}\nseed {seed} failed; replay it with:\n  SIM_SEED={seed} cargo test -p cairn-sim-tests --test sim seeds:: -- --nocapture"
                 );
                 failures.push(seed);
             }
