@@ -29,7 +29,7 @@ use crate::balance::InFlight;
 
 /// The largest message of answers the client accepts (a scan page can be
 /// large).
-const MAX_REPLY_MESSAGE: usize = 64 << 20;
+pub(crate) const MAX_REPLY_MESSAGE: usize = 64 << 20;
 
 /// A request of the KV API that can travel in a batch.
 pub(crate) trait KvRequest: Message + Clone + Sized + 'static {

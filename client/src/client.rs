@@ -18,7 +18,7 @@ use cairn_rpc::status::{status_from_pb, CALL_BYTES};
 use tonic::Status;
 
 use crate::balance::{pick, Endpoint};
-use crate::batch::{Batcher, KvRequest};
+use crate::batch::{Batcher, KvRequest, MAX_REPLY_MESSAGE};
 use crate::error::{classify, Error, Failure, Result};
 
 /// How a [`Client`] connects, times out and retries.
@@ -592,7 +592,8 @@ impl Upstream {
     /// request is large.
     pub(crate) async fn kv<R: KvRequest>(self, req: R, t: Duration) -> Result<R::Response, Status> {
         if !self.client.inner.config.batch || req.encoded_len() > CALL_BYTES {
-            return R::unary(KvClient::new(self.ch), request(req, t)).await;
+            let unary = KvClient::new(self.ch).max_decoding_message_size(MAX_REPLY_MESSAGE);
+            return R::unary(unary, request(req, t)).await;
         }
         let batcher = self.client.batcher(&self.addr, &self.ch);
         match batcher.call(req.into_call(), t).await? {

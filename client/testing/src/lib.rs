@@ -515,6 +515,21 @@ where
     }
 }
 
+/// Puts `req` through the leader (following hints from `addr`) within
+/// `timeout`; the revision it got.
+pub async fn put_on_leader(addr: &str, req: pb::PutRequest, timeout: Duration) -> u64 {
+    with_leader(addr, timeout, |mut k| {
+        let req = req.clone();
+        async move { k.put(req).await }
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .header
+    .unwrap()
+    .revision
+}
+
 pub fn put_req(key: &str, value: &str) -> pb::PutRequest {
     pb::PutRequest {
         key: key.as_bytes().to_vec().into(),

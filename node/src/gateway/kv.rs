@@ -312,7 +312,8 @@ struct AdmittedOnArrival;
 /// Admission on arrival: a unary KV call is admitted (or refused) from
 /// its headers, before its message is read, and holds its place until
 /// its handler is done. So a refused call's message is never held in
-/// memory (it is read and dropped piece by piece, see [`discard`]) and a
+/// memory (it is read and dropped piece by piece, see
+/// [`cairn_rpc::serve::discard`]) and a
 /// flood of large requests cannot grow the gateway past what it admits.
 /// Streams pass through: a Batch stream (their number bounded) reads one
 /// message at a time and admits its calls per message; watches are
@@ -384,7 +385,10 @@ where
                 Ok(a) => a,
                 Err(s) => {
                     observe_as(METRIC, method, started, &Err::<(), _>(s.clone()));
-                    tokio::spawn(discard(req.into_body(), g.args.max_request_bytes));
+                    tokio::spawn(cairn_rpc::serve::discard(
+                        req.into_body(),
+                        g.args.max_request_bytes,
+                    ));
                     return Ok(s.into_http());
                 }
             };
@@ -393,31 +397,6 @@ where
         }
         .boxed()
     }
-}
-
-/// How long a refused call's message may take to arrive (see
-/// [`discard`]).
-const DISCARD_FOR: Duration = Duration::from_secs(1);
-
-/// Reads a refused call's message to its end, dropping each piece as it
-/// comes (so it costs no memory), at most `limit` bytes and
-/// [`DISCARD_FOR`]. Dropped unread, the message's stream would be reset
-/// while its caller may still be sending, and a client can see that
-/// reset in place of the refusal already sent.
-async fn discard(mut body: tonic::body::Body, limit: usize) {
-    use tonic::transport::Body as _;
-    let mut read = 0usize;
-    let drain = async {
-        while let Some(Ok(frame)) =
-            futures::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await
-        {
-            read += frame.data_ref().map_or(0, |d| d.len());
-            if read > limit {
-                return;
-            }
-        }
-    };
-    let _ = tokio::time::timeout(DISCARD_FOR, drain).await;
 }
 
 /// Serves the gateway's gRPC services until `stop`.
@@ -444,7 +423,8 @@ pub async fn serve(
     cairn_rpc::serve::serve(
         routes,
         incoming,
-        crate::server::CLIENT_KEEPALIVE,
+        // The gateway admits calls itself (see `AdmitOnArrival`).
+        cairn_rpc::serve::Options::keep_alive(crate::server::CLIENT_KEEPALIVE),
         async move {
             let _ = stop.wait_for(|s| *s).await;
         },

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, VecDeque};
 use cairn_lsm::{Db, WriteBatch};
 use rustc_hash::FxHashMap;
 
-use super::command::{Command, CommandResponse, Op, RequestId};
+use super::command::{Command, CommandResponse, Kv, Op, OpResult, RequestId};
 use super::error::{Result, StoreError};
 use super::format;
 use super::key_meta::KeyMeta;
@@ -14,8 +14,9 @@ use super::layout::{
     decode, encode_record, record_key, record_revision, Record, RecordHead, WatchEvent,
     HISTORY_START, RECORD,
 };
+use super::limits::MAX_KEPT_ANSWER_BYTES;
 use super::read::history_start;
-use super::tx::Tx;
+use super::tx::{Budget, Tx, TxError};
 
 /// History is trimmed every this many revisions: the records of this
 /// many revisions are deleted inside the apply of one entry, which every
@@ -61,6 +62,64 @@ pub struct Applier {
     /// Each recently written key's create revision and version (None:
     /// known absent), so a put need not read the key's previous record.
     meta: KeyMeta,
+}
+
+/// The answer a request id's record keeps for a retry: the answer itself,
+/// or past [`MAX_KEPT_ANSWER_BYTES`] of pairs, a note that it was applied
+/// and how large its answer was (the record stays small whatever the
+/// command read).
+fn kept_answer(response: &CommandResponse, answer_bytes: u64) -> CommandResponse {
+    if answer_bytes <= MAX_KEPT_ANSWER_BYTES {
+        return response.clone();
+    }
+    CommandResponse {
+        revision: response.revision,
+        result: OpResult::AnswerNotKept {
+            bytes: answer_bytes,
+        },
+    }
+}
+
+/// What running one command produced.
+struct Ran {
+    /// Its answer.
+    result: OpResult,
+    /// Its watch events.
+    events: Vec<WatchEvent>,
+    /// The pairs it left (for the key cache).
+    written: BTreeMap<Vec<u8>, Option<Kv>>,
+    /// Bytes of pairs in its answer.
+    answer_bytes: u64,
+}
+
+/// Runs `op` as the entry at `index` into `batch`.
+fn run(
+    db: &Db,
+    index: u64,
+    meta: &KeyMeta,
+    batch: &mut WriteBatch,
+    op: &Op,
+) -> std::result::Result<Ran, TxError> {
+    let mut tx = Tx {
+        db,
+        index,
+        overlay: BTreeMap::new(),
+        batch,
+        events: Vec::new(),
+        meta,
+        budget: Budget::default(),
+    };
+    let result = match op {
+        Op::Put(p) => tx.put(p)?,
+        Op::Delete(d) => tx.delete(d)?,
+        Op::Txn(t) => tx.txn(t)?,
+    };
+    Ok(Ran {
+        result,
+        answer_bytes: tx.budget.answer_bytes(),
+        events: tx.events,
+        written: tx.overlay,
+    })
 }
 
 /// Which revisions wrote a record, for the revisions applied since the
@@ -221,20 +280,28 @@ impl Applier {
                 });
             }
         }
-        let mut tx = Tx {
-            db,
-            index,
-            overlay: BTreeMap::new(),
-            batch: &mut batch,
-            events: Vec::new(),
-            meta: &self.meta,
+        let ran = match run(db, index, &self.meta, &mut batch, &cmd.op) {
+            Ok(ran) => ran,
+            Err(TxError::Store(e)) => return Err(e),
+            Err(TxError::Refused { limit, detail }) => {
+                // Nothing of the command is written; the entry still
+                // records its request id (a retry gets the same answer)
+                // and the applied position.
+                batch = WriteBatch::new();
+                Ran {
+                    result: OpResult::Refused { limit, detail },
+                    events: Vec::new(),
+                    written: BTreeMap::new(),
+                    answer_bytes: 0,
+                }
+            }
         };
-        let result = match &cmd.op {
-            Op::Put(p) => tx.put(p)?,
-            Op::Delete(d) => tx.delete(d)?,
-            Op::Txn(t) => tx.txn(t)?,
-        };
-        let written = std::mem::take(&mut tx.overlay);
+        let Ran {
+            result,
+            events,
+            written,
+            answer_bytes,
+        } = ran;
         let response = CommandResponse {
             revision: index,
             result,
@@ -242,9 +309,9 @@ impl Applier {
         let record = Record {
             head: RecordHead {
                 request: cmd.request_id,
-                response: cmd.request_id.map(|_| response.clone()),
+                response: cmd.request_id.map(|_| kept_answer(&response, answer_bytes)),
             },
-            events: std::mem::take(&mut tx.events),
+            events,
         };
         let wrote = record.head.request.is_some() || !record.events.is_empty();
         if wrote {

@@ -262,6 +262,22 @@ pub enum OpResult {
         /// One result per operation run.
         results: Vec<OpResult>,
     },
+    /// The command was not applied: it would have gone past a bound of
+    /// what one entry may cost (`kv::limits`). Every replica refuses it
+    /// the same way, and it wrote nothing.
+    Refused {
+        /// The bound, as `name = value`.
+        limit: String,
+        /// What went past it.
+        detail: String,
+    },
+    /// The answer to a retry of a request whose answer was too large to
+    /// keep (`kv::limits::MAX_KEPT_ANSWER_BYTES`): it was applied, at the
+    /// response's revision, and answered this many bytes of pairs.
+    AnswerNotKept {
+        /// Bytes of pairs in the first answer.
+        bytes: u64,
+    },
 }
 
 impl fmt::Display for Command {

@@ -19,7 +19,7 @@ pub(crate) const HISTORY_START: &[u8] = b"mhistory-start";
 /// The layout's format version (u32 LE).
 pub(crate) const FORMAT_VERSION_KEY: &[u8] = b"mformat-version";
 /// Bytes of a pair's header: create_revision, mod_revision, version.
-const KV_HEADER: usize = 24;
+pub(crate) const KV_HEADER: usize = 24;
 
 /// A watch event: one key's change at one revision.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -29,6 +29,8 @@
 //!   command's pending writes in `tx`) and trims the history.
 //! - `format`: the layout's version, checked (and old layouts converted)
 //!   when the applier loads.
+//! - [`limits`]: what one entry may cost when applied; past it a command
+//!   is refused the same way on every replica, never an apply error.
 //!
 //! The layout is written down byte by byte in `FORMAT.md` beside this file.
 
@@ -38,6 +40,7 @@ mod error;
 mod format;
 mod key_meta;
 mod layout;
+pub mod limits;
 pub mod read;
 #[cfg(test)]
 mod tests;

@@ -9,8 +9,9 @@ use super::command::{Kv, ScanResult, ScanSpec};
 use super::error::{Result, StoreError};
 use super::layout::{
     data_key, decode, decode_kv, record_key, record_revision, u64_at, Record, WatchEvent, DATA,
-    HISTORY_START,
+    HISTORY_START, KV_HEADER,
 };
+use super::limits::{pair_cost, MAX_EVENT_BYTES};
 
 /// The most pairs a scan (or a prefix delete's answer) returns in one page.
 pub const MAX_PAGE: u32 = 10_000;
@@ -23,17 +24,21 @@ pub fn get(db: &Db, key: &[u8]) -> Result<Option<Kv>> {
     }
 }
 
-/// Reads a page of a range.
-pub fn scan(db: &Db, spec: &ScanSpec) -> Result<ScanResult> {
-    scan_merged(db, spec, &BTreeMap::new())
+/// Reads a page of a range: at most the spec's limit (and [`MAX_PAGE`])
+/// pairs, and pairs of at most `max_bytes` (keys, values and
+/// `kv::limits::PAIR_OVERHEAD_BYTES` each) past the first, whichever
+/// comes first; `more` says the range goes on.
+pub fn scan(db: &Db, spec: &ScanSpec, max_bytes: u64) -> Result<ScanResult> {
+    scan_merged(db, spec, &BTreeMap::new(), max_bytes)
 }
 
 /// A scan of the database with `overlay` (pending writes of the command
-/// being applied) laid over it.
+/// being applied) laid over it, bounded like [`scan`].
 pub(crate) fn scan_merged(
     db: &Db,
     spec: &ScanSpec,
     overlay: &BTreeMap<Vec<u8>, Option<Kv>>,
+    max_bytes: u64,
 ) -> Result<ScanResult> {
     let limit = if spec.limit == 0 || spec.limit > MAX_PAGE {
         MAX_PAGE
@@ -53,14 +58,21 @@ pub(crate) fn scan_merged(
     let want = limit + 1 + overlay_in_range.len();
     let mut merged: BTreeMap<Vec<u8>, Kv> = BTreeMap::new();
     let mut stored_exhausted = true;
+    // Bytes of stored pairs read that the overlay does not delete: once
+    // they pass the bound, the page is full.
+    let mut stored_bytes = 0u64;
     for item in db.scan(start..end)? {
         let (k, v) = item?;
-        if merged.len() >= want {
+        if merged.len() >= want || stored_bytes > max_bytes {
             stored_exhausted = false;
             break;
         }
         let user_key = &k[1..];
-        merged.insert(user_key.to_vec(), decode_kv(user_key, &v, spec.keys_only)?);
+        let kv = decode_kv(user_key, &v, spec.keys_only)?;
+        if !matches!(overlay.get(user_key), Some(None)) {
+            stored_bytes += pair_cost(kv.key.len(), kv.value.len());
+        }
+        merged.insert(user_key.to_vec(), kv);
     }
     let last_stored = merged.keys().next_back().cloned();
     for (k, v) in overlay_in_range {
@@ -82,9 +94,62 @@ pub(crate) fn scan_merged(
             }
         }
     }
-    let more = merged.len() > limit || !stored_exhausted;
-    let kvs: Vec<Kv> = merged.into_values().take(limit).collect();
+    let mut kvs = Vec::new();
+    let mut bytes = 0u64;
+    let mut more = !stored_exhausted;
+    for kv in merged.into_values() {
+        if kvs.len() == limit || (!kvs.is_empty() && bytes > max_bytes) {
+            more = true;
+            break;
+        }
+        bytes += pair_cost(kv.key.len(), kv.value.len());
+        kvs.push(kv);
+    }
     Ok(ScanResult { kvs, more })
+}
+
+/// What deleting every key under a prefix would cost, counted up to the
+/// bounds (the counting stops once either is passed).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PrefixCost {
+    /// Keys counted.
+    pub keys: u64,
+    /// Bytes of their delete events.
+    pub event_bytes: u64,
+    /// Bytes of the pairs, with their values (counted with `prev_kv`).
+    pub answer_bytes: u64,
+}
+
+/// Counts the keys under `prefix` and what deleting them costs: their
+/// delete events, and with `with_values` the answer holding them, until
+/// the events pass `kv::limits::MAX_EVENT_BYTES` or the answer passes
+/// `max_answer_bytes`.
+pub fn prefix_cost(
+    db: &Db,
+    prefix: &[u8],
+    with_values: bool,
+    max_answer_bytes: u64,
+) -> Result<PrefixCost> {
+    let spec = ScanSpec::prefix(prefix, 0, !with_values);
+    let end = if spec.end.is_empty() {
+        vec![DATA + 1]
+    } else {
+        data_key(&spec.end)
+    };
+    let mut cost = PrefixCost::default();
+    for item in db.scan(data_key(&spec.start)..end)? {
+        let (k, v) = item?;
+        let key_len = k.len() - 1;
+        cost.keys += 1;
+        cost.event_bytes += pair_cost(key_len, 0);
+        if with_values {
+            cost.answer_bytes += pair_cost(key_len, v.len().saturating_sub(KV_HEADER));
+        }
+        if cost.event_bytes > MAX_EVENT_BYTES || cost.answer_bytes > max_answer_bytes {
+            break;
+        }
+    }
+    Ok(cost)
 }
 
 /// The oldest revision the watch history still holds.

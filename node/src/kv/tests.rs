@@ -291,6 +291,167 @@ fn a_newer_format_is_refused() {
     );
 }
 
+/// A command past what one entry may cost is refused when applied (the
+/// same on every replica: nothing depends on the node), writes nothing,
+/// still moves the applied position and keeps its request id, so a retry
+/// gets the same refusal. Checked for a prefix delete's answer
+/// (`prev_kv` over values larger together than the answer's bound) and
+/// its watch events (more keys than one entry may record).
+#[test]
+fn commands_past_an_entrys_bounds_are_refused_and_write_nothing() {
+    let db = memory_db();
+    let mut applier = load(&db, Retention::default());
+    let mut index = 0;
+    let mut apply = |applier: &mut Applier, op: Op, request_id: Option<RequestId>| {
+        index += 1;
+        let cmd = Command { request_id, op };
+        (
+            index,
+            applier.apply(&db, index, &cmd, state(index)).unwrap(),
+        )
+    };
+    // 30 values of 1 MiB: 30 MiB of answer with prev_kv.
+    for i in 0..30u8 {
+        let put = PutOp {
+            key: vec![b'a', i],
+            value: vec![i; 1 << 20],
+            prev_kv: false,
+        };
+        apply(&mut applier, Op::Put(put), None);
+    }
+    let big_answer = DeleteOp {
+        key: vec![b'a'],
+        prefix: true,
+        prev_kv: true,
+    };
+    let rid = RequestId {
+        client_id: 5,
+        seq: 1,
+    };
+    let refused = |r: &OpResult, bound: &str| match r {
+        OpResult::Refused { limit, .. } => limit.starts_with(bound),
+        _ => false,
+    };
+    let (at, first) = apply(&mut applier, Op::Delete(big_answer.clone()), Some(rid));
+    assert!(
+        refused(&first.response.result, "entry-answer-bytes"),
+        "{:?}",
+        first.response.result
+    );
+    assert!(first.events.is_empty());
+    assert_eq!(db.user_metadata(), Some(state(at)), "the position moved");
+    let (_, again) = apply(&mut applier, Op::Delete(big_answer), Some(rid));
+    assert_eq!(
+        again.response, first.response,
+        "a retry gets the same refusal"
+    );
+    let left = read::scan(&db, &ScanSpec::prefix(b"a", 0, true), u64::MAX).unwrap();
+    assert_eq!(left.kvs.len(), 30, "nothing was deleted");
+    // Without prev_kv the same delete goes through.
+    let (_, done) = apply(
+        &mut applier,
+        Op::Delete(DeleteOp {
+            key: vec![b'a'],
+            prefix: true,
+            prev_kv: false,
+        }),
+        None,
+    );
+    assert_eq!(
+        done.response.result,
+        OpResult::Delete {
+            deleted: 30,
+            prev: Vec::new()
+        }
+    );
+
+    // Keys of 4,000 bytes: about 6,200 delete events fill the events'
+    // bound; 7,000 keys are past it.
+    for i in 0..7_000u32 {
+        let mut key = vec![b'b'; 4_000];
+        key.extend_from_slice(&i.to_be_bytes());
+        let put = PutOp {
+            key,
+            value: Vec::new(),
+            prev_kv: false,
+        };
+        apply(&mut applier, Op::Put(put), None);
+    }
+    let (_, many) = apply(
+        &mut applier,
+        Op::Delete(DeleteOp {
+            key: vec![b'b'],
+            prefix: true,
+            prev_kv: false,
+        }),
+        None,
+    );
+    assert!(
+        refused(&many.response.result, "entry-event-bytes"),
+        "{:?}",
+        many.response.result
+    );
+    let left = read::scan(&db, &ScanSpec::prefix(b"b", 0, true), u64::MAX).unwrap();
+    assert_eq!(
+        left.kvs.len(),
+        7_000.min(MAX_PAGE as usize),
+        "nothing was deleted"
+    );
+}
+
+/// A request id's record keeps an answer of up to 2 MiB of pairs for a
+/// retry; a larger one is kept as a note that the request was applied,
+/// at which revision, with how large an answer.
+#[test]
+fn a_large_answer_is_not_kept_for_retries() {
+    let db = memory_db();
+    let mut applier = load(&db, Retention::default());
+    for i in 0..3u8 {
+        let put = PutOp {
+            key: vec![b'c', i],
+            value: vec![i; 1 << 20],
+            prev_kv: false,
+        };
+        let cmd = Command {
+            request_id: None,
+            op: Op::Put(put),
+        };
+        let index = u64::from(i) + 1;
+        applier.apply(&db, index, &cmd, state(index)).unwrap();
+    }
+    let read_all = Command {
+        request_id: Some(RequestId {
+            client_id: 9,
+            seq: 1,
+        }),
+        op: Op::Txn(Txn {
+            compares: Vec::new(),
+            success: vec![TxnOp::Scan(ScanSpec::prefix(b"c", 0, false))],
+            failure: Vec::new(),
+        }),
+    };
+    let first = applier.apply(&db, 4, &read_all, state(4)).unwrap();
+    match &first.response.result {
+        OpResult::Txn { results, .. } => match &results[0] {
+            // A scan in a transaction stops past 2 MiB of pairs.
+            OpResult::Scan(page) => assert!(
+                page.kvs.len() == 2 && page.more,
+                "{} pairs, more: {}",
+                page.kvs.len(),
+                page.more
+            ),
+            other => panic!("{other:?}"),
+        },
+        other => panic!("{other:?}"),
+    }
+    let retry = applier.apply(&db, 5, &read_all, state(5)).unwrap();
+    assert_eq!(retry.response.revision, 4);
+    match retry.response.result {
+        OpResult::AnswerNotKept { bytes } => assert!(bytes > 2 << 20, "{bytes}"),
+        _ => panic!("the retry got another answer than the note"),
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 

@@ -113,6 +113,14 @@ struct SessionCall<'s, S> {
     input_done: bool,
     /// Requests sent and not yet answered.
     outstanding: usize,
+    /// The payload bytes of each request sent and not yet answered,
+    /// oldest first.
+    sent_bytes: std::collections::VecDeque<usize>,
+    /// When the oldest unanswered request must have its answer (a
+    /// follower that stalls is noticed, and the stream dropped).
+    answer_by: Option<tokio::time::Instant>,
+    /// openraft's deadline for one request.
+    ttl: Duration,
     target: NodeId,
     backoff: Arc<parking_lot::Mutex<Backoff>>,
 }
@@ -132,12 +140,20 @@ where
                 *self.slot = self.session.take();
                 return None;
             }
+            let answer_by = self.answer_by;
             tokio::select! {
                 biased;
                 reply = session.replies.next() => {
                     let r = match reply {
                         Some(Ok(m)) if self.outstanding > 0 => {
                             self.outstanding -= 1;
+                            self.sent_bytes.pop_front();
+                            // The follower answers in order: the next
+                            // answer is due from now.
+                            self.answer_by = self
+                                .sent_bytes
+                                .front()
+                                .map(|&b| tokio::time::Instant::now() + answer_within(self.ttl, b));
                             decode_reply::<StreamAppendResult<TypeConfig>>(target, m)
                         }
                         Some(Ok(_)) => Err(RPCError::Network(NetworkError::from_string(format!(
@@ -171,6 +187,7 @@ where
                                 )))));
                             }
                         };
+                        let bytes = payload.len();
                         let msg = pb::RaftMessage {
                             payload: payload.into(),
                             error: String::new(),
@@ -182,11 +199,48 @@ where
                             )))));
                         }
                         self.outstanding += 1;
+                        self.sent_bytes.push_back(bytes);
+                        if self.answer_by.is_none() {
+                            self.answer_by =
+                                Some(tokio::time::Instant::now() + answer_within(self.ttl, bytes));
+                        }
                     }
                     None => self.input_done = true,
                 },
+                () = sleep_until_or_never(answer_by) => {
+                    self.session = None;
+                    let r: Result<StreamAppendResult<TypeConfig>, _> =
+                        Err(RPCError::Unreachable(unreachable(format!(
+                            "peer {target}: no answer to an append of {} bytes in time",
+                            self.sent_bytes.front().copied().unwrap_or(0)
+                        ))));
+                    record(&self.backoff, &r);
+                    return Some(r);
+                }
             }
         }
+    }
+}
+
+/// The least time a follower has to answer an append: openraft's TTL
+/// is a heartbeat's, far less than a busy follower's fsync of a batch.
+const APPEND_ANSWER_MIN: Duration = Duration::from_secs(2);
+/// The slowest rate at which a follower is expected to take an append's
+/// bytes (receive, decode, write, fsync).
+const APPEND_BYTES_PER_SEC: u64 = 8 << 20;
+
+/// How long a follower has to answer an append of `bytes`: openraft's
+/// TTL, at least [`APPEND_ANSWER_MIN`], plus time for its bytes. Past it
+/// the follower is taken as stalled and the stream is dropped.
+fn answer_within(ttl: Duration, bytes: usize) -> Duration {
+    ttl.max(APPEND_ANSWER_MIN) + Duration::from_millis(bytes as u64 * 1000 / APPEND_BYTES_PER_SEC)
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until_or_never(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => futures::future::pending().await,
     }
 }
 
@@ -320,7 +374,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     fn stream_append<'s, S>(
         &'s mut self,
         input: S,
-        _option: RPCOption,
+        option: RPCOption,
     ) -> BoxFuture<
         's,
         Result<
@@ -362,6 +416,9 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                 input: input.fuse(),
                 input_done: false,
                 outstanding: 0,
+                sent_bytes: std::collections::VecDeque::new(),
+                answer_by: None,
+                ttl: option.hard_ttl(),
                 target,
                 backoff,
             };

@@ -21,6 +21,22 @@ pub struct Limits {
     pub max_txn_ops: usize,
     /// Largest encoded request.
     pub max_request_bytes: usize,
+    /// Most bytes of pairs one answer carries: a scan's page ends there
+    /// (the rest follows with its continuation), and a prefix delete
+    /// whose `prev_kv` answer would be larger is refused.
+    pub max_response_bytes: usize,
+    /// Unary calls in flight on the client port; past it,
+    /// RESOURCE_EXHAUSTED at once.
+    pub max_inflight: usize,
+    /// HTTP/2 streams (calls, watches, batch streams) one client
+    /// connection may have open at once.
+    pub max_streams_per_connection: u32,
+    /// Watches open on the node.
+    pub max_watches: usize,
+    /// Watches open on one client connection.
+    pub max_watches_per_connection: usize,
+    /// The deadline of a unary call that names none, in milliseconds.
+    pub request_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -30,7 +46,95 @@ impl Default for Limits {
             max_value_bytes: 1 << 20,
             max_txn_ops: 128,
             max_request_bytes: (1 << 20) + (64 << 10),
+            max_response_bytes: 2 << 20,
+            max_inflight: 8192,
+            max_streams_per_connection: 1024,
+            max_watches: 65536,
+            max_watches_per_connection: 4096,
+            request_timeout_ms: 30_000,
         }
+    }
+}
+
+/// Upper bounds of the limits: what one entry of the Raft log may carry
+/// and what one apply may cost (`kv::limits`) stay far below what the
+/// engine stores in one value and the peers send in one message.
+pub const MAX_REQUEST_BYTES_BOUND: usize = 16 << 20;
+/// See [`MAX_REQUEST_BYTES_BOUND`].
+pub const MAX_TXN_OPS_BOUND: usize = 10_000;
+
+impl Limits {
+    /// Checks every limit against its bounds and the others; the error
+    /// names the option.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let bad = |option: &'static str, reason: String| Err(ConfigError::Bad { option, reason });
+        let key_max = crate::kv::limits::MAX_KEY_BYTES;
+        if self.max_key_bytes == 0 || self.max_key_bytes > key_max {
+            return bad(
+                "max-key-bytes",
+                format!(
+                    "must be between 1 and {key_max} (the engine's 64 KiB less the state \
+                     machine's one-byte prefix), not {}",
+                    self.max_key_bytes
+                ),
+            );
+        }
+        let request_max = MAX_REQUEST_BYTES_BOUND;
+        if self.max_request_bytes < 1024 || self.max_request_bytes > request_max {
+            return bad(
+                "max-request-bytes",
+                format!(
+                    "must be between 1024 and {request_max}, not {}",
+                    self.max_request_bytes
+                ),
+            );
+        }
+        if self.max_value_bytes > self.max_request_bytes {
+            return bad(
+                "max-value-bytes",
+                format!(
+                    "must not exceed max-request-bytes ({}), not {}",
+                    self.max_request_bytes, self.max_value_bytes
+                ),
+            );
+        }
+        if self.max_txn_ops == 0 || self.max_txn_ops > MAX_TXN_OPS_BOUND {
+            return bad(
+                "max-txn-ops",
+                format!(
+                    "must be between 1 and {MAX_TXN_OPS_BOUND}, not {}",
+                    self.max_txn_ops
+                ),
+            );
+        }
+        for (option, value) in [
+            ("max-inflight", self.max_inflight),
+            (
+                "max-streams-per-connection",
+                self.max_streams_per_connection as usize,
+            ),
+            ("max-watches", self.max_watches),
+            (
+                "max-watches-per-connection",
+                self.max_watches_per_connection,
+            ),
+            ("request-timeout-ms", self.request_timeout_ms as usize),
+        ] {
+            if value == 0 {
+                return bad(option, "must be at least 1".into());
+            }
+        }
+        let answer_max = crate::kv::limits::MAX_ANSWER_BYTES as usize;
+        if self.max_response_bytes < 64 << 10 || self.max_response_bytes > answer_max {
+            return bad(
+                "max-response-bytes",
+                format!(
+                    "must be between 65536 and {answer_max} (what one entry may answer), not {}",
+                    self.max_response_bytes
+                ),
+            );
+        }
+        Ok(())
     }
 }
 
@@ -84,6 +188,26 @@ pub struct NodeArgs {
     /// Largest request in bytes.
     #[arg(long, env = "CAIRN_MAX_REQUEST_BYTES")]
     pub max_request_bytes: Option<usize>,
+    /// Most bytes of pairs in one answer (a scan's page, a prefix delete's
+    /// prev_kv).
+    #[arg(long, env = "CAIRN_MAX_RESPONSE_BYTES")]
+    pub max_response_bytes: Option<usize>,
+    /// Unary calls in flight on the client port (past it,
+    /// RESOURCE_EXHAUSTED).
+    #[arg(long, env = "CAIRN_MAX_INFLIGHT")]
+    pub max_inflight: Option<usize>,
+    /// HTTP/2 streams one client connection may have open at once.
+    #[arg(long, env = "CAIRN_MAX_STREAMS_PER_CONNECTION")]
+    pub max_streams_per_connection: Option<u32>,
+    /// Watches open on the node.
+    #[arg(long, env = "CAIRN_MAX_WATCHES")]
+    pub max_watches: Option<usize>,
+    /// Watches open on one client connection.
+    #[arg(long, env = "CAIRN_MAX_WATCHES_PER_CONNECTION")]
+    pub max_watches_per_connection: Option<usize>,
+    /// Deadline of a unary call that names none, in milliseconds.
+    #[arg(long, env = "CAIRN_REQUEST_TIMEOUT_MS")]
+    pub request_timeout_ms: Option<u64>,
     /// Raft heartbeat interval in milliseconds.
     #[arg(long, env = "CAIRN_HEARTBEAT_MS")]
     pub heartbeat_ms: Option<u64>,
@@ -231,6 +355,12 @@ impl NodeArgs {
             max_value_bytes,
             max_txn_ops,
             max_request_bytes,
+            max_response_bytes,
+            max_inflight,
+            max_streams_per_connection,
+            max_watches,
+            max_watches_per_connection,
+            request_timeout_ms,
             heartbeat_ms,
             election_timeout_ms,
             snapshot_entries,
@@ -294,13 +424,22 @@ impl NodeArgs {
             max_value_bytes: args.max_value_bytes.unwrap_or(defaults.max_value_bytes),
             max_txn_ops: args.max_txn_ops.unwrap_or(defaults.max_txn_ops),
             max_request_bytes: args.max_request_bytes.unwrap_or(defaults.max_request_bytes),
+            max_response_bytes: args
+                .max_response_bytes
+                .unwrap_or(defaults.max_response_bytes),
+            max_inflight: args.max_inflight.unwrap_or(defaults.max_inflight),
+            max_streams_per_connection: args
+                .max_streams_per_connection
+                .unwrap_or(defaults.max_streams_per_connection),
+            max_watches: args.max_watches.unwrap_or(defaults.max_watches),
+            max_watches_per_connection: args
+                .max_watches_per_connection
+                .unwrap_or(defaults.max_watches_per_connection),
+            request_timeout_ms: args
+                .request_timeout_ms
+                .unwrap_or(defaults.request_timeout_ms),
         };
-        if limits.max_key_bytes == 0 || limits.max_key_bytes > 64 << 10 {
-            return Err(ConfigError::Bad {
-                option: "max-key-bytes",
-                reason: "must be between 1 and 65536".into(),
-            });
-        }
+        limits.check()?;
         let heartbeat_ms = args.heartbeat_ms.unwrap_or(100);
         let election_timeout_ms = args.election_timeout_ms.unwrap_or(1000);
         if election_timeout_ms <= heartbeat_ms * 2 {

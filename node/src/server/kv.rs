@@ -99,7 +99,17 @@ impl KvService {
         match r {
             Ok(resp) => {
                 metrics::counter!("cairn_proposals_committed_total").increment(1);
-                Ok(resp.data)
+                match resp.data.result {
+                    // Applied as a refusal, on every replica alike.
+                    OpResult::Refused { limit, detail } => Err(invalid(&limit, detail)),
+                    OpResult::AnswerNotKept { bytes } => Err(Status::failed_precondition(format!(
+                        "this request was already applied at revision {}; its answer ({bytes} \
+                         bytes of pairs) is larger than what is kept for a retry ({} bytes)",
+                        resp.data.revision,
+                        store::limits::MAX_KEPT_ANSWER_BYTES
+                    ))),
+                    _ => Ok(resp.data),
+                }
             }
             Err(e) => {
                 metrics::counter!("cairn_proposals_failed_total").increment(1);
@@ -119,6 +129,39 @@ impl KvService {
             return Ok(());
         }
         ReadRounds::barrier(&self.core).await
+    }
+
+    /// Refuses a prefix delete whose cost, by this node's state, is past
+    /// a bound: its answer (with `prev_kv`) past `max-response-bytes`, or
+    /// its watch events past what one entry may record. Counting stops
+    /// at the bound, so the check costs at most what it allows. (The
+    /// state machine refuses it again if it grew past the entry's bounds
+    /// by the time it is applied.)
+    fn check_prefix_delete(&self, op: &DeleteOp) -> Result<(), Status> {
+        let max_answer = self.core.config.limits.max_response_bytes as u64;
+        let cost = store::read::prefix_cost(&self.core.sm.db(), &op.key, op.prev_kv, max_answer)
+            .map_err(store_error)?;
+        if op.prev_kv && cost.answer_bytes > max_answer {
+            return Err(invalid(
+                &format!("max-response-bytes = {max_answer}"),
+                format!(
+                    "the deleted pairs would take more than {max_answer} bytes in the answer \
+                     (delete without prev_kv, or a narrower prefix)"
+                ),
+            ));
+        }
+        let max_events = store::limits::MAX_EVENT_BYTES;
+        if cost.event_bytes > max_events {
+            return Err(invalid(
+                &format!("entry-event-bytes = {max_events}"),
+                format!(
+                    "the delete touches more keys than one entry may record ({} keys \
+                     counted before the bound; delete a narrower prefix first)",
+                    cost.keys
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn scan_spec(&self, r: &pb::ScanRequest) -> Result<ScanSpec, Status> {
@@ -198,7 +241,12 @@ fn result_to_pb(core: &NodeCore, r: OpResult, revision: u64) -> pb::ResponseOp {
             kv: kv.map(kv_to_pb),
         }),
         OpResult::Scan(s) => R::Scan(scan_to_pb(core, s, revision)),
-        OpResult::None | OpResult::Txn { .. } => {
+        // A refusal never reaches here (propose turns it into an error);
+        // a transaction does not nest.
+        OpResult::None
+        | OpResult::Txn { .. }
+        | OpResult::Refused { .. }
+        | OpResult::AnswerNotKept { .. } => {
             return pb::ResponseOp { response: None };
         }
     };
@@ -247,8 +295,12 @@ impl pb::kv_server::Kv for KvService {
             let r = req.into_inner();
             self.check_key(&r.key, "key")?;
             self.read_barrier(r.consistency).await?;
-            let revision = self.core.sm.applied();
+            let applied = self.core.sm.applied();
             let kv = store::get(&self.core.sm.db(), &r.key).map_err(store_error)?;
+            // The data may be newer than `applied` was (an entry applied
+            // in between): the header never names a revision older than
+            // the pair it carries.
+            let revision = applied.max(kv.as_ref().map_or(0, |kv| kv.mod_revision));
             Ok(Response::new(pb::GetResponse {
                 header: Some(self.core.header(revision)),
                 kv: kv.map(kv_to_pb),
@@ -266,10 +318,14 @@ impl pb::kv_server::Kv for KvService {
         let started = Instant::now();
         let r = async {
             let r = req.into_inner();
+            let op = self.delete_op(&r)?;
+            if op.prefix {
+                self.check_prefix_delete(&op)?;
+            }
             let resp = self
                 .propose(Command {
                     request_id: request_id(r.request_id.as_ref()),
-                    op: Op::Delete(self.delete_op(&r)?),
+                    op: Op::Delete(op),
                 })
                 .await?;
             match resp.result {
@@ -295,8 +351,14 @@ impl pb::kv_server::Kv for KvService {
             let r = req.into_inner();
             let spec = self.scan_spec(&r)?;
             self.read_barrier(r.consistency).await?;
-            let revision = self.core.sm.applied();
-            let res = store::scan(&self.core.sm.db(), &spec).map_err(store_error)?;
+            let applied = self.core.sm.applied();
+            let max_bytes = self.core.config.limits.max_response_bytes as u64;
+            let res = store::scan(&self.core.sm.db(), &spec, max_bytes).map_err(store_error)?;
+            let revision = res
+                .kvs
+                .iter()
+                .map(|kv| kv.mod_revision)
+                .fold(applied, u64::max);
             Ok(Response::new(scan_to_pb(&self.core, res, revision)))
         }
         .await;
@@ -402,8 +464,10 @@ impl pb::kv_server::Kv for KvService {
         req: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         self.core.check_accepting()?;
+        let conn = req.remote_addr();
         let r = req.into_inner();
         self.check_range_key(&r.key, "key")?;
+        let slot = self.core.watches.take(conn)?;
         if !r.prefix && r.key.is_empty() {
             return Err(Status::invalid_argument(
                 "key must not be empty (use prefix=true with an empty key to watch everything)",
@@ -457,6 +521,7 @@ impl pb::kv_server::Kv for KvService {
         metrics::gauge!("cairn_watchers").increment(1.0);
         let stream = WatchGuard {
             inner: tokio_stream::wrappers::ReceiverStream::new(rx),
+            _slot: slot,
         };
         Ok(Response::new(Box::pin(stream)))
     }
@@ -465,6 +530,8 @@ impl pb::kv_server::Kv for KvService {
 /// Counts live watch streams.
 struct WatchGuard<S> {
     inner: S,
+    /// The watch's place among the node's bounded watches.
+    _slot: super::watch_slots::WatchSlot,
 }
 
 impl<S: Stream + Unpin> Stream for WatchGuard<S> {

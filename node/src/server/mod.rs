@@ -18,6 +18,7 @@ pub mod http;
 pub mod kv;
 pub mod peer;
 pub mod reads;
+pub mod watch_slots;
 
 use openraft_rt::WatchReceiver;
 use std::collections::BTreeMap;
@@ -94,6 +95,8 @@ pub struct NodeCore {
     pub draining: AtomicBool,
     /// Linearizable reads waiting for a ReadIndex round.
     pub reads: reads::ReadRounds,
+    /// Open watches, bounded.
+    pub watches: Arc<watch_slots::WatchSlots>,
     /// Milliseconds after `epoch` (plus one; 0: never) at which a leader's
     /// append was last accepted here.
     leader_contact: std::sync::atomic::AtomicU64,
@@ -265,7 +268,7 @@ fn raft_config(c: &NodeConfig) -> Result<Arc<Config>, StartError> {
         election_timeout_max: c.election_timeout_ms * 2,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(c.snapshot_entries),
         max_in_snapshot_log_to_keep: 1000,
-        max_payload_entries: 512,
+        max_payload_entries: max_payload_entries(c.limits.max_request_bytes),
         install_snapshot_timeout: 60_000,
         enable_pre_vote: Some(true),
         // A restarted leader must win a new election: resuming its old term
@@ -279,6 +282,16 @@ fn raft_config(c: &NodeConfig) -> Result<Arc<Config>, StartError> {
         .validate()
         .map(Arc::new)
         .map_err(|e| StartError::Raft(e.to_string()))
+}
+
+/// Entries in one replication message: openraft counts entries, the peer
+/// port bounds bytes (`peer::MAX_PEER_MESSAGE`), so the count is capped
+/// by what the largest entries (requests of `max_request_bytes`) would
+/// take, with half the message to spare; at most 512. A follower far
+/// behind on large values then catches up in messages the peer accepts.
+fn max_payload_entries(max_request_bytes: usize) -> u64 {
+    let per_entry = max_request_bytes + (4 << 10);
+    ((peer::MAX_PEER_MESSAGE / 2) / per_entry).clamp(1, 512) as u64
 }
 
 async fn bind(
@@ -360,6 +373,10 @@ impl RunningNode {
             ))
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
+        let watches = watch_slots::WatchSlots::new(
+            config.limits.max_watches,
+            config.limits.max_watches_per_connection,
+        );
         let core = Arc::new(NodeCore {
             config,
             raft,
@@ -370,6 +387,7 @@ impl RunningNode {
             net,
             draining: AtomicBool::new(false),
             reads: reads::ReadRounds::default(),
+            watches,
             leader_contact: std::sync::atomic::AtomicU64::new(0),
             epoch: tokio::time::Instant::now(),
         });
@@ -633,11 +651,30 @@ async fn serve_client(core: Arc<NodeCore>, incoming: Incoming, mut stop: watch::
     if let Some(r) = reflection {
         routes = routes.add_service(r);
     }
-    cairn_rpc::serve::serve(routes, incoming, CLIENT_KEEPALIVE, async move {
+    let limits = &core.config.limits;
+    let options = cairn_rpc::serve::Options {
+        keep_alive: CLIENT_KEEPALIVE,
+        max_concurrent_streams: limits.max_streams_per_connection,
+        default_timeout: Some(Duration::from_millis(limits.request_timeout_ms)),
+        max_inflight: Some(limits.max_inflight),
+        streaming: CLIENT_STREAMING,
+    };
+    cairn_rpc::serve::serve(routes, incoming, options, async move {
         let _ = stop.wait_for(|s| *s).await;
     })
     .await;
 }
+
+/// The client port's streaming methods: long-lived, so without a default
+/// deadline and not counted in flight (watches have bounds of their own;
+/// a Batch stream bounds the calls it runs).
+const CLIENT_STREAMING: &[&str] = &[
+    "/cairn.kv.v1.KV/Watch",
+    "/cairn.kv.v1.KV/Batch",
+    "/grpc.health.v1.Health/Watch",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+];
 
 /// HTTP/2 keep-alive on the client port (and the gateway's).
 pub const CLIENT_KEEPALIVE: cairn_rpc::serve::KeepAlive = cairn_rpc::serve::KeepAlive {

@@ -22,7 +22,7 @@ use crate::raft::TypeConfig;
 use cairn_io::codec;
 
 /// Largest peer message (a batch of appended entries).
-const MAX_PEER_MESSAGE: usize = 256 << 20;
+pub(crate) const MAX_PEER_MESSAGE: usize = 256 << 20;
 
 /// Serves the peer port until `stop`.
 pub async fn serve(
@@ -40,7 +40,7 @@ pub async fn serve(
     cairn_rpc::serve::serve(
         tonic::service::Routes::new(svc),
         incoming,
-        keep_alive,
+        cairn_rpc::serve::Options::keep_alive(keep_alive),
         async move {
             let _ = stop.wait_for(|s| *s).await;
         },

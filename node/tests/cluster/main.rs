@@ -5,12 +5,15 @@
 
 mod bad_input;
 mod batch;
+mod bounded_apply;
+mod catch_up;
 mod cluster_basics;
 mod cluster_restart;
 mod disk_failure;
 mod gateway;
 mod leader_crash;
 mod learner_snapshot;
+mod node_limits;
 mod raft_storage;
 mod read_rounds;
 mod request_id;

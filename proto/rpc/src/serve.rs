@@ -98,6 +98,71 @@ pub struct KeepAlive {
     pub timeout: Duration,
 }
 
+/// How a gRPC server bounds what its callers can hold.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// HTTP/2 keep-alive.
+    pub keep_alive: KeepAlive,
+    /// HTTP/2 streams (calls) one connection may have open at once
+    /// (`SETTINGS_MAX_CONCURRENT_STREAMS`).
+    pub max_concurrent_streams: u32,
+    /// The deadline of a unary call that names none; streaming calls
+    /// (see `streaming`) get none.
+    pub default_timeout: Option<Duration>,
+    /// Unary calls in flight across every connection; past it a call is
+    /// answered RESOURCE_EXHAUSTED at once, naming the bound.
+    pub max_inflight: Option<usize>,
+    /// The paths of streaming methods (`/package.Service/Method`): long
+    /// lived by design, so no default deadline and not counted in flight.
+    pub streaming: &'static [&'static str],
+}
+
+impl Options {
+    /// Keep-alive only: no other bound (tests, internal ports).
+    pub fn keep_alive(keep_alive: KeepAlive) -> Self {
+        Options {
+            keep_alive,
+            max_concurrent_streams: u32::MAX,
+            default_timeout: None,
+            max_inflight: None,
+            streaming: &[],
+        }
+    }
+}
+
+/// Unary calls in flight, shared by a server's connections.
+#[derive(Debug, Default)]
+struct InFlight(std::sync::atomic::AtomicUsize);
+
+/// A unary call counted in flight until dropped.
+struct Admitted(std::sync::Arc<InFlight>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0 .0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+impl InFlight {
+    /// Counts a call in, unless `max` are in flight already.
+    fn admit(self: &std::sync::Arc<Self>, max: usize) -> Option<Admitted> {
+        use std::sync::atomic::Ordering;
+        let mut n = self.0.load(Ordering::Acquire);
+        loop {
+            if n >= max {
+                return None;
+            }
+            match self
+                .0
+                .compare_exchange_weak(n, n + 1, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return Some(Admitted(self.clone())),
+                Err(now) => n = now,
+            }
+        }
+    }
+}
+
 /// Serves the gRPC `routes` on every connection from `incoming` until
 /// `shutdown` resolves; then stops accepting, lets every connection finish
 /// its in-flight requests (an HTTP/2 graceful shutdown: GOAWAY, then close)
@@ -114,10 +179,12 @@ pub struct KeepAlive {
 pub async fn serve(
     routes: tonic::service::Routes,
     mut incoming: Incoming,
-    keep_alive: KeepAlive,
+    options: Options,
     shutdown: impl Future<Output = ()>,
 ) {
     use futures::StreamExt;
+    let options = std::sync::Arc::new(options);
+    let inflight = std::sync::Arc::new(InFlight::default());
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -136,7 +203,8 @@ pub async fn serve(
         tokio::spawn(serve_connection(
             conn,
             routes.clone(),
-            keep_alive,
+            options.clone(),
+            inflight.clone(),
             stopping.clone(),
         ));
     }
@@ -149,9 +217,12 @@ pub async fn serve(
 async fn serve_connection(
     conn: Conn,
     routes: tonic::service::Routes,
-    keep_alive: KeepAlive,
+    options: std::sync::Arc<Options>,
+    inflight: std::sync::Arc<InFlight>,
     mut stopping: tokio::sync::watch::Receiver<bool>,
 ) {
+    let keep_alive = options.keep_alive;
+    let max_concurrent_streams = options.max_concurrent_streams;
     use tonic::codegen::http;
     use tower::ServiceExt;
     let info = conn.connect_info();
@@ -162,8 +233,25 @@ async fn serve_connection(
             .get("grpc-timeout")
             .and_then(|v| v.to_str().ok())
             .and_then(grpc_timeout);
+        let path = req.uri().path();
+        let streaming = options.streaming.contains(&path);
+        let deadline = deadline.or(options.default_timeout.filter(|_| !streaming));
+        let admitted = match options.max_inflight.filter(|_| !streaming) {
+            None => Ok(None),
+            Some(max) => inflight.admit(max).map(Some).ok_or(max),
+        };
         let routes = routes.clone();
         async move {
+            let _admitted = match admitted {
+                Ok(a) => a,
+                Err(max) => {
+                    tokio::spawn(discard(req.into_body(), DISCARD_BYTES));
+                    return Ok(tonic::Status::resource_exhausted(format!(
+                        "too many requests in flight on this node (limit max-inflight = {max})"
+                    ))
+                    .into_http::<tonic::body::Body>());
+                }
+            };
             let call = routes.oneshot(req);
             match deadline {
                 None => call.await,
@@ -181,6 +269,7 @@ async fn serve_connection(
         .timer(hyper_util::rt::TokioTimer::new())
         .keep_alive_interval(keep_alive.interval)
         .keep_alive_timeout(keep_alive.timeout)
+        .max_concurrent_streams(max_concurrent_streams)
         .auto_date_header(false);
     let mut connection = std::pin::pin!(builder.serve_connection(
         hyper_util::rt::TokioIo::new(conn),
@@ -203,6 +292,36 @@ async fn serve_connection(
             }
         }
     }
+}
+
+/// How much of a refused call's message [`discard`] reads.
+const DISCARD_BYTES: usize = 64 << 20;
+
+/// How long a refused call's message may take to arrive (see
+/// [`discard`]).
+const DISCARD_FOR: Duration = Duration::from_secs(1);
+
+/// Reads a refused call's message to its end, dropping each piece as it
+/// comes (so it costs no memory), at most `limit` bytes and one second.
+/// Dropped unread, the message's stream would be reset while its caller
+/// may still be sending, and a client can see that reset in place of the
+/// refusal already sent.
+pub async fn discard<B>(mut body: B, limit: usize)
+where
+    B: tonic::transport::Body<Data = bytes::Bytes> + Unpin,
+{
+    let mut read = 0usize;
+    let drain = async {
+        while let Some(Ok(frame)) =
+            futures::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+        {
+            read += frame.data_ref().map_or(0, bytes::Bytes::len);
+            if read > limit {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DISCARD_FOR, drain).await;
 }
 
 /// A `grpc-timeout` header's value (up to 8 digits and a unit: H, M, S,

@@ -1,0 +1,58 @@
+//! A follower far behind on large values catches up: replication
+//! messages are capped in entries by what the largest entries may take,
+//! so none passes the peer port's 256 MiB message bound (with 512 entries
+//! of 16 MB a message was refused by the follower on every retry).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use cairn_proto::kv as pb;
+use cairn_testing::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_behind_by_320_mb_of_values_catches_up() {
+    let mut c = TestCluster::start(
+        3,
+        &[
+            "--max-request-bytes",
+            "16777216",
+            "--max-value-bytes",
+            "16000000",
+        ],
+    )
+    .await;
+    let leader = c.wait_leader(Duration::from_secs(10)).await;
+    let follower = c.running().into_iter().find(|&id| id != leader).unwrap();
+    c.nodes.get_mut(&follower).unwrap().kill9();
+    let value = vec![b'v'; 16_000_000];
+    let mut revision = 0;
+    for i in 0..20 {
+        let req = pb::PutRequest {
+            key: format!("big/{i:02}").into_bytes().into(),
+            value: value.clone().into(),
+            ..Default::default()
+        };
+        revision = put_on_leader(&c.addr(leader), req, Duration::from_secs(30)).await;
+    }
+    c.restart(follower);
+    c.wait_applied(follower, revision, Duration::from_secs(60))
+        .await;
+    let mut k = kv(&c.addr(follower)).await;
+    let kv = get_kv_serializable(&mut k, "big/19").await;
+    assert_eq!(kv.map(|kv| kv.value.len()), Some(16_000_000));
+}
+
+async fn get_kv_serializable(
+    k: &mut pb::kv_client::KvClient<tonic::transport::Channel>,
+    key: &str,
+) -> Option<pb::KeyValue> {
+    let mut req = tonic::Request::new(get_req(key, true));
+    req.set_timeout(Duration::from_secs(10));
+    k.clone()
+        .max_decoding_message_size(32 << 20)
+        .get(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .kv
+}
