@@ -34,8 +34,6 @@ use super::{Member, NodeId, Snapshot, TypeConfig, Vote};
 
 /// HTTP/2 keep-alive interval on peer channels.
 const KEEPALIVE: Duration = Duration::from_secs(1);
-/// Deadline of a snapshot transfer.
-const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Connects a tonic channel to `addr` (host:port) over `net` with
 /// keep-alive and a connect timeout. The connection is made on first use.
@@ -477,21 +475,22 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        let dir = snapshot.snapshot.dir.clone();
-        let files = snapshot::list_files(&*self.fs, &dir)
+        let files = snapshot::open_files(&*self.fs, &snapshot.snapshot.dir)
             .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+        let sizes: Vec<(String, u64)> = files.iter().map(|f| (f.name.clone(), f.size())).collect();
+        let bytes = sizes.iter().map(|(_, s)| s).sum();
         let header = codec::encode(&SnapshotHeader {
             vote,
             meta: snapshot.meta.clone(),
-            files: files.clone(),
+            files: sizes,
         })
         .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
-        let stream = snapshot::chunks(self.fs.clone(), dir, header, files);
+        let stream = snapshot::chunks(header, files);
         let mut client = self
             .client()
             .map_err(|e| StreamingError::Network(NetworkError::from_string(e)))?;
         let mut request = tonic::Request::new(stream);
-        request.set_timeout(SNAPSHOT_TIMEOUT);
+        request.set_timeout(snapshot::transfer_time_limit(bytes));
         let target = self.target;
         let send = async move {
             match client.install_snapshot(request).await {

@@ -3,7 +3,7 @@
 //! ```text
 //! <data>/snapshots/snap-<index>/      the newest snapshot: an LSM checkpoint + `meta`
 //! <data>/snapshots/tmp-<seq>/         a snapshot being built
-//! <data>/snapshots/incoming-<index>/  a snapshot being received from the leader
+//! <data>/snapshots/incoming-<index>-<n>/  a snapshot being received from the leader
 //! ```
 //!
 //! `<index>` is the last included log index, zero-padded to 20 digits so
@@ -21,7 +21,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use cairn_io::fs::{FileSystem, WritableFile};
+use cairn_io::fs::{FileSystem, RandomAccessFile, WritableFile};
 use cairn_io::small_file;
 use cairn_proto::raft as pb;
 use futures::{Stream, StreamExt};
@@ -115,26 +115,44 @@ pub(crate) fn replace_current(
     }
 }
 
-/// The files of the snapshot in `dir` with their sizes, sorted by name:
-/// what a [`SnapshotHeader`] announces.
-pub fn list_files(fs: &dyn FileSystem, dir: &Path) -> io::Result<Vec<(String, u64)>> {
-    let mut files = Vec::new();
-    for name in fs.list(dir)? {
-        let size = fs.file_size(&dir.join(&name))?;
-        files.push((name, size));
+/// The snapshot's files in `dir`, sorted by name, each opened once: the
+/// transfer reads through these handles, so a newer snapshot replacing
+/// this one (and removing its directory) while it is sent does not cut
+/// the transfer short.
+pub fn open_files(fs: &dyn FileSystem, dir: &Path) -> io::Result<Vec<SnapshotFile>> {
+    let mut names = fs.list(dir)?;
+    names.sort();
+    names
+        .into_iter()
+        .map(|name| {
+            let file = fs.open_read(&dir.join(&name))?;
+            Ok(SnapshotFile { name, file })
+        })
+        .collect()
+}
+
+/// One file of a snapshot being sent.
+#[derive(Clone)]
+pub struct SnapshotFile {
+    /// Its name in the snapshot directory.
+    pub name: String,
+    /// The open file.
+    pub file: Arc<dyn RandomAccessFile>,
+}
+
+impl SnapshotFile {
+    /// Its size in bytes.
+    pub fn size(&self) -> u64 {
+        self.file.len()
     }
-    files.sort();
-    Ok(files)
 }
 
 /// The InstallSnapshot stream of the snapshot in `dir`: the encoded
 /// `header` first, then each file in chunks of [`SNAPSHOT_CHUNK_BYTES`]
 /// with their CRC32C.
 pub fn chunks(
-    fs: Arc<dyn FileSystem>,
-    dir: PathBuf,
     header: Vec<u8>,
-    files: Vec<(String, u64)>,
+    files: Vec<SnapshotFile>,
 ) -> impl futures::Stream<Item = pb::SnapshotChunk> + Send + 'static {
     use pb::snapshot_chunk::Chunk;
     let first = futures::stream::once(async move {
@@ -144,45 +162,49 @@ pub fn chunks(
     });
     // One chunk in memory at a time: the stream reads a chunk only when
     // the transport asks for the next one.
-    let mut work: Vec<(String, u64)> = Vec::new();
-    for (name, size) in files {
+    let mut work: Vec<(SnapshotFile, u64)> = Vec::new();
+    for f in files {
+        let size = f.size();
         let mut off = 0;
         while off < size {
-            work.push((name.clone(), off));
+            work.push((f.clone(), off));
             off += SNAPSHOT_CHUNK_BYTES as u64;
         }
         if size == 0 {
-            work.push((name, 0));
+            work.push((f, 0));
         }
     }
-    let rest = futures::stream::iter(work).filter_map(move |(name, offset)| {
-        let fs = fs.clone();
-        let path = dir.join(&name);
-        async move {
-            let read = || -> io::Result<Vec<u8>> {
-                let f = fs.open_read(&path)?;
-                let len = (f.len() - offset).min(SNAPSHOT_CHUNK_BYTES as u64);
-                f.read_at(offset, usize::try_from(len).map_err(io::Error::other)?)
-            };
-            match read() {
-                Ok(data) => Some(pb::SnapshotChunk {
-                    chunk: Some(Chunk::File(pb::FileChunk {
-                        name,
-                        offset,
-                        crc: crc32c::crc32c(&data),
-                        data: data.into(),
-                    })),
-                }),
-                Err(e) => {
-                    // Ending the stream early makes the receiver refuse the
-                    // snapshot (sizes do not match); the leader retries.
-                    tracing::warn!(error = %e, file = %path.display(), "snapshot read failed");
-                    None
-                }
+    let rest = futures::stream::iter(work).filter_map(move |(f, offset)| async move {
+        let read = || -> io::Result<Vec<u8>> {
+            let len = (f.size() - offset).min(SNAPSHOT_CHUNK_BYTES as u64);
+            f.file
+                .read_at(offset, usize::try_from(len).map_err(io::Error::other)?)
+        };
+        match read() {
+            Ok(data) => Some(pb::SnapshotChunk {
+                chunk: Some(Chunk::File(pb::FileChunk {
+                    name: f.name,
+                    offset,
+                    crc: crc32c::crc32c(&data),
+                    data: data.into(),
+                })),
+            }),
+            Err(e) => {
+                // A chunk left out makes the receiver refuse the snapshot
+                // (its offsets and sizes do not match); the leader retries.
+                tracing::warn!(error = %e, file = %f.name, "snapshot read failed");
+                None
             }
         }
     });
     first.chain(rest)
+}
+
+/// How long a transfer of `bytes` may take: a minute, plus a second per
+/// 4 MiB (a follower's disk and a shared link are slower than the
+/// leader's reads).
+pub fn transfer_time_limit(bytes: u64) -> std::time::Duration {
+    std::time::Duration::from_secs(60 + bytes / (4 << 20))
 }
 
 /// Receives the files of a snapshot from `chunks` (what follows the
@@ -209,7 +231,11 @@ where
         }
     }
     let index = header.meta.last_log_id.as_ref().map_or(0, |l| l.index);
-    let dir = root.join(format!("{INCOMING}{index:020}"));
+    // A directory of its own per transfer: a leader's retry of the same
+    // snapshot can arrive while the first transfer still runs.
+    static TRANSFERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = TRANSFERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = root.join(format!("{INCOMING}{index:020}-{n}"));
     remove_dir(fs, &dir).map_err(internal)?;
     fs.create_dir_all(&dir).map_err(internal)?;
     if let Err(e) = receive_files(fs, &dir, &expected, chunks, progress).await {
@@ -287,4 +313,43 @@ where
 
 fn internal(e: io::Error) -> Status {
     Status::internal(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_io::StdFs;
+
+    /// A snapshot replaced (its directory removed) while it is being
+    /// sent still streams every byte: the files were opened once.
+    #[test]
+    fn a_transfer_outlives_the_removal_of_its_snapshot() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fs = StdFs;
+        let dir = tmp.path().join("snap-00000000000000000007");
+        fs.create_dir_all(&dir).unwrap();
+        let big: Vec<u8> = (0..(3 * SNAPSHOT_CHUNK_BYTES + 17))
+            .map(|i| (i % 251) as u8)
+            .collect();
+        for (name, data) in [("a.sst", &big[..]), ("meta", &b"m"[..])] {
+            let mut w = fs.create(&dir.join(name)).unwrap();
+            w.append(data).unwrap();
+            w.sync().unwrap();
+        }
+        let files = open_files(&fs, &dir).unwrap();
+        remove_dir(&fs, &dir).unwrap();
+        assert!(!fs.exists(&dir));
+        let chunks: Vec<pb::SnapshotChunk> =
+            futures::executor::block_on(chunks(b"header".to_vec(), files).collect());
+        let mut got: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        for c in chunks.into_iter().skip(1) {
+            let Some(pb::snapshot_chunk::Chunk::File(f)) = c.chunk else {
+                panic!("a file chunk expected");
+            };
+            assert_eq!(crc32c::crc32c(&f.data), f.crc);
+            got.entry(f.name).or_default().extend_from_slice(&f.data);
+        }
+        assert_eq!(got["a.sst"], big);
+        assert_eq!(got["meta"], b"m");
+    }
 }

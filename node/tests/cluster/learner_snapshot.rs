@@ -101,3 +101,66 @@ async fn with_cluster_leader(
         .unwrap()
         .into_inner()
 }
+
+/// A learner joins while writes go on: with a snapshot every 2,000
+/// entries, newer snapshots replace the one being sent to it; the
+/// transfer reads through the files it opened, so it still completes and
+/// the learner is promoted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learner_added_under_continuous_writes_is_promoted() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let flags = ["--snapshot-entries", "2000", "--memtable-mib", "2"];
+    let mut c = TestCluster::start(3, &flags).await;
+    let leader = c.wait_leader(Duration::from_secs(10)).await;
+    let addr = c.addr(leader);
+    let stop = Arc::new(AtomicBool::new(false));
+    let value = "v".repeat(4096);
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let (addr, stop, value) = (addr.clone(), stop.clone(), value.clone());
+        writers.push(tokio::spawn(async move {
+            let mut k = kv(&addr).await;
+            // Bounded: at most 40,000 puts in all, or until told to stop.
+            for i in 0..5_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let _ = k.put(put_req(&format!("w{w}/{i:05}"), &value)).await;
+            }
+        }));
+    }
+    // About 100 MB first, so a transfer outlasts the snapshots that
+    // replace it; snapshots and purges have started by then.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = status(&addr).await.unwrap();
+        if s.applied >= 24_000 && s.purged_index > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "writes too slow: {s:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    c.add_joining_node(4, leader, &flags);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let m = cluster(&addr)
+            .await
+            .members(MembersRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        if m.members.iter().any(|x| x.id == 4 && !x.is_learner) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 4 was not promoted under writes: {m:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+}
