@@ -62,6 +62,10 @@ pub struct Options {
     pub admin: bool,
     /// Whether the administrator transfers leadership.
     pub transfers: bool,
+    /// Whether a client writes large values under `b/` and sends prefix
+    /// deletes with prev_kv and transactions of many scans over them,
+    /// which the leader or every replica may refuse (past a bound).
+    pub bulk: bool,
 }
 
 impl Options {
@@ -79,6 +83,7 @@ impl Options {
             gateway: true,
             admin: true,
             transfers: true,
+            bulk: true,
         }
     }
 }
@@ -87,7 +92,7 @@ impl Options {
     /// The default run for `seed`, with parts switched off by environment
     /// variables (set to anything): SIM_NO_TRANSFERS, SIM_NO_ADMIN,
     /// SIM_NO_DISK_FAULTS, SIM_NO_GATEWAY, SIM_NO_CRASHES,
-    /// SIM_NO_PARTITIONS.
+    /// SIM_NO_PARTITIONS, SIM_NO_BULK.
     pub fn from_env(seed: u64) -> Options {
         let off = |name: &str| std::env::var_os(name).is_some();
         Options {
@@ -97,6 +102,7 @@ impl Options {
             gateway: !off("SIM_NO_GATEWAY"),
             crashes: !off("SIM_NO_CRASHES"),
             partitions: !off("SIM_NO_PARTITIONS"),
+            bulk: !off("SIM_NO_BULK"),
             ..Options::new(seed)
         }
     }
@@ -315,7 +321,7 @@ async fn watch_loop(
         let mut end = false;
         {
             let mut l = log.lock().map_err(|e| e.to_string())?;
-            for e in batch.events {
+            for e in batch.events.into_iter().filter(|e| checked_key(&e.kv.key)) {
                 end |= e.kv.key[..] == *END_KEY;
                 l.events.push(watches::Event {
                     revision: batch.revision,
@@ -337,6 +343,70 @@ async fn watch_loop(
 
 fn now_nanos() -> u64 {
     u64::try_from(turmoil::elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Keys the watch check covers: the registers and the end marker (the
+/// bulk client's `b/` keys are checked only by the replicas' final
+/// states being identical).
+fn checked_key(key: &[u8]) -> bool {
+    !key.starts_with(BULK_PREFIX)
+}
+
+/// The bulk client's key space.
+const BULK_PREFIX: &[u8] = b"b/";
+
+/// The bulk client: large values (up to the 1 MiB limit) under `b/`, and
+/// now and then a prefix delete of them with prev_kv (refused by the
+/// leader past 2 MiB of answer) or a transaction of twelve scans over
+/// them (refused by every replica alike when its answer passes 24 MiB).
+/// Each outcome must be a success, such a refusal, or unknown (a fault);
+/// their effect is checked by the replicas converging to identical data.
+async fn bulk_loop(opts: Options) -> Result<(), String> {
+    let cfg = ClientConfig {
+        net: Arc::new(SimNet),
+        seed: Some(opts.seed ^ 0xb01c),
+        client_id: Some(1 << 20),
+        timeout: Duration::from_secs(5),
+        attempt_timeout: Duration::from_secs(1),
+        ..ClientConfig::default()
+    };
+    let endpoints: Vec<String> = (1..=NODES).map(|i| format!("n{i}:7001")).collect();
+    let c = Client::new_lazy(&endpoints, cfg).map_err(|e| e.to_string())?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed ^ 0xb01c_0001);
+    for n in 0..opts.ops_per_client / 2 {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(100..600))).await;
+        let what = rng.random_range(0..10);
+        let result = match what {
+            0..=6 => {
+                let size = rng.random_range(1usize..=1 << 20);
+                let key = format!("b/{:02}", rng.random_range(0..8));
+                c.put(key, vec![b'0' + (n % 10) as u8; size])
+                    .await
+                    .map(|_| ())
+            }
+            7 | 8 => c.delete_full("b/", true, true).await.map(|_| ()),
+            _ => {
+                let scan = cairn_client::Scan::prefix("b/");
+                let scans: Vec<_> = (0..12).map(|_| cairn_client::TxnOp::scan(&scan)).collect();
+                c.txn().and_then(scans).commit().await.map(|_| ())
+            }
+        };
+        match result {
+            Ok(()) => {}
+            Err(Error::InvalidArgument(m)) if m.contains("limit") => {
+                tracing::info!(what, "bulk op refused: {m}");
+            }
+            // A retry of a request applied with an answer too large to
+            // keep for retries: it says so rather than applying again.
+            Err(Error::Server {
+                code: tonic::Code::FailedPrecondition,
+                message,
+            }) if message.contains("already applied") => {}
+            Err(e) if unknown(&e) => {}
+            Err(e) => return Err(format!("bulk op {what}: {e}")),
+        }
+    }
+    Ok(())
 }
 
 fn encode(v: Value) -> String {
@@ -794,6 +864,13 @@ fn build(opts: &Options) -> World<'static> {
             admin_loop(o, log).await.map_err(|e| e.into())
         });
     }
+    if opts.bulk {
+        let o = opts.clone();
+        sim.client(
+            "bulk",
+            async move { bulk_loop(o).await.map_err(|e| e.into()) },
+        );
+    }
     let history = Arc::new(Mutex::new(Vec::new()));
     for id in 1..=opts.clients {
         let (o, h) = (opts.clone(), history.clone());
@@ -955,13 +1032,14 @@ fn report(w: World<'_>, opts: &Options, converged: (u64, State)) -> Result<Repor
     let invariants = (inv.observations, leaders, applied);
     drop(inv);
     let (applied, state) = converged;
+    let checked_state: State = state.into_iter().filter(|(k, _)| checked_key(k)).collect();
     let mut watched = Vec::new();
     let mut streams: Vec<Vec<watches::Event>> = Vec::new();
     for (i, log) in w.watchers.iter().enumerate() {
         let log = log.lock().map_err(|e| e.to_string())?;
         let verdict = match &log.error {
             Some(e) => Err(e.clone()),
-            None => watches::check(&log.events, &history, &state, applied),
+            None => watches::check(&log.events, &history, &checked_state, applied),
         };
         if let Err(e) = verdict {
             return Err(format!(
