@@ -244,8 +244,8 @@ async fn sleep_until_or_never(at: Option<tokio::time::Instant>) {
 
 /// Paces attempts to a peer that cannot be reached: without it a caller
 /// that retries at once (a candidate, a replication stream) reconnects in
-/// a tight loop, burning CPU and ports (the simulation found one such
-/// loop: thousands of connects in no time to a partitioned peer).
+/// a tight loop, burning CPU and ports (thousands of connects in no time
+/// to a partitioned peer).
 #[derive(Debug, Default)]
 pub struct Backoff {
     failures: u32,

@@ -273,8 +273,8 @@ fn raft_config(c: &NodeConfig) -> Result<Arc<Config>, StartError> {
         enable_pre_vote: Some(true),
         // A restarted leader must win a new election: resuming its old term
         // could reuse (term, index) pairs for different entries when its
-        // unsynced tail was lost after followers had stored it (the
-        // simulation found this, seed 26).
+        // unsynced tail was lost after followers had stored it (simulation
+        // seed 26 runs into it).
         enable_leader_restore: Some(false),
         ..Default::default()
     };
