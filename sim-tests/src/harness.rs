@@ -29,84 +29,10 @@ use crate::checker::{check, Input, Operation, Output, Value, Verdict};
 use crate::invariants::Invariants;
 use crate::nemesis::{disk_of, next_fault, Fault, NORMAL_LATENCY};
 use crate::net::SimNet;
+use crate::options::GATEWAY;
 use crate::watches::{self, State, END_KEY};
 
-/// What a run does.
-#[derive(Debug, Clone)]
-pub struct Options {
-    /// Seeds everything: the simulator, the nodes, the clients, the nemesis.
-    pub seed: u64,
-    /// Client hosts.
-    pub clients: u64,
-    /// Operations per client.
-    pub ops_per_client: u64,
-    /// Keys the clients share (a small set makes conflicts likely).
-    pub keys: u64,
-    /// Whether the nemesis runs.
-    pub faults: bool,
-    /// Which faults: crashes (with the loss of unsynced data) and network
-    /// faults (isolation, minority/majority split, one-way cut, held
-    /// messages).
-    pub crashes: bool,
-    /// See `crashes`.
-    pub partitions: bool,
-    /// Disk faults: a node's fsyncs fail, or its disk fills up; the node
-    /// must stop (never go on acknowledging) and is restarted at the heal
-    /// from what it had synced.
-    pub disk_faults: bool,
-    /// Whether a gateway runs: even-numbered clients and a second watcher
-    /// go through it (and the nemesis may crash it).
-    pub gateway: bool,
-    /// Whether the administrator runs (leader transfers, snapshots,
-    /// membership changes with the two spare hosts).
-    pub admin: bool,
-    /// Whether the administrator transfers leadership.
-    pub transfers: bool,
-    /// Whether a client writes large values under `b/` and sends prefix
-    /// deletes with prev_kv and transactions of many scans over them,
-    /// which the leader or every replica may refuse (past a bound).
-    pub bulk: bool,
-}
-
-impl Options {
-    /// The default run for `seed`.
-    pub fn new(seed: u64) -> Options {
-        Options {
-            seed,
-            clients: 3,
-            ops_per_client: 40,
-            keys: 3,
-            faults: true,
-            crashes: true,
-            partitions: true,
-            disk_faults: true,
-            gateway: true,
-            admin: true,
-            transfers: true,
-            bulk: true,
-        }
-    }
-}
-
-impl Options {
-    /// The default run for `seed`, with parts switched off by environment
-    /// variables (set to anything): SIM_NO_TRANSFERS, SIM_NO_ADMIN,
-    /// SIM_NO_DISK_FAULTS, SIM_NO_GATEWAY, SIM_NO_CRASHES,
-    /// SIM_NO_PARTITIONS, SIM_NO_BULK.
-    pub fn from_env(seed: u64) -> Options {
-        let off = |name: &str| std::env::var_os(name).is_some();
-        Options {
-            transfers: !off("SIM_NO_TRANSFERS"),
-            admin: !off("SIM_NO_ADMIN"),
-            disk_faults: !off("SIM_NO_DISK_FAULTS"),
-            gateway: !off("SIM_NO_GATEWAY"),
-            crashes: !off("SIM_NO_CRASHES"),
-            partitions: !off("SIM_NO_PARTITIONS"),
-            bulk: !off("SIM_NO_BULK"),
-            ..Options::new(seed)
-        }
-    }
-}
+pub use crate::options::Options;
 
 /// What a run produced.
 #[derive(Debug, Clone)]
@@ -245,8 +171,7 @@ pub fn add_node(
     });
 }
 
-/// The gateway's host and its client address.
-pub(crate) const GATEWAY: &str = "gw";
+/// The gateway's client address.
 const GATEWAY_ADDR: &str = "gw:7001";
 
 /// Adds the gateway (host `gw`) in front of every node host.

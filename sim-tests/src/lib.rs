@@ -23,4 +23,5 @@ pub mod harness;
 pub mod invariants;
 mod nemesis;
 pub mod net;
+mod options;
 pub mod watches;

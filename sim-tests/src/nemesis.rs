@@ -8,7 +8,7 @@ use std::time::Duration;
 use cairn_io::{Faults, MemFs};
 use rand::Rng;
 
-use crate::harness::{Options, GATEWAY};
+use crate::options::{Options, GATEWAY};
 
 /// One fault at a time.
 #[derive(Debug, Clone)]
