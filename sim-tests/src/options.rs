@@ -80,3 +80,10 @@ impl Options {
 
 /// The gateway's host name.
 pub(crate) const GATEWAY: &str = "gw";
+/// The gateway's client address.
+pub(crate) const GATEWAY_ADDR: &str = "gw:7001";
+/// The founding members (`--initial-cluster`).
+pub(crate) const FOUNDERS: u64 = 3;
+/// Every host that runs a node: the founders and spares the administrator
+/// adds and removes.
+pub(crate) const NODES: u64 = 5;
