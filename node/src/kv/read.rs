@@ -24,6 +24,16 @@ pub fn get(db: &Db, key: &[u8]) -> Result<Option<Kv>> {
     }
 }
 
+/// The engine keys of the pairs in `spec`'s range: `[start, end)`.
+fn data_range(spec: &ScanSpec) -> (Vec<u8>, Vec<u8>) {
+    let end = if spec.end.is_empty() {
+        vec![DATA + 1]
+    } else {
+        data_key(&spec.end)
+    };
+    (data_key(&spec.start), end)
+}
+
 /// Reads a page of a range: at most the spec's limit (and [`MAX_PAGE`])
 /// pairs, and pairs of at most `max_bytes` (keys, values and
 /// `kv::limits::PAIR_OVERHEAD_BYTES` each) past the first, whichever
@@ -46,12 +56,7 @@ pub(crate) fn scan_merged(
         spec.limit
     } as usize;
     let in_range = |k: &[u8]| k >= &spec.start[..] && (spec.end.is_empty() || k < &spec.end[..]);
-    let start = data_key(&spec.start);
-    let end = if spec.end.is_empty() {
-        vec![DATA + 1]
-    } else {
-        data_key(&spec.end)
-    };
+    let (start, end) = data_range(spec);
     // Overlay deletions can hide stored keys: read enough to fill the page.
     let overlay_in_range: Vec<(&Vec<u8>, &Option<Kv>)> =
         overlay.iter().filter(|(k, _)| in_range(k)).collect();
@@ -130,14 +135,9 @@ pub fn prefix_cost(
     with_values: bool,
     max_answer_bytes: u64,
 ) -> Result<PrefixCost> {
-    let spec = ScanSpec::prefix(prefix, 0, !with_values);
-    let end = if spec.end.is_empty() {
-        vec![DATA + 1]
-    } else {
-        data_key(&spec.end)
-    };
+    let (start, end) = data_range(&ScanSpec::prefix(prefix, 0, !with_values));
     let mut cost = PrefixCost::default();
-    for item in db.scan(data_key(&spec.start)..end)? {
+    for item in db.scan(start..end)? {
         let (k, v) = item?;
         let key_len = k.len() - 1;
         cost.keys += 1;

@@ -109,8 +109,6 @@ struct SessionCall<'s, S> {
     slot: &'s mut Option<AppendSession>,
     input: futures::stream::Fuse<S>,
     input_done: bool,
-    /// Requests sent and not yet answered.
-    outstanding: usize,
     /// The payload bytes of each request sent and not yet answered,
     /// oldest first.
     sent_bytes: std::collections::VecDeque<usize>,
@@ -134,7 +132,7 @@ where
         let target = self.target;
         loop {
             let session = self.session.as_mut()?;
-            if self.input_done && self.outstanding == 0 {
+            if self.input_done && self.sent_bytes.is_empty() {
                 *self.slot = self.session.take();
                 return None;
             }
@@ -143,8 +141,7 @@ where
                 biased;
                 reply = session.replies.next() => {
                     let r = match reply {
-                        Some(Ok(m)) if self.outstanding > 0 => {
-                            self.outstanding -= 1;
+                        Some(Ok(m)) if !self.sent_bytes.is_empty() => {
                             self.sent_bytes.pop_front();
                             // The follower answers in order: the next
                             // answer is due from now.
@@ -196,7 +193,6 @@ where
                                 "peer {target}: the append stream is closed"
                             )))));
                         }
-                        self.outstanding += 1;
                         self.sent_bytes.push_back(bytes);
                         if self.answer_by.is_none() {
                             self.answer_by =
@@ -413,7 +409,6 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                 slot,
                 input: input.fuse(),
                 input_done: false,
-                outstanding: 0,
                 sent_bytes: std::collections::VecDeque::new(),
                 answer_by: None,
                 ttl: option.hard_ttl(),

@@ -49,20 +49,7 @@ async fn a_late_learner_catches_up_by_snapshot_and_is_promoted() {
     // Node 4 joins through a follower (the request is redirected).
     let via = c.running().into_iter().find(|&i| i != leader).unwrap();
     c.add_joining_node(4, via, &flags);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let m = cluster(&addr)
-            .await
-            .members(MembersRequest {})
-            .await
-            .unwrap()
-            .into_inner();
-        if m.members.iter().any(|x| x.id == 4 && !x.is_learner) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "node 4 not promoted: {m:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_promoted(&addr, 4, Duration::from_secs(60)).await;
     c.wait_applied(4, last, Duration::from_secs(30)).await;
     assert!(
         metric(&c.nodes[&4].metrics, "cairn_snapshots_installed_total") >= 1.0,
@@ -142,25 +129,27 @@ async fn a_learner_added_under_continuous_writes_is_promoted() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     c.add_joining_node(4, leader, &flags);
-    let deadline = Instant::now() + Duration::from_secs(90);
+    wait_promoted(&addr, 4, Duration::from_secs(90)).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+}
+
+/// Waits until node `id` is a voter in the membership `addr` reports.
+async fn wait_promoted(addr: &str, id: u64, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
     loop {
-        let m = cluster(&addr)
+        let m = cluster(addr)
             .await
             .members(MembersRequest {})
             .await
             .unwrap()
             .into_inner();
-        if m.members.iter().any(|x| x.id == 4 && !x.is_learner) {
-            break;
+        if m.members.iter().any(|x| x.id == id && !x.is_learner) {
+            return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "node 4 was not promoted under writes: {m:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    stop.store(true, Ordering::Relaxed);
-    for w in writers {
-        w.await.unwrap();
+        assert!(Instant::now() < deadline, "node {id} not promoted: {m:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
