@@ -52,6 +52,22 @@ impl Client {
         .await
     }
 
+    /// The leader's status (any node's when no leader is known).
+    pub async fn status_of_leader(&self) -> Result<StatusResponse> {
+        self.leader_status_within(self.config().timeout).await
+    }
+
+    /// [`Client::status_of_leader`] within `timeout`.
+    pub(crate) async fn leader_status_within(&self, timeout: Duration) -> Result<StatusResponse> {
+        self.call_within(Route::Leader, timeout, |up, t| async move {
+            Ok(cluster(up.ch)
+                .status(request(pb::StatusRequest {}, t))
+                .await?
+                .into_inner())
+        })
+        .await
+    }
+
     /// The status of the node at `addr` (one attempt within the deadline,
     /// no failover: the caller asked for that node).
     pub async fn status_of(&self, addr: &str) -> Result<StatusResponse> {
@@ -211,6 +227,25 @@ impl Client {
         // The cached leader is stale now.
         self.forget_leader();
         Ok(r.leader)
+    }
+
+    /// Changes the cluster-wide settings (0: keep); returns them as set.
+    pub async fn set_settings(
+        &self,
+        history_revisions: u64,
+        session_ttl_secs: u64,
+    ) -> Result<pb::Settings> {
+        let req = pb::SetSettingsRequest {
+            history_revisions,
+            session_ttl_secs,
+        };
+        self.call(Route::Leader, |up, t| async move {
+            Ok(cluster(up.ch)
+                .set_settings(request(req, t))
+                .await?
+                .into_inner())
+        })
+        .await
     }
 
     /// Builds a snapshot on the node at `addr` now; returns the last log

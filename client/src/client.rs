@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,8 +41,6 @@ pub struct ClientConfig {
     pub initial_backoff: Duration,
     /// The cap on the retry backoff.
     pub max_backoff: Duration,
-    /// This client's id in request ids; random when `None`.
-    pub client_id: Option<u64>,
     /// Seeds the backoff jitter (deterministic simulation); from the OS
     /// when `None`.
     pub seed: Option<u64>,
@@ -72,7 +69,6 @@ impl Default for ClientConfig {
             keepalive_timeout: Duration::from_secs(3),
             initial_backoff: Duration::from_millis(20),
             max_backoff: Duration::from_millis(500),
-            client_id: None,
             seed: None,
             discover_members: false,
             refresh_interval: None,
@@ -125,9 +121,10 @@ pub(crate) struct Inner {
     /// stream.
     pub(crate) channels: Mutex<BTreeMap<String, Conn>>,
     leader: Mutex<Option<String>>,
-    client_id: u64,
-    seq: AtomicU64,
-    rng: Mutex<rand::rngs::StdRng>,
+    pub(crate) session: Mutex<crate::session::SessionState>,
+    /// Held while a session is being opened.
+    pub(crate) opening: tokio::sync::Mutex<()>,
+    pub(crate) rng: Mutex<rand::rngs::StdRng>,
 }
 
 /// `http://host:port` → `host:port`; refuses what is not an address.
@@ -184,11 +181,10 @@ impl Client {
         if eps.is_empty() {
             return Err(Error::Config("no endpoints given".into()));
         }
-        let mut rng = match config.seed {
+        let rng = match config.seed {
             Some(s) => rand::rngs::StdRng::seed_from_u64(s),
             None => rand::rngs::StdRng::from_os_rng(),
         };
-        let client_id = config.client_id.unwrap_or_else(|| rng.random());
         Ok(Client {
             inner: Arc::new(Inner {
                 config,
@@ -196,8 +192,8 @@ impl Client {
                 seeds: eps,
                 channels: Mutex::new(BTreeMap::new()),
                 leader: Mutex::new(None),
-                client_id,
-                seq: AtomicU64::new(0),
+                session: crate::session::SessionState::new(),
+                opening: tokio::sync::Mutex::new(()),
                 rng: Mutex::new(rng),
             }),
         })
@@ -262,9 +258,10 @@ impl Client {
         *self.inner.leader.lock() = None;
     }
 
-    /// This client's id in request ids.
-    pub fn client_id(&self) -> u64 {
-        self.inner.client_id
+    /// The client id of this client's session (opened by its first write;
+    /// a new one replaces it when the cluster lost it).
+    pub fn client_id(&self) -> Option<u64> {
+        self.inner.session.lock().client_id()
     }
 
     /// The configuration.
@@ -342,14 +339,6 @@ impl Client {
         let mut l = self.inner.leader.lock();
         if l.as_deref() == Some(addr) {
             *l = None;
-        }
-    }
-
-    /// A new request id for one logical write (its retries reuse it).
-    pub(crate) fn request_id(&self) -> cairn_proto::kv::RequestId {
-        cairn_proto::kv::RequestId {
-            client_id: self.inner.client_id,
-            seq: self.inner.seq.fetch_add(1, Ordering::Relaxed) + 1,
         }
     }
 
@@ -668,14 +657,5 @@ mod tests {
             assert!(b <= cfg.max_backoff, "{b:?}");
             assert!(b >= cfg.initial_backoff / 2, "{b:?}");
         }
-    }
-
-    #[test]
-    fn request_ids_are_unique_per_client() {
-        let c = Client::new_lazy(["127.0.0.1:1"], ClientConfig::default()).unwrap();
-        let a = c.request_id();
-        let b = c.request_id();
-        assert_eq!(a.client_id, b.client_id);
-        assert_ne!(a.seq, b.seq);
     }
 }

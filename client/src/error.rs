@@ -47,6 +47,23 @@ pub enum Error {
         /// The oldest revision a watch can start from.
         oldest: u64,
     },
+    /// The cluster holds no session for the write's client id (see
+    /// `RequestId` in kv.proto); nothing was applied by this attempt.
+    /// The client handles it ([`Error::SessionLost`] when it cannot).
+    #[error("session unknown: {0}")]
+    SessionUnknown(String),
+    /// A write was retried after the cluster lost its client's session
+    /// (it expired): whether the write was applied is unknown. The
+    /// client continues under a new client id.
+    #[error("session of client {client_id} lost while write {seq} was retried; whether it was applied is unknown: {reason}")]
+    SessionLost {
+        /// The client id the write carried.
+        client_id: u64,
+        /// The write's sequence number.
+        seq: u64,
+        /// The cluster's message.
+        reason: String,
+    },
     /// An endpoint was malformed or the client was used wrongly.
     #[error("configuration: {0}")]
     Config(String),
@@ -91,6 +108,15 @@ impl From<Error> for Status {
                 );
                 s
             }
+            Error::SessionUnknown(m) => {
+                let mut s = Status::failed_precondition(m);
+                s.metadata_mut().insert(
+                    cairn_proto::SESSION,
+                    tonic::metadata::MetadataValue::from_static(cairn_proto::SESSION_UNKNOWN),
+                );
+                s
+            }
+            Error::SessionLost { .. } => Status::failed_precondition(e.to_string()),
             Error::Config(m) => Status::internal(m),
             Error::Server { code, message } => Status::new(code, message),
         }
@@ -140,6 +166,14 @@ pub(crate) fn classify(s: &Status) -> Failure {
 pub(crate) fn from_status(s: &Status) -> Error {
     match s.code() {
         Code::InvalidArgument => Error::InvalidArgument(s.message().to_string()),
+        Code::FailedPrecondition
+            if s.metadata()
+                .get(cairn_proto::SESSION)
+                .and_then(|v| v.to_str().ok())
+                == Some(cairn_proto::SESSION_UNKNOWN) =>
+        {
+            Error::SessionUnknown(s.message().to_string())
+        }
         Code::OutOfRange => match s
             .metadata()
             .get(COMPACT_REVISION)

@@ -5,11 +5,10 @@
 
 use std::time::Duration;
 
-use cairn_proto::cluster::cluster_client::ClusterClient;
 use cairn_proto::cluster::{self as cpb};
 use cairn_proto::kv::{self as pb};
 
-use crate::client::{request, Client, Route};
+use crate::client::{Client, Route};
 use crate::error::Result;
 
 pub(crate) fn read_route(consistency: i32) -> Route {
@@ -20,66 +19,64 @@ pub(crate) fn read_route(consistency: i32) -> Route {
     }
 }
 
-macro_rules! forward {
-    ($(#[$doc:meta])* $name:ident, $method:ident, $req:ty, $resp:ty, $route:expr, $fix:expr) => {
+macro_rules! forward_read {
+    ($(#[$doc:meta])* $name:ident, $req:ty, $resp:ty) => {
         $(#[$doc])*
-        pub async fn $name(&self, mut req: $req, timeout: Duration) -> Result<$resp> {
-            #[allow(clippy::redundant_closure_call)]
-            ($fix)(self, &mut req);
-            let route = ($route)(&req);
+        pub async fn $name(&self, req: $req, timeout: Duration) -> Result<$resp> {
+            let route = read_route(req.consistency);
             self.call_within(route, timeout, |up, t| up.kv(req.clone(), t))
-            .await
+                .await
+        }
+    };
+}
+
+macro_rules! forward_write {
+    ($(#[$doc:meta])* $name:ident, $req:ty, $resp:ty) => {
+        $(#[$doc])*
+        pub async fn $name(&self, req: $req, timeout: Duration) -> Result<$resp> {
+            if req.request_id.is_some() {
+                // The caller's own id: its session is the caller's.
+                return self
+                    .call_within(Route::Leader, timeout, |up, t| up.kv(req.clone(), t))
+                    .await;
+            }
+            self.write_call(req, timeout, |r| &mut r.request_id).await
         }
     };
 }
 
 impl Client {
-    /// Gives a write without a request id one.
-    pub(crate) fn with_id(&self, id: &mut Option<pb::RequestId>) {
-        if id.is_none() {
-            *id = Some(self.request_id());
-        }
-    }
-
-    forward!(
-        /// Forwards a Put to the leader.
-        forward_put, put, pb::PutRequest, pb::PutResponse,
-        |_: &pb::PutRequest| Route::Leader,
-        |c: &Client, r: &mut pb::PutRequest| c.with_id(&mut r.request_id)
+    forward_write!(
+        /// Forwards a Put to the leader, under a request id of this
+        /// client's when it has none.
+        forward_put, pb::PutRequest, pb::PutResponse
     );
-    forward!(
-        /// Forwards a Delete to the leader.
-        forward_delete, delete, pb::DeleteRequest, pb::DeleteResponse,
-        |_: &pb::DeleteRequest| Route::Leader,
-        |c: &Client, r: &mut pb::DeleteRequest| c.with_id(&mut r.request_id)
+    forward_write!(
+        /// Forwards a Delete to the leader, under a request id of this
+        /// client's when it has none.
+        forward_delete, pb::DeleteRequest, pb::DeleteResponse
     );
-    forward!(
-        /// Forwards a Txn to the leader.
-        forward_txn, txn, pb::TxnRequest, pb::TxnResponse,
-        |_: &pb::TxnRequest| Route::Leader,
-        |c: &Client, r: &mut pb::TxnRequest| c.with_id(&mut r.request_id)
+    forward_write!(
+        /// Forwards a Txn to the leader, under a request id of this
+        /// client's when it has none.
+        forward_txn, pb::TxnRequest, pb::TxnResponse
     );
-    forward!(
+    forward_read!(
         /// Forwards a Get: to the leader, or to any replica when serializable.
-        forward_get, get, pb::GetRequest, pb::GetResponse,
-        |r: &pb::GetRequest| read_route(r.consistency),
-        |_: &Client, _: &mut pb::GetRequest| ()
+        forward_get, pb::GetRequest, pb::GetResponse
     );
-    forward!(
+    forward_read!(
         /// Forwards a Scan: to the leader, or to any replica when serializable.
-        forward_scan, scan, pb::ScanRequest, pb::ScanResponse,
-        |r: &pb::ScanRequest| read_route(r.consistency),
-        |_: &Client, _: &mut pb::ScanRequest| ()
+        forward_scan, pb::ScanRequest, pb::ScanResponse
     );
+
+    /// Forwards an OpenSession to the leader (a session for the caller).
+    pub async fn forward_open_session(&self, timeout: Duration) -> Result<pb::OpenSessionResponse> {
+        self.open_session_within(timeout).await
+    }
 
     /// Forwards a Status to the leader (any node when none is known).
     pub async fn forward_status(&self, timeout: Duration) -> Result<cpb::StatusResponse> {
-        self.call_within(Route::Leader, timeout, |up, t| async move {
-            Ok(ClusterClient::new(up.ch)
-                .status(request(cpb::StatusRequest {}, t))
-                .await?
-                .into_inner())
-        })
-        .await
+        self.leader_status_within(timeout).await
     }
 }

@@ -90,10 +90,10 @@ impl Client {
             key: bytes(key),
             value: bytes(value),
             prev_kv,
-            request_id: Some(self.request_id()),
+            request_id: None,
         };
         let r = self
-            .call(Route::Leader, |up, t| up.kv(req.clone(), t))
+            .write_call(req, self.inner.config.timeout, |r| &mut r.request_id)
             .await?;
         let header = header(r.header);
         Ok(PutResult {
@@ -149,10 +149,10 @@ impl Client {
             key: bytes(key),
             prefix,
             prev_kv,
-            request_id: Some(self.request_id()),
+            request_id: None,
         };
         let r = self
-            .call(Route::Leader, |up, t| up.kv(req.clone(), t))
+            .write_call(req, self.inner.config.timeout, |r| &mut r.request_id)
             .await?;
         Ok(DeleteResult {
             revision: header(r.header).revision,
@@ -500,11 +500,10 @@ impl Txn {
     }
     /// Sends the transaction (to the leader, with a request id).
     pub async fn commit(self) -> Result<TxnResult> {
-        let mut req = self.req;
-        req.request_id = Some(self.client.request_id());
+        let timeout = self.client.inner.config.timeout;
         let r = self
             .client
-            .call(Route::Leader, |up, t| up.kv(req.clone(), t))
+            .write_call(self.req, timeout, |r| &mut r.request_id)
             .await?;
         Ok(TxnResult {
             succeeded: r.succeeded,

@@ -37,6 +37,7 @@ mod forward;
 mod kv;
 #[cfg(feature = "proxy")]
 pub mod relay;
+mod session;
 mod watch;
 
 pub use admin::{Health, MemberStatus};

@@ -22,6 +22,7 @@ use crate::batch::{Answered, Pending, Tagged, Waiter};
 use crate::client::{Client, Route};
 use crate::error::{classify, Failure};
 use crate::forward::read_route;
+use crate::session::WriteId;
 use cairn_rpc::status::code_label;
 use cairn_rpc::status::{status_from_pb, status_to_pb, CALL_BYTES};
 
@@ -42,9 +43,16 @@ pub enum Outcome {
     },
     /// The attempt failed in a way another may fix, or its time ran
     /// out: the call (a write with its request id), its timeout what is
-    /// left of its deadline, for the retry loop.
-    Retry(pb::BatchCall),
+    /// left of its deadline, for the retry loop. The retry loop holds
+    /// the [`HeldWrite`] until the call ends (the write is not settled
+    /// before).
+    Retry(pb::BatchCall, Option<HeldWrite>),
 }
+
+/// A write the relay gave a request id of its client's, in flight until
+/// dropped (so the client's floor stays below it).
+#[derive(Debug)]
+pub struct HeldWrite(#[allow(dead_code)] WriteId);
 
 /// The relayed calls of one caller's stream.
 pub struct Relay {
@@ -60,6 +68,8 @@ pub struct Relay {
 
 struct Relayed {
     call: Call,
+    /// The request id the relay gave the call (a write without one).
+    write: Option<WriteId>,
     method: &'static str,
     route: Route,
     started: Instant,
@@ -73,6 +83,7 @@ struct Routed {
     timeout_us: u64,
     call: Call,
     method: &'static str,
+    write: Option<WriteId>,
 }
 
 impl Relay {
@@ -132,12 +143,13 @@ impl Relay {
                     continue;
                 }
             };
-            let (route, method, call) = self.prepare(call);
+            let (route, method, call, write) = self.prepare(call);
             groups[usize::from(route == Route::Any)].push(Routed {
                 id,
                 timeout_us,
                 call,
                 method,
+                write,
             });
         }
         for (g, route) in groups.into_iter().zip([Route::Leader, Route::Any]) {
@@ -156,14 +168,18 @@ impl Relay {
             for Routed {
                 id,
                 timeout_us,
-                call,
+                mut call,
                 method,
+                mut write,
             } in g
             {
+                let unsessioned = write.is_none() && needs_request_id(&call);
                 let Some((batcher, ep)) = upstream
                     .as_ref()
-                    .filter(|_| !self.in_flight.contains_key(&id))
+                    .filter(|_| !self.in_flight.contains_key(&id) && !unsessioned)
                 else {
+                    // Not sent: the retry loop gives it an id.
+                    drop(write);
                     rest.push(pb::BatchCall {
                         id,
                         timeout_us,
@@ -171,12 +187,16 @@ impl Relay {
                     });
                     continue;
                 };
+                if let Some(w) = &mut write {
+                    set_request_id(&mut call, Some(w.stamp()));
+                }
                 let timeout = Duration::from_micros(timeout_us.max(1));
                 let attempt = self.client.attempt_timeout(timeout);
                 self.in_flight.insert(
                     id,
                     Relayed {
                         call: call.clone(),
+                        write,
                         method,
                         route,
                         started: now,
@@ -202,26 +222,20 @@ impl Relay {
         rest
     }
 
-    /// A call's route and method; a write gets a request id if it has
-    /// none, so its retries apply it once.
-    fn prepare(&self, mut call: Call) -> (Route, &'static str, Call) {
-        let (route, method) = match &mut call {
-            Call::Put(r) => {
-                self.client.with_id(&mut r.request_id);
-                (Route::Leader, "Put")
-            }
-            Call::Delete(r) => {
-                self.client.with_id(&mut r.request_id);
-                (Route::Leader, "Delete")
-            }
-            Call::Txn(r) => {
-                self.client.with_id(&mut r.request_id);
-                (Route::Leader, "Txn")
-            }
-            Call::Get(r) => (read_route(r.consistency), "Get"),
-            Call::Scan(r) => (read_route(r.consistency), "Scan"),
+    /// A call's route and method; a write without a request id gets one
+    /// of the client's.
+    fn prepare(&self, call: Call) -> (Route, &'static str, Call, Option<WriteId>) {
+        let (route, method, unset) = match &call {
+            Call::Put(r) => (Route::Leader, "Put", r.request_id.is_none()),
+            Call::Delete(r) => (Route::Leader, "Delete", r.request_id.is_none()),
+            Call::Txn(r) => (Route::Leader, "Txn", r.request_id.is_none()),
+            Call::Get(r) => (read_route(r.consistency), "Get", false),
+            Call::Scan(r) => (read_route(r.consistency), "Scan", false),
         };
-        (route, method, call)
+        // Without a session open, the call goes to the retry loop, which
+        // opens one.
+        let write = unset.then(|| self.client.try_write_id()).flatten();
+        (route, method, call, write)
     }
 
     /// The next settled call. Never ends: with nothing in flight it
@@ -275,6 +289,17 @@ impl Relay {
             crate::balance::requests_counter(&e.addr, code_label(status.code())).increment(1);
         }
         match classify(&status) {
+            Failure::Fatal(crate::Error::SessionUnknown(_)) if r.write.is_some() => {
+                // The relay's own id, on its first attempt: not applied.
+                // The retry loop sends it under a new session.
+                if let Some(w) = &r.write {
+                    self.client.lost_session(w);
+                }
+                let mut r = r;
+                r.write = None;
+                set_request_id(&mut r.call, None);
+                return Some(self.retry(a.id, r));
+            }
             Failure::Fatal(_) => return Some(answer(a.id, r, Reply::Error(status_to_pb(&status)))),
             Failure::Redirect(leader) => self.client.set_leader(Some(leader)),
             Failure::Retry(_) => {
@@ -302,11 +327,39 @@ impl Relay {
             ));
             return answer(id, r, Reply::Error(status_to_pb(&s)));
         }
-        Outcome::Retry(pb::BatchCall {
-            id,
-            timeout_us: left_us,
-            call: Some(r.call),
-        })
+        let (mut call, mut write) = (r.call, r.write);
+        if let Some(w) = &mut write {
+            // A retry never opens a session.
+            set_request_id(&mut call, Some(w.stamp()));
+        }
+        Outcome::Retry(
+            pb::BatchCall {
+                id,
+                timeout_us: left_us,
+                call: Some(call),
+            },
+            write.map(HeldWrite),
+        )
+    }
+}
+
+/// Whether `call` is a write without a request id.
+fn needs_request_id(call: &Call) -> bool {
+    match call {
+        Call::Put(r) => r.request_id.is_none(),
+        Call::Delete(r) => r.request_id.is_none(),
+        Call::Txn(r) => r.request_id.is_none(),
+        Call::Get(_) | Call::Scan(_) => false,
+    }
+}
+
+/// Sets a write's request id (reads have none).
+fn set_request_id(call: &mut Call, id: Option<pb::RequestId>) {
+    match call {
+        Call::Put(r) => r.request_id = id,
+        Call::Delete(r) => r.request_id = id,
+        Call::Txn(r) => r.request_id = id,
+        Call::Get(_) | Call::Scan(_) => {}
     }
 }
 

@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use cairn_lsm::{Db, Options};
 use cairn_node::kv::command::{Command, Op, PutOp, RequestId};
-use cairn_node::kv::{Applier, Retention};
+use cairn_node::kv::{Applier, SessionHint, Settings};
 use cairn_node::raft::state_machine::AppliedState;
 use cairn_node::raft::TypeConfig;
 
@@ -63,7 +63,7 @@ fn round(dir: &std::path::Path, keys: u64, puts: u64) -> Round {
         ..Options::default()
     };
     let db = Db::open(dir, opts).unwrap();
-    let mut applier = Applier::load(&db, Retention::default(), 0).unwrap();
+    let mut applier = Applier::load(&db, Settings::default()).unwrap();
     let value = vec![b'v'; 256];
     let mut rng: u64 = 0x9E37_79B9_7F4A_7C15;
     let mut index = 0u64;
@@ -79,6 +79,11 @@ fn round(dir: &std::path::Path, keys: u64, puts: u64) -> Round {
                 value: value.clone(),
                 prev_kv: false,
             }),
+            // One write in flight at a time: each settles the one before.
+            session: SessionHint {
+                floor: index,
+                opens: index == 1,
+            },
         };
         let state = AppliedState {
             last_applied: Some(openraft::testing::log_id::<TypeConfig>(1, 1, index)),

@@ -32,6 +32,13 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 pub const LEADER_ID: &str = "cairn-leader-id";
 /// Trailer naming the leader's client address, beside [`LEADER_ID`].
 pub const LEADER_ADDR: &str = "cairn-leader-addr";
+/// Trailer on FAILED_PRECONDITION for a write whose request id the
+/// cluster refused: [`SESSION_UNKNOWN`] or [`SESSION_SETTLED`].
+pub const SESSION: &str = "cairn-session";
+/// [`SESSION`]: the client has no session; nothing was applied.
+pub const SESSION_UNKNOWN: &str = "unknown";
+/// [`SESSION`]: the write's seq is below its client's floor.
+pub const SESSION_SETTLED: &str = "settled";
 /// Trailer naming the oldest revision the watch history still holds, set
 /// on OUT_OF_RANGE when a watch starts before it.
 pub const COMPACT_REVISION: &str = "cairn-compact-revision";

@@ -20,7 +20,6 @@ pub(crate) async fn converge(seed: u64) -> Result<(u64, State), Box<dyn std::err
     let cfg = ClientConfig {
         net: Arc::new(SimNet),
         seed: Some(seed ^ 0x11fe),
-        client_id: Some(u64::MAX),
         ..ClientConfig::default()
     };
     let all: Vec<String> = (1..=NODES).map(|i| format!("n{i}:7001")).collect();

@@ -109,7 +109,6 @@ pub(crate) async fn bulk_loop(opts: Options) -> Result<(), String> {
     let cfg = ClientConfig {
         net: Arc::new(SimNet),
         seed: Some(opts.seed ^ 0xb01c),
-        client_id: Some(1 << 20),
         timeout: Duration::from_secs(5),
         attempt_timeout: Duration::from_secs(1),
         ..ClientConfig::default()
@@ -181,7 +180,6 @@ pub(crate) async fn client_loop(
     let cfg = ClientConfig {
         net: Arc::new(SimNet),
         seed: Some(opts.seed ^ (id << 40)),
-        client_id: Some(id),
         timeout: Duration::from_secs(5),
         attempt_timeout: Duration::from_secs(1),
         ..ClientConfig::default()
@@ -285,7 +283,6 @@ pub(crate) async fn admin_loop(opts: Options, log: Arc<Mutex<Vec<String>>>) -> R
     let cfg = ClientConfig {
         net: Arc::new(SimNet),
         seed: Some(opts.seed ^ 0xad),
-        client_id: Some(u64::MAX - 1),
         timeout: Duration::from_secs(20),
         attempt_timeout: Duration::from_secs(2),
         ..ClientConfig::default()

@@ -109,6 +109,42 @@ pub(crate) async fn transfer_leader(
     Ok(())
 }
 
+/// `cairnctl settings`: the settings as the leader applied them, or
+/// changed.
+pub(crate) async fn settings(
+    c: &Client,
+    history_revisions: Option<u64>,
+    session_ttl_secs: Option<u64>,
+    fmt: Format,
+    out: &mut impl Write,
+) -> Outcome {
+    let s = if history_revisions.is_some() || session_ttl_secs.is_some() {
+        c.set_settings(
+            history_revisions.unwrap_or(0),
+            session_ttl_secs.unwrap_or(0),
+        )
+        .await?
+    } else {
+        c.status_of_leader().await?.settings.unwrap_or_default()
+    };
+    match fmt {
+        Format::Json => writeln!(
+            out,
+            "{}",
+            json!({
+                "history_revisions": s.history_revisions,
+                "session_ttl_secs": s.session_ttl_secs,
+                "set": s.set,
+            })
+        )?,
+        _ => {
+            writeln!(out, "history-revisions {}", s.history_revisions)?;
+            writeln!(out, "session-ttl-secs {}", s.session_ttl_secs)?;
+        }
+    }
+    Ok(())
+}
+
 /// `cairnctl snapshot`: on every member.
 pub(crate) async fn snapshot(c: &Client, fmt: Format, out: &mut impl Write) -> Outcome {
     let members = c.members().await?;

@@ -115,6 +115,15 @@ enum Cmd {
     /// Builds a snapshot on every member now (the log behind it can then
     /// be purged).
     Snapshot,
+    /// Shows the cluster-wide settings, or changes those given.
+    Settings {
+        /// Revisions of watch history kept.
+        #[arg(long)]
+        history_revisions: Option<u64>,
+        /// Seconds a client's request-id session lives without a write.
+        #[arg(long)]
+        session_ttl_secs: Option<u64>,
+    },
     /// Load generator: put, get, mixed, txn-cas.
     Bench(bench::BenchArgs),
     /// Prints a shell completion script.
@@ -313,6 +322,10 @@ async fn run(cli: Cli) -> Outcome {
         Cmd::Member(m) => admin::member(&c, m, fmt, out).await,
         Cmd::TransferLeader { to } => admin::transfer_leader(&c, to, fmt, out).await,
         Cmd::Snapshot => admin::snapshot(&c, fmt, out).await,
+        Cmd::Settings {
+            history_revisions,
+            session_ttl_secs,
+        } => admin::settings(&c, history_revisions, session_ttl_secs, fmt, out).await,
         Cmd::Bench(_) | Cmd::Completion { .. } => unreachable!("handled above"),
     }
 }

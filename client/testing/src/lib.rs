@@ -515,6 +515,18 @@ where
     }
 }
 
+/// Opens a request-id session through the leader (following hints from
+/// `addr`); its client id.
+pub async fn open_session(addr: &str) -> u64 {
+    with_leader(addr, Duration::from_secs(15), |mut k| async move {
+        k.open_session(pb::OpenSessionRequest {}).await
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .client_id
+}
+
 /// Puts `req` through the leader (following hints from `addr`) within
 /// `timeout`; the revision it got.
 pub async fn put_on_leader(addr: &str, req: pb::PutRequest, timeout: Duration) -> u64 {

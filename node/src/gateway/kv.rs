@@ -119,6 +119,16 @@ impl Kv for Proxy {
         .await
     }
 
+    async fn open_session(
+        &self,
+        req: Request<pb::OpenSessionRequest>,
+    ) -> Result<Response<pb::OpenSessionResponse>, Status> {
+        self.forward("OpenSession", req, |c, _, t| async move {
+            c.forward_open_session(t).await
+        })
+        .await
+    }
+
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
         let cache = self.0.cache.clone();
         self.forward("Get", req, |c, r, t| async move {
@@ -301,6 +311,13 @@ impl Cluster for Proxy {
         &self,
         _: Request<cpb::SnapshotRequest>,
     ) -> Result<Response<cpb::SnapshotResponse>, Status> {
+        Err(read_only())
+    }
+
+    async fn set_settings(
+        &self,
+        _: Request<cpb::SetSettingsRequest>,
+    ) -> Result<Response<cpb::Settings>, Status> {
         Err(read_only())
     }
 }

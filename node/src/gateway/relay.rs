@@ -16,7 +16,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use cairn_client::relay::{Outcome, Relay};
+use cairn_client::relay::{HeldWrite, Outcome, Relay};
 use cairn_proto::kv::{self as pb, batch_call::Call, batch_reply::Reply};
 use cairn_rpc::status::status_to_pb;
 use futures::future::BoxFuture;
@@ -81,12 +81,18 @@ impl Relayed {
     }
 
     /// Starts `call` through the unary handler.
-    fn start_slow(&mut self, call: pb::BatchCall) {
+    fn start_slow(&mut self, call: pb::BatchCall, held: Option<HeldWrite>) {
         let (proxy, info) = (self.proxy.clone(), self.info.clone());
         let id = call.id;
         self.slow.push(Isolated::new(
             id,
-            async move { answer(&proxy, call, info, Deadline::Handler).await }.boxed(),
+            async move {
+                let reply = answer(&proxy, call, info, Deadline::Handler).await;
+                // The relay's write is settled once its retry ended.
+                drop(held);
+                reply
+            }
+            .boxed(),
         ));
     }
 
@@ -170,7 +176,7 @@ impl Relayed {
                 let Some(call) = self.unstarted.pop_front() else {
                     break;
                 };
-                self.start_slow(call);
+                self.start_slow(call, None);
             }
             if self.in_flight() >= batch::MAX_CALLS_IN_FLIGHT {
                 return true;
@@ -212,9 +218,9 @@ impl Relayed {
                     self.out.push(reply);
                     progressed = true;
                 }
-                Poll::Ready(Outcome::Retry(call)) => {
+                Poll::Ready(Outcome::Retry(call, held)) => {
                     settled += 1;
-                    self.start_slow(call);
+                    self.start_slow(call, held);
                     progressed = true;
                 }
                 Poll::Pending => break,

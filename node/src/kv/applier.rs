@@ -1,21 +1,25 @@
 //! The applier: applies commands to the database in log order, keeps the
-//! request-id table and trims the watch history.
+//! client sessions (`sessions`) and the replicated settings, and trims
+//! the watch history.
 
 use std::collections::{BTreeMap, VecDeque};
 
 use cairn_lsm::{Db, WriteBatch};
-use rustc_hash::FxHashMap;
 
-use super::command::{Command, CommandResponse, Kv, Op, OpResult, RequestId};
+use super::command::{
+    Command, CommandResponse, Kv, Op, OpResult, RequestId, SessionHint, Settings,
+};
 use super::error::{Result, StoreError};
 use super::format;
 use super::key_meta::KeyMeta;
 use super::layout::{
-    decode, encode_record, record_key, record_revision, Record, RecordHead, WatchEvent,
-    HISTORY_START, RECORD,
+    decode, encode_record, encode_small, record_key, record_request, record_revision,
+    session_client, session_key, Record, RecordHead, WatchEvent, HISTORY_START, RECORD, SESSION,
+    SETTINGS_KEY,
 };
 use super::limits::MAX_KEPT_ANSWER_BYTES;
 use super::read::history_start;
+use super::sessions::{Changes, Lookup, Sessions, MAX_SESSIONS};
 use super::tx::{Budget, Tx, TxError};
 
 /// History is trimmed every this many revisions: the records of this
@@ -25,37 +29,44 @@ use super::tx::{Budget, Tx, TxError};
 /// `KnownRecords`) and scans for them only after a reload.
 pub const HISTORY_TRIM_EVERY: u64 = 64;
 
-/// Retention settings; equal on every replica (they decide what is
-/// trimmed, so they are part of the replicated behaviour).
-#[derive(Debug, Clone, Copy)]
-pub struct Retention {
-    /// Revisions of watch history kept.
-    pub history_revisions: u64,
-    /// Log entries a request id is remembered for.
-    pub request_id_entries: u64,
-}
+/// The bounds a [`Settings`] entry must keep; one outside them is
+/// refused (the same on every replica).
+pub const MIN_SESSION_TTL_SECS: u64 = 10;
+/// See [`MIN_SESSION_TTL_SECS`].
+pub const MAX_SESSION_TTL_SECS: u64 = 7 * 24 * 3600;
+/// See [`MIN_SESSION_TTL_SECS`].
+pub const MAX_HISTORY_REVISIONS: u64 = 100_000_000;
 
-impl Default for Retention {
-    fn default() -> Self {
-        Retention {
-            history_revisions: 100_000,
-            request_id_entries: 100_000,
-        }
+/// Why `settings` cannot be applied, if it cannot.
+pub fn check_settings(settings: &Settings) -> std::result::Result<(), String> {
+    let ttl = settings.session_ttl_secs;
+    if !(MIN_SESSION_TTL_SECS..=MAX_SESSION_TTL_SECS).contains(&ttl) {
+        return Err(format!(
+            "session-ttl of {ttl} s is outside {MIN_SESSION_TTL_SECS}..={MAX_SESSION_TTL_SECS} s"
+        ));
     }
+    let h = settings.history_revisions;
+    if !(1..=MAX_HISTORY_REVISIONS).contains(&h) {
+        return Err(format!(
+            "history-revisions of {h} is outside 1..={MAX_HISTORY_REVISIONS}"
+        ));
+    }
+    Ok(())
 }
 
 /// The applier: applies commands to the database in log order. Owned by
 /// the state machine task; readers use [`get`](super::get) and [`scan`](super::scan) directly.
 pub struct Applier {
-    retention: Retention,
-    /// Request ids remembered, in the order of the indexes that applied
-    /// them (for expiry in log order), and by id with that index (for
-    /// lookups; never iterated, so its hash order decides nothing).
-    pub(super) requests_by_index: VecDeque<(u64, RequestId)>,
-    pub(super) requests: FxHashMap<RequestId, u64>,
+    /// The replicated settings (the defaults until an entry sets them).
+    settings: Settings,
+    /// Whether an entry ever set the settings.
+    settings_set: bool,
+    /// The client sessions.
+    pub(super) sessions: Sessions,
     history_start: u64,
-    /// No record below this revision exists (every one below was
-    /// deleted, or none was written).
+    /// No record below this revision exists but those that keep a
+    /// session's answer (every other one below was deleted, or none was
+    /// written).
     records_start: u64,
     /// Which revisions applied since loading wrote a record.
     written: KnownRecords,
@@ -113,6 +124,8 @@ fn run(
         Op::Put(p) => tx.put(p)?,
         Op::Delete(d) => tx.delete(d)?,
         Op::Txn(t) => tx.txn(t)?,
+        // Applied by the applier itself, never run as a write.
+        Op::ExpireSessions { .. } | Op::Settings { .. } | Op::OpenSession => OpResult::None,
     };
     Ok(Ran {
         result,
@@ -179,6 +192,32 @@ impl KnownRecords {
     }
 }
 
+/// What applying one entry did, for the rest of its apply.
+struct Outcome {
+    applied: Applied,
+    /// Whether it wrote a record.
+    wrote: bool,
+    /// The pairs it left (for the key cache).
+    written: BTreeMap<Vec<u8>, Option<Kv>>,
+}
+
+impl Outcome {
+    /// An entry that wrote no pairs and no record, answered `result`.
+    fn answer(index: u64, result: OpResult) -> Self {
+        Outcome {
+            applied: Applied {
+                response: CommandResponse {
+                    revision: index,
+                    result,
+                },
+                events: Vec::new(),
+            },
+            wrote: false,
+            written: BTreeMap::new(),
+        }
+    }
+}
+
 /// What applying one entry produced.
 pub struct Applied {
     /// The answer for the client.
@@ -188,43 +227,63 @@ pub struct Applied {
 }
 
 impl Applier {
-    /// Loads the request-id table and history bounds from `db`, whose
-    /// last applied entry is `applied` (0: none). Checks the layout's
-    /// format version first, converting an older layout once.
-    pub fn load(db: &Db, retention: Retention, applied: u64) -> Result<Self> {
+    /// Loads the sessions, settings and history bounds from `db`. Checks
+    /// the layout's format version first, converting an older layout
+    /// once. `defaults` are the settings until an entry sets them; they
+    /// must be the same on every replica.
+    pub fn load(db: &Db, defaults: Settings) -> Result<Self> {
         format::check_and_convert(db)?;
+        let stored: Option<Settings> = match db.get(SETTINGS_KEY)? {
+            Some(v) => Some(decode(SETTINGS_KEY, &v, true)?),
+            None => None,
+        };
         let mut a = Applier {
-            retention,
-            requests_by_index: VecDeque::new(),
-            requests: FxHashMap::default(),
+            settings: stored.unwrap_or(defaults),
+            settings_set: stored.is_some(),
+            sessions: Sessions::default(),
             history_start: history_start(db)?,
             records_start: 0,
             written: KnownRecords::default(),
             meta: KeyMeta::default(),
         };
-        // Ids applied before the window of the last applied entry have
-        // expired; the records, kept for the history's window, may still
-        // hold them (an id expired and applied again is in two records).
-        let request_floor = applied.saturating_sub(retention.request_id_entries);
-        // Records come in revision order: the queue is in log order.
+        for item in db.scan_prefix([SESSION])? {
+            let (k, v) = item?;
+            a.sessions
+                .load_mark(session_client(&k)?, decode(&k, &v, true)?);
+        }
+        // Records come in revision order.
         for (n, item) in db.scan_prefix([RECORD])?.enumerate() {
             let (k, v) = item?;
             let revision = record_revision(&k)?;
             if n == 0 {
                 a.records_start = revision;
             }
-            let request: Option<RequestId> = decode(&k, &v, false)?;
-            if let Some(id) = request.filter(|_| revision >= request_floor) {
-                a.requests.insert(id, revision);
-                a.requests_by_index.push_back((revision, id));
+            if let Some((id, floor)) = record_request(&k, &v)? {
+                a.sessions.load_record(id, floor, revision);
             }
         }
+        a.sessions.finish_load();
         Ok(a)
     }
 
     /// The oldest revision the history holds.
     pub fn history_start(&self) -> u64 {
         self.history_start
+    }
+
+    /// The replicated settings in force.
+    pub fn settings(&self) -> Settings {
+        self.settings
+    }
+
+    /// Whether an entry ever set the settings.
+    pub fn settings_set(&self) -> bool {
+        self.settings_set
+    }
+
+    /// Sessions held, and the index of the oldest one's last write.
+    pub fn sessions(&self) -> (usize, Option<u64>) {
+        (self.sessions.len(), self.sessions.oldest_last_index())
     }
 
     /// The history start once the entry at `index` is applied (a trim
@@ -234,7 +293,7 @@ impl Applier {
     pub fn history_start_after(&self, index: u64) -> u64 {
         if index.is_multiple_of(HISTORY_TRIM_EVERY) {
             self.history_start
-                .max(index.saturating_sub(self.retention.history_revisions))
+                .max(index.saturating_sub(self.settings.history_revisions))
         } else {
             self.history_start
         }
@@ -244,7 +303,6 @@ impl Applier {
     /// `index`; `position` (the applied position, as the caller encodes
     /// it) goes into the engine's flush metadata with the write.
     pub fn apply_empty(&mut self, db: &Db, index: u64, position: Vec<u8>) -> Result<()> {
-        self.expire_requests(index);
         let mut batch = WriteBatch::new();
         self.trim(db, index, false, &mut batch)?;
         batch.set_user_metadata(position);
@@ -261,33 +319,90 @@ impl Applier {
         cmd: &Command,
         position: Vec<u8>,
     ) -> Result<Applied> {
-        self.expire_requests(index);
         let mut batch = WriteBatch::new();
-        if let Some(&revision) = cmd.request_id.and_then(|id| self.requests.get(&id)) {
-            let key = record_key(revision);
-            if let Some(prev) = db.get(&key)? {
-                let head: RecordHead = decode(&key, &prev, false)?;
-                let response = head.response.ok_or_else(|| StoreError::Corrupt {
-                    key: key.clone(),
-                    reason: "a request id's record without its answer".into(),
-                })?;
-                self.trim(db, index, false, &mut batch)?;
-                batch.set_user_metadata(position);
-                self.write(db, batch)?;
-                return Ok(Applied {
-                    response,
-                    events: Vec::new(),
-                });
+        let out = match &cmd.op {
+            Op::ExpireSessions { idle_before } => {
+                let changes = self.sessions.expire(*idle_before, index);
+                self.write_changes(changes, &mut batch);
+                Outcome::answer(index, OpResult::None)
             }
-        }
-        let ran = match run(db, index, &self.meta, &mut batch, &cmd.op) {
+            Op::Settings { settings, if_unset } => {
+                let result = self.set_settings(settings, *if_unset, &mut batch);
+                Outcome::answer(index, result)
+            }
+            Op::OpenSession => {
+                let result = match self.sessions.open(index, index) {
+                    Ok(changes) => {
+                        self.write_changes(changes, &mut batch);
+                        OpResult::None
+                    }
+                    Err(_) => max_sessions_refusal(index),
+                };
+                Outcome::answer(index, result)
+            }
+            Op::Put(_) | Op::Delete(_) | Op::Txn(_) => {
+                self.apply_client_write(db, index, cmd, &mut batch)?
+            }
+        };
+        self.trim(db, index, out.wrote, &mut batch)?;
+        batch.set_user_metadata(position);
+        self.write(db, batch)?;
+        self.meta.record(out.written);
+        Ok(out.applied)
+    }
+
+    /// A client's write as the entry at `index`: applied, answered from
+    /// its session, or refused by it.
+    fn apply_client_write(
+        &mut self,
+        db: &Db,
+        index: u64,
+        cmd: &Command,
+        batch: &mut WriteBatch,
+    ) -> Result<Outcome> {
+        let Some(id) = cmd.request_id else {
+            return self.apply_write(db, index, cmd, batch);
+        };
+        Ok(match self.sessions.lookup(id, cmd.session) {
+            Lookup::Apply => return self.apply_write(db, index, cmd, batch),
+            Lookup::Answered(revision) => {
+                let response = answer_at(db, revision)?;
+                self.record_session(id, cmd.session, index, false, batch);
+                Outcome {
+                    applied: Applied {
+                        response,
+                        events: Vec::new(),
+                    },
+                    wrote: false,
+                    written: BTreeMap::new(),
+                }
+            }
+            Lookup::Settled(floor) => {
+                self.record_session(id, cmd.session, index, false, batch);
+                Outcome::answer(index, OpResult::Settled { floor })
+            }
+            Lookup::Unknown => Outcome::answer(index, OpResult::SessionUnknown),
+            Lookup::Full => Outcome::answer(index, max_sessions_refusal(id.client_id)),
+        })
+    }
+
+    /// Runs a write command (new, or without a request id) as the entry
+    /// at `index`: its pairs, its record, its session's answer.
+    fn apply_write(
+        &mut self,
+        db: &Db,
+        index: u64,
+        cmd: &Command,
+        batch: &mut WriteBatch,
+    ) -> Result<Outcome> {
+        let ran = match run(db, index, &self.meta, batch, &cmd.op) {
             Ok(ran) => ran,
             Err(TxError::Store(e)) => return Err(e),
             Err(TxError::Refused { limit, detail }) => {
                 // Nothing of the command is written; the entry still
                 // records its request id (a retry gets the same answer)
                 // and the applied position.
-                batch = WriteBatch::new();
+                *batch = WriteBatch::new();
                 Ran {
                     result: OpResult::Refused { limit, detail },
                     events: Vec::new(),
@@ -296,43 +411,88 @@ impl Applier {
                 }
             }
         };
-        let Ran {
-            result,
-            events,
-            written,
-            answer_bytes,
-        } = ran;
         let response = CommandResponse {
             revision: index,
-            result,
+            result: ran.result,
         };
         let record = Record {
             head: RecordHead {
                 request: cmd.request_id,
-                response: cmd.request_id.map(|_| kept_answer(&response, answer_bytes)),
+                response: cmd
+                    .request_id
+                    .map(|_| kept_answer(&response, ran.answer_bytes)),
             },
-            events,
+            events: ran.events,
+        };
+        let floor = match cmd.request_id {
+            Some(id) => self.record_session(id, cmd.session, index, true, batch),
+            None => 0,
         };
         let wrote = record.head.request.is_some() || !record.events.is_empty();
         if wrote {
-            batch.put(record_key(index), encode_record(&record));
+            batch.put(record_key(index), encode_record(&record, floor));
         }
-        if let Some(id) = cmd.request_id {
-            self.requests.insert(id, index);
-            debug_assert!(self
-                .requests_by_index
-                .back()
-                .is_none_or(|&(i, _)| i < index));
-            self.requests_by_index.push_back((index, id));
-        }
-        self.trim(db, index, wrote, &mut batch)?;
-        batch.set_user_metadata(position);
-        self.write(db, batch)?;
-        self.meta.record(written);
-        Ok(Applied {
-            response,
-            events: record.events,
+        Ok(Outcome {
+            applied: Applied {
+                response,
+                events: record.events,
+            },
+            wrote,
+            written: ran.written,
         })
+    }
+
+    /// Records in the sessions that the entry at `index` carried `id`,
+    /// adding what that changes to `batch`; returns the session's floor.
+    fn record_session(
+        &mut self,
+        id: RequestId,
+        hint: SessionHint,
+        index: u64,
+        applied: bool,
+        batch: &mut WriteBatch,
+    ) -> u64 {
+        let changes = self.sessions.record(id, hint, index, applied);
+        let floor = changes.floor;
+        self.write_changes(changes, batch);
+        floor
+    }
+
+    /// Adds to `batch` what a change to the sessions asks: records
+    /// outside the history that no longer keep an answer are deleted (the
+    /// others go with the history), marks are written.
+    fn write_changes(&mut self, changes: Changes, batch: &mut WriteBatch) {
+        let history = self.history_start.max(self.records_start);
+        for revision in changes.unpinned {
+            if revision < history {
+                batch.delete(record_key(revision));
+            }
+        }
+        for (client, mark) in changes.marks {
+            batch.put(session_key(client), encode_small(&mark));
+        }
+    }
+
+    /// Applies a settings entry.
+    fn set_settings(
+        &mut self,
+        settings: &Settings,
+        if_unset: bool,
+        batch: &mut WriteBatch,
+    ) -> OpResult {
+        if if_unset && self.settings_set {
+            return OpResult::None;
+        }
+        if let Err(detail) = check_settings(settings) {
+            return OpResult::Refused {
+                limit: "settings bounds".into(),
+                detail,
+            };
+        }
+        self.settings = *settings;
+        self.settings_set = true;
+        batch.put(SETTINGS_KEY, encode_small(settings));
+        OpResult::None
     }
 
     /// Writes one entry's batch. After a failure nothing cached about the
@@ -346,24 +506,10 @@ impl Applier {
         Ok(())
     }
 
-    /// Forgets the request ids applied more than their window before the
-    /// entry at `index`, before that entry looks for a duplicate.
-    fn expire_requests(&mut self, index: u64) {
-        let floor = index.saturating_sub(self.retention.request_id_entries);
-        while let Some(&(i, id)) = self.requests_by_index.front() {
-            if i >= floor {
-                break;
-            }
-            self.requests_by_index.pop_front();
-            let removed = self.requests.remove(&id);
-            debug_assert_eq!(removed, Some(i), "request-id queue and map disagree");
-        }
-    }
-
     /// Records whether the entry at `index` wrote a record, and deletes
-    /// the records that both windows (history and request ids) have
-    /// passed. Runs at fixed log indexes, so every replica trims the same
-    /// way.
+    /// the records the history has passed, but those that keep a
+    /// session's answer. Runs at fixed log indexes, so every replica
+    /// trims the same way.
     fn trim(&mut self, db: &Db, index: u64, wrote: bool, batch: &mut WriteBatch) -> Result<()> {
         self.written.record(index, wrote);
         if !index.is_multiple_of(HISTORY_TRIM_EVERY) {
@@ -374,8 +520,7 @@ impl Applier {
             self.history_start = new_start;
             batch.put(HISTORY_START, new_start.to_le_bytes());
         }
-        let request_floor = index.saturating_sub(self.retention.request_id_entries);
-        let floor = self.history_start.min(request_floor);
+        let floor = self.history_start;
         if floor <= self.records_start {
             return Ok(());
         }
@@ -385,15 +530,43 @@ impl Applier {
         if self.records_start < scan_end {
             for item in db.scan(record_key(self.records_start)..record_key(scan_end))? {
                 let (k, _) = item?;
-                batch.delete(k);
+                if !self.sessions.is_pinned(record_revision(&k)?) {
+                    batch.delete(k);
+                }
             }
         }
         for revision in self.written.take_before(floor) {
-            if revision >= self.records_start {
+            if revision >= self.records_start && !self.sessions.is_pinned(revision) {
                 batch.delete(record_key(revision));
             }
         }
         self.records_start = floor;
+        for client in self.sessions.drop_dead_marks(floor) {
+            batch.delete(session_key(client));
+        }
         Ok(())
     }
+}
+
+/// The refusal of a session `client` would open past [`MAX_SESSIONS`].
+fn max_sessions_refusal(client: u64) -> OpResult {
+    OpResult::Refused {
+        limit: format!("max-sessions = {MAX_SESSIONS}"),
+        detail: format!("client {client} would open a session past the {MAX_SESSIONS} held"),
+    }
+}
+
+/// The answer the record of `revision` keeps for a retry.
+fn answer_at(db: &Db, revision: u64) -> Result<CommandResponse> {
+    let key = record_key(revision);
+    let corrupt = |reason: &str| StoreError::Corrupt {
+        key: key.clone(),
+        reason: reason.into(),
+    };
+    let prev = db
+        .get(&key)?
+        .ok_or_else(|| corrupt("a kept answer's record is missing"))?;
+    let head: RecordHead = decode(&key, &prev, false)?;
+    head.response
+        .ok_or_else(|| corrupt("a request id's record without its answer"))
 }

@@ -32,6 +32,21 @@ pub struct RequestId {
     pub seq: u64,
 }
 
+/// What a write with a request id tells about its client's session
+/// (see `kv::sessions`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionHint {
+    /// Every sequence number of the client below this one is settled:
+    /// the client will never send it again, and its answer may be
+    /// forgotten.
+    pub floor: u64,
+    /// The write may open a session for a client the state machine does
+    /// not know: only for entries logged before sessions were opened
+    /// explicitly ([`LegacyCommand`]); a client opens one with
+    /// [`Op::OpenSession`].
+    pub opens: bool,
+}
+
 /// A state-machine command: one log entry, applied atomically.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Command {
@@ -39,6 +54,70 @@ pub struct Command {
     pub request_id: Option<RequestId>,
     /// What to do.
     pub op: Op,
+    /// With a request id: the client's session floor and whether the
+    /// write may open a session.
+    pub session: SessionHint,
+}
+
+impl Command {
+    /// A command without a request id.
+    pub fn new(op: Op) -> Self {
+        Command {
+            request_id: None,
+            op,
+            session: SessionHint::default(),
+        }
+    }
+}
+
+/// A command as logged before sessions ([`SessionHint`]): entries of
+/// that encoding are read as commands whose request id may open a
+/// session, which is what they meant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LegacyCommand {
+    /// As [`Command::request_id`].
+    pub request_id: Option<RequestId>,
+    /// As [`Command::op`].
+    pub op: Op,
+}
+
+impl fmt::Display for LegacyCommand {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "legacy {}", Command::from(self.clone()))
+    }
+}
+
+impl From<LegacyCommand> for Command {
+    fn from(c: LegacyCommand) -> Self {
+        Command {
+            request_id: c.request_id,
+            op: c.op,
+            session: SessionHint {
+                floor: 0,
+                opens: true,
+            },
+        }
+    }
+}
+
+/// Settings that decide what the state machine keeps; replicated (set by
+/// an [`Op::Settings`] entry), so every replica keeps the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settings {
+    /// Revisions of watch history kept.
+    pub history_revisions: u64,
+    /// Seconds a client's session lives without a write; the leader
+    /// proposes the expiry ([`Op::ExpireSessions`]).
+    pub session_ttl_secs: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            history_revisions: 100_000,
+            session_ttl_secs: 300,
+        }
+    }
 }
 
 /// Set `key` to `value`.
@@ -75,6 +154,22 @@ pub enum Op {
     Delete(DeleteOp),
     /// Compare, then run `success` or `failure`.
     Txn(Txn),
+    /// Forget the sessions whose last write was applied before this
+    /// index (proposed by the leader, by its clock and the session TTL).
+    ExpireSessions {
+        /// Sessions idle since before this index expire.
+        idle_before: u64,
+    },
+    /// Replace the replicated settings (`if_unset`: only when none were
+    /// ever set, which is how a new cluster takes its first node's flags).
+    Settings {
+        /// The new settings.
+        settings: Settings,
+        /// Apply only if no settings were set before.
+        if_unset: bool,
+    },
+    /// Open a client session; its client id is this entry's index.
+    OpenSession,
 }
 
 /// A transaction: all compares hold -> `success`, else `failure`.
@@ -278,6 +373,17 @@ pub enum OpResult {
         /// Bytes of pairs in the first answer.
         bytes: u64,
     },
+    /// The request id's client has no session (never opened, or it
+    /// expired): nothing was applied, and whether an earlier attempt of
+    /// the same request was applied is unknown.
+    SessionUnknown,
+    /// The request id's sequence number is below its client's floor: the
+    /// client settled it, so it is never applied now (it may have been
+    /// applied before).
+    Settled {
+        /// The client's floor.
+        floor: u64,
+    },
 }
 
 impl fmt::Display for Command {
@@ -301,6 +407,13 @@ impl fmt::Display for Command {
                 t.success.len(),
                 t.failure.len()
             ),
+            Op::ExpireSessions { idle_before } => {
+                write!(f, "expire-sessions(idle before {idle_before})")
+            }
+            Op::Settings { settings, if_unset } => {
+                write!(f, "settings({settings:?}, if_unset={if_unset})")
+            }
+            Op::OpenSession => write!(f, "open-session"),
         }
     }
 }

@@ -7,6 +7,7 @@
 //! | none | before versioning: layout 2, or layout 1 if old keys remain |
 //! | 1 | watch events under `'e'`, request ids under `'r'` (never written) |
 //! | 2 | one revision record per revision under `'v'` |
+//! | 3 | records with a request id end with the client's session floor; session marks under `'c'`; settings under `'m' "settings"` |
 
 use std::collections::BTreeMap;
 
@@ -20,7 +21,7 @@ use super::layout::{
 };
 
 /// The layout this build writes.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 
 /// Checks the database's format version. A newer one is refused; a
 /// database without one (written before versioning, or new) is
@@ -114,7 +115,7 @@ fn convert_old_layout(db: &Db, batch: &mut WriteBatch) -> Result<()> {
         "converting the state machine's watch history and request ids to revision records"
     );
     for (revision, record) in &records {
-        batch.put(record_key(*revision), encode_record(record));
+        batch.put(record_key(*revision), encode_record(record, 0));
     }
     Ok(())
 }

@@ -18,6 +18,10 @@ pub(crate) const OLD_REQUEST: u8 = b'r';
 pub(crate) const HISTORY_START: &[u8] = b"mhistory-start";
 /// The layout's format version (u32 LE).
 pub(crate) const FORMAT_VERSION_KEY: &[u8] = b"mformat-version";
+/// The replicated settings: postcard(Settings).
+pub(crate) const SETTINGS_KEY: &[u8] = b"msettings";
+/// Session marks: `'c' client_id u64 BE -> postcard(SessionMark)`.
+pub(crate) const SESSION: u8 = b'c';
 /// Bytes of a pair's header: create_revision, mod_revision, version.
 pub(crate) const KV_HEADER: usize = 24;
 
@@ -96,14 +100,82 @@ pub(crate) fn record_revision(key: &[u8]) -> Result<u64> {
     }
 }
 
-/// Encodes a revision record. postcard writing into a `Vec` fails only
-/// when a `Serialize` impl does, and every type in a record derives it.
+/// Encodes a revision record; with a request id, its client's session
+/// floor follows the events (`postcard(u64)`; a record without it has
+/// floor 0). postcard writing into a `Vec` fails only when a `Serialize`
+/// impl does, and every type in a record derives it.
 #[allow(
     clippy::expect_used,
     reason = "cannot fail: every type in a record derives Serialize"
 )]
-pub(crate) fn encode_record(record: &Record) -> Vec<u8> {
-    postcard::to_allocvec(record).expect("a derived Serialize into a Vec cannot fail")
+pub(crate) fn encode_record(record: &Record, floor: u64) -> Vec<u8> {
+    let mut out =
+        postcard::to_allocvec(record).expect("a derived Serialize into a Vec cannot fail");
+    if record.head.request.is_some() {
+        out = postcard::to_extend(&floor, out).expect("a u64 into a Vec cannot fail");
+    }
+    out
+}
+
+/// A watch event's pair, borrowed: skipped over to reach a record's tail.
+#[derive(Deserialize)]
+struct SkippedEvent<'a> {
+    _kind: EventKind,
+    #[serde(borrow)]
+    _key: &'a [u8],
+    _value: &'a [u8],
+    _create_revision: u64,
+    _mod_revision: u64,
+    _version: u64,
+}
+
+/// The request id a record carries, with its client's floor at the time.
+pub(crate) fn record_request(key: &[u8], bytes: &[u8]) -> Result<Option<(RequestId, u64)>> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        key: key.to_vec(),
+        reason,
+    };
+    let (head, rest): (RecordHead, _) =
+        postcard::take_from_bytes(bytes).map_err(|e| corrupt(e.to_string()))?;
+    let Some(id) = head.request else {
+        return Ok(None);
+    };
+    let (_, tail): (Vec<SkippedEvent<'_>>, _) =
+        postcard::take_from_bytes(rest).map_err(|e| corrupt(e.to_string()))?;
+    let floor = if tail.is_empty() {
+        0
+    } else {
+        decode(key, tail, true)?
+    };
+    Ok(Some((id, floor)))
+}
+
+/// The key of `client`'s session mark.
+pub(crate) fn session_key(client: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(SESSION);
+    k.extend_from_slice(&client.to_be_bytes());
+    k
+}
+
+/// The client of a session mark's key.
+pub(crate) fn session_client(key: &[u8]) -> Result<u64> {
+    match key.split_first() {
+        Some((&SESSION, c)) if c.len() == 8 => Ok(u64_be_at(c, 0)),
+        _ => Err(StoreError::Corrupt {
+            key: key.to_vec(),
+            reason: "bad session key".into(),
+        }),
+    }
+}
+
+/// Encodes a small value (marks, settings).
+#[allow(
+    clippy::expect_used,
+    reason = "cannot fail: the types derive Serialize"
+)]
+pub(crate) fn encode_small<T: Serialize>(value: &T) -> Vec<u8> {
+    postcard::to_allocvec(value).expect("a derived Serialize into a Vec cannot fail")
 }
 
 /// Decodes a `T` from the front of `bytes` stored under `key`; `whole`

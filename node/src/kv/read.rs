@@ -184,7 +184,8 @@ pub fn history(
     for item in db.scan(record_key(from)..end)? {
         let (k, v) = item?;
         let rev = record_revision(&k)?;
-        let record: Record = decode(&k, &v, true)?;
+        // A record with a request id ends with its session floor.
+        let record: Record = decode(&k, &v, false)?;
         let events: Vec<WatchEvent> = record
             .events
             .into_iter()

@@ -26,6 +26,14 @@ enum Step {
     /// The applier is loaded again from the database, as after a
     /// restart: what it knew in memory is gone.
     Reload,
+    /// A put with a new request id of `client`, settling every earlier
+    /// one when `settle`.
+    Write { client: u64, settle: bool },
+    /// A retry of `client`'s write `back` writes ago (settling the
+    /// writes before it when `settle`).
+    Retry { client: u64, back: u8, settle: bool },
+    /// The sessions idle for `idle` entries expire.
+    Expire { idle: u8 },
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -35,6 +43,9 @@ fn step() -> impl Strategy<Value = Step> {
         10 => Just(Step::Blank),
         // Rare: most trims must find the counts of a long run.
         1 => Just(Step::Reload),
+        20 => (1u64..4, prop::bool::weighted(0.2)).prop_map(|(client, settle)| Step::Write { client, settle }),
+        8 => (1u64..4, 0u8..4, prop::bool::weighted(0.1)).prop_map(|(client, back, settle)| Step::Retry { client, back, settle }),
+        1 => (20u8..200).prop_map(|idle| Step::Expire { idle }),
     ]
 }
 
@@ -52,11 +63,9 @@ fn state(index: u64) -> Vec<u8> {
     index.to_le_bytes().to_vec()
 }
 
-/// Loads the applier as the Raft layer does, at the applied position
-/// the database's flush metadata holds.
-fn load(db: &Db, retention: Retention) -> Applier {
-    let applied = db.user_metadata().map_or(0, |m| u64_at(&m, 0));
-    Applier::load(db, retention, applied).unwrap()
+/// Loads the applier as the Raft layer does.
+fn load(db: &Db, defaults: Settings) -> Applier {
+    Applier::load(db, defaults).unwrap()
 }
 
 /// The records the database holds: each one's event count, by
@@ -65,7 +74,7 @@ fn record_events(db: &Db) -> BTreeMap<u64, u32> {
     let mut out = BTreeMap::new();
     for item in db.scan_prefix([RECORD]).unwrap() {
         let (k, v) = item.unwrap();
-        let record: Record = decode(&k, &v, true).unwrap();
+        let record: Record = decode(&k, &v, false).unwrap();
         out.insert(record_revision(&k).unwrap(), record.events.len() as u32);
     }
     out
@@ -82,106 +91,158 @@ fn memory_db() -> Db {
     Db::open("/db", opts).unwrap()
 }
 
-/// The request ids the applier remembers, checked against its queue.
-fn request_ids(applier: &Applier) -> BTreeSet<RequestId> {
-    let queued: BTreeSet<RequestId> = applier
-        .requests_by_index
-        .iter()
-        .map(|&(_, id)| id)
-        .collect();
-    let known: BTreeSet<RequestId> = applier.requests.keys().copied().collect();
-    assert_eq!(queued, known);
-    known
+/// A write of client `client`'s `seq`, with its floor; `opens` when it
+/// may open a session.
+fn with_id(op: Op, client: u64, seq: u64, floor: u64, opens: bool) -> Command {
+    Command {
+        request_id: Some(RequestId {
+            client_id: client,
+            seq,
+        }),
+        op,
+        session: SessionHint { floor, opens },
+    }
 }
 
-/// A fresh database whose request-id window (50 entries) is shorter
-/// than its history's (1000), and its applier.
-fn short_request_window() -> (Db, Retention, Applier) {
+/// Settings with this history window.
+fn history_of(history_revisions: u64) -> Settings {
+    Settings {
+        history_revisions,
+        ..Settings::default()
+    }
+}
+
+/// A retry is answered with the first answer while its session keeps
+/// it, also across reloads and after the history passed its revision;
+/// below the floor it is refused, never applied again; a client without
+/// a session is refused, and an `OpenSession` entry opens one whose
+/// client id is its index.
+#[test]
+fn sessions_answer_retries_until_settled() {
     let db = memory_db();
-    let retention = Retention {
-        history_revisions: 1000,
-        request_id_entries: 50,
+    let settings = history_of(10);
+    let mut applier = load(&db, settings);
+    let mut index = 0;
+    let mut apply = |applier: &mut Applier, cmd: &Command| {
+        index += 1;
+        applier.apply(&db, index, cmd, state(index)).unwrap()
     };
-    let applier = load(&db, retention);
-    (db, retention, applier)
-}
-
-/// Request ids expire in log order, also when the applier was loaded
-/// from the database (whose records outlive the request window here:
-/// the history's is longer), and a duplicate inside the window is
-/// answered, not applied.
-#[test]
-fn request_ids_expire_in_log_order_across_a_reload() {
-    let (db, retention, mut applier) = short_request_window();
-    // Client ids fall as indexes grow, so the database's order of the
-    // ids is the reverse of the log's.
-    let id = |index: u64| RequestId {
-        client_id: 1000 - index,
-        seq: 1,
-    };
-    let put_with = |applier: &mut Applier, index: u64, rid: RequestId| {
-        let cmd = Command {
-            request_id: Some(rid),
-            op: Op::Put(put(1)),
-        };
-        applier.apply(&db, index, &cmd, state(index)).unwrap()
-    };
-    for index in 1..=120 {
-        if index == 60 {
-            applier = load(&db, retention);
+    let w = |seq: u64, floor: u64, _: bool| with_id(Op::Put(put(1)), 2, seq, floor, false);
+    // No session: nothing applied.
+    let r = apply(&mut applier, &w(1, 1, false));
+    assert_eq!(r.response.result, OpResult::SessionUnknown);
+    assert!(r.events.is_empty());
+    let opened = apply(&mut applier, &Command::new(Op::OpenSession));
+    assert_eq!(
+        (opened.response.revision, opened.response.result),
+        (2, OpResult::None),
+        "client 2 is the entry at index 2"
+    );
+    let first = apply(&mut applier, &w(1, 1, true));
+    assert_eq!(first.events.len(), 1);
+    assert_eq!(apply(&mut applier, &w(2, 1, false)).events.len(), 1);
+    // 200 entries later (the history keeps 10), after a reload, seq 1
+    // is still unsettled: its retry gets the first answer.
+    for _ in 0..200 {
+        apply(&mut applier, &Command::new(Op::Put(put(2))));
+    }
+    applier = load(&db, settings);
+    let again = apply(&mut applier, &w(1, 1, false));
+    assert_eq!(again.response, first.response);
+    assert!(again.events.is_empty());
+    // Seq 3 settles 1 and 2: a retry of 1 is refused, nothing applied,
+    // also after a reload.
+    apply(&mut applier, &w(3, 3, false));
+    for reload in [false, true] {
+        if reload {
+            applier = load(&db, settings);
         }
-        put_with(&mut applier, index, id(index));
-        // Ids applied more than 50 entries ago are gone, the others
-        // kept.
-        let want: BTreeSet<RequestId> = (index.saturating_sub(50).max(1)..=index).map(id).collect();
-        assert_eq!(request_ids(&applier), want, "after index {index}");
+        let late = apply(&mut applier, &w(1, 1, false));
+        assert_eq!(late.response.result, OpResult::Settled { floor: 3 });
+        assert!(late.events.is_empty());
     }
-    // Inside the window: the first answer, nothing applied.
-    let again = put_with(&mut applier, 121, id(100));
-    assert_eq!(again.response.revision, 100);
-    assert!(again.events.is_empty());
-    // Expired: applied as new, also right after a load. Loaded at
-    // 121 (the window's oldest: 121 - 50), expired for the entry at 122
-    // before it looks for a duplicate; older ones are not loaded.
-    applier = load(&db, retention);
-    assert!(applier.requests.contains_key(&id(71)));
-    assert!(!applier.requests.contains_key(&id(70)));
-    let fresh = put_with(&mut applier, 122, id(71));
-    assert_eq!(fresh.response.revision, 122);
-    assert_eq!(fresh.events.len(), 1);
+    // The settled answers' records went with the history.
+    for _ in 0..HISTORY_TRIM_EVERY {
+        apply(&mut applier, &Command::new(Op::Put(put(2))));
+    }
+    assert!(!record_events(&db).contains_key(&first.response.revision));
 }
 
-/// An id applied again as new after it expired has two records while
-/// the history's window keeps both; after a reload, the expiry of the
-/// first use leaves the second one answering duplicates.
+/// An expired session is forgotten, also by a reload that still finds
+/// its records in the history; a retry of its writes is refused (it may
+/// not open a session), and its records and mark go once the history
+/// passed them.
 #[test]
-fn a_reapplied_id_survives_the_expiry_of_its_first_use() {
-    let (db, retention, mut applier) = short_request_window();
-    let rid = RequestId {
-        client_id: 5,
-        seq: 1,
+fn expired_sessions_stay_expired() {
+    let db = memory_db();
+    let settings = history_of(100);
+    let mut applier = load(&db, settings);
+    let index = std::cell::Cell::new(0);
+    let apply = |applier: &mut Applier, cmd: &Command| {
+        index.set(index.get() + 1);
+        let i = index.get();
+        (i, applier.apply(&db, i, cmd, state(i)).unwrap())
     };
-    let apply = |applier: &mut Applier, index: u64, request_id: Option<RequestId>| {
-        let cmd = Command {
-            request_id,
-            op: Op::Put(put(1)),
-        };
-        applier.apply(&db, index, &cmd, state(index)).unwrap()
-    };
-    assert_eq!(apply(&mut applier, 1, Some(rid)).response.revision, 1);
-    for index in 2..60 {
-        apply(&mut applier, index, None);
+    let (at, _) = apply(&mut applier, &with_id(Op::Put(put(1)), 5, 1, 1, true));
+    apply(&mut applier, &with_id(Op::Put(put(1)), 6, 1, 1, true));
+    let (expired_at, _) = apply(
+        &mut applier,
+        &Command::new(Op::ExpireSessions {
+            idle_before: at + 1,
+        }),
+    );
+    assert_eq!(applier.sessions(), (1, Some(at + 1)));
+    for reload in [false, true] {
+        if reload {
+            applier = load(&db, settings);
+        }
+        assert_eq!(applier.sessions(), (1, Some(at + 1)));
+        let (_, retry) = apply(&mut applier, &with_id(Op::Put(put(1)), 5, 1, 1, false));
+        assert_eq!(retry.response.result, OpResult::SessionUnknown);
     }
-    // Expired: applied as new.
-    assert_eq!(apply(&mut applier, 60, Some(rid)).response.revision, 60);
-    applier = load(&db, retention);
-    // Only the second use is remembered.
-    assert_eq!(applier.requests_by_index.len(), 1);
-    apply(&mut applier, 61, None);
-    assert_eq!(applier.requests.get(&rid), Some(&60));
-    let again = apply(&mut applier, 62, Some(rid));
-    assert_eq!(again.response.revision, 60);
-    assert!(again.events.is_empty());
+    assert!(db.get(session_key(5)).unwrap().is_some());
+    while index.get() < expired_at + 100 + 2 * HISTORY_TRIM_EVERY {
+        apply(&mut applier, &Command::new(Op::Put(put(2))));
+    }
+    assert!(!record_events(&db).contains_key(&at));
+    assert!(db.get(session_key(5)).unwrap().is_none());
+    // Client 6's session lives on (nothing expired it).
+    let (_, retry) = apply(&mut applier, &with_id(Op::Put(put(1)), 6, 1, 1, false));
+    assert_eq!(retry.response.revision, at + 1);
+}
+
+/// Settings are replicated state: an entry sets them, a later
+/// `if_unset` one does not change them, out-of-bounds ones are refused,
+/// and a reload keeps them whatever defaults it is given.
+#[test]
+fn settings_are_set_by_entries() {
+    let db = memory_db();
+    let mut applier = load(&db, Settings::default());
+    let set = |applier: &mut Applier, index: u64, settings: Settings, if_unset: bool| {
+        let cmd = Command::new(Op::Settings { settings, if_unset });
+        applier
+            .apply(&db, index, &cmd, state(index))
+            .unwrap()
+            .response
+            .result
+    };
+    assert!(!applier.settings_set());
+    let first = history_of(500);
+    assert_eq!(set(&mut applier, 1, first, true), OpResult::None);
+    assert_eq!(set(&mut applier, 2, history_of(900), true), OpResult::None);
+    assert_eq!(applier.settings(), first);
+    let bad = Settings {
+        session_ttl_secs: 1,
+        ..first
+    };
+    assert!(matches!(
+        set(&mut applier, 3, bad, false),
+        OpResult::Refused { .. }
+    ));
+    assert_eq!(applier.settings(), first);
+    let applier = load(&db, history_of(7));
+    assert!(applier.settings_set());
+    assert_eq!(applier.settings(), first);
 }
 
 /// A database of the format before revision records is converted
@@ -230,7 +291,7 @@ fn the_old_format_is_converted_when_loaded() {
     batch.set_user_metadata(state(7));
     db.write(batch).unwrap();
 
-    let mut applier = load(&db, Retention::default());
+    let mut applier = load(&db, Settings::default());
     assert_eq!(db.scan_prefix([OLD_EVENT]).unwrap().count(), 0);
     assert_eq!(db.scan_prefix([OLD_REQUEST]).unwrap().count(), 0);
     assert_eq!(db.user_metadata(), Some(state(7)));
@@ -247,17 +308,14 @@ fn the_old_format_is_converted_when_loaded() {
         .apply(
             &db,
             8,
-            &Command {
-                request_id: Some(rid),
-                op: Op::Put(put(3)),
-            },
+            &with_id(Op::Put(put(3)), rid.client_id, rid.seq, 0, false),
             state(8),
         )
         .unwrap();
     assert_eq!(again.response, answer);
     assert!(again.events.is_empty());
     // Loading again finds nothing left to convert.
-    load(&db, Retention::default());
+    load(&db, Settings::default());
     assert_eq!(record_events(&db), BTreeMap::from([(5, 2), (7, 1)]));
 }
 
@@ -267,7 +325,7 @@ fn the_old_format_is_converted_when_loaded() {
 #[test]
 fn a_newer_format_is_refused() {
     let db = memory_db();
-    load(&db, Retention::default());
+    load(&db, Settings::default());
     assert_eq!(
         db.get(FORMAT_VERSION_KEY).unwrap().as_deref(),
         Some(&FORMAT_VERSION.to_le_bytes()[..])
@@ -275,7 +333,7 @@ fn a_newer_format_is_refused() {
     let mut batch = WriteBatch::new();
     batch.put(FORMAT_VERSION_KEY, (FORMAT_VERSION + 1).to_le_bytes());
     db.write(batch).unwrap();
-    let err = Applier::load(&db, Retention::default(), 0)
+    let err = Applier::load(&db, Settings::default())
         .err()
         .expect("a newer format must be refused");
     assert!(matches!(err, StoreError::NewerFormat { .. }), "{err}");
@@ -300,11 +358,14 @@ fn a_newer_format_is_refused() {
 #[test]
 fn commands_past_an_entrys_bounds_are_refused_and_write_nothing() {
     let db = memory_db();
-    let mut applier = load(&db, Retention::default());
+    let mut applier = load(&db, Settings::default());
     let mut index = 0;
     let mut apply = |applier: &mut Applier, op: Op, request_id: Option<RequestId>| {
         index += 1;
-        let cmd = Command { request_id, op };
+        let cmd = match request_id {
+            Some(id) => with_id(op, id.client_id, id.seq, id.seq, true),
+            None => Command::new(op),
+        };
         (
             index,
             applier.apply(&db, index, &cmd, state(index)).unwrap(),
@@ -405,31 +466,28 @@ fn commands_past_an_entrys_bounds_are_refused_and_write_nothing() {
 #[test]
 fn a_large_answer_is_not_kept_for_retries() {
     let db = memory_db();
-    let mut applier = load(&db, Retention::default());
+    let mut applier = load(&db, Settings::default());
     for i in 0..3u8 {
         let put = PutOp {
             key: vec![b'c', i],
             value: vec![i; 1 << 20],
             prev_kv: false,
         };
-        let cmd = Command {
-            request_id: None,
-            op: Op::Put(put),
-        };
+        let cmd = Command::new(Op::Put(put));
         let index = u64::from(i) + 1;
         applier.apply(&db, index, &cmd, state(index)).unwrap();
     }
-    let read_all = Command {
-        request_id: Some(RequestId {
-            client_id: 9,
-            seq: 1,
-        }),
-        op: Op::Txn(Txn {
+    let read_all = with_id(
+        Op::Txn(Txn {
             compares: Vec::new(),
             success: vec![TxnOp::Scan(ScanSpec::prefix(b"c", 0, false))],
             failure: Vec::new(),
         }),
-    };
+        9,
+        1,
+        1,
+        true,
+    );
     let first = applier.apply(&db, 4, &read_all, state(4)).unwrap();
     match &first.response.result {
         OpResult::Txn { results, .. } => match &results[0] {
@@ -452,68 +510,136 @@ fn a_large_answer_is_not_kept_for_retries() {
     }
 }
 
+/// What the model knows of one client's session.
+#[derive(Default)]
+struct ModelSession {
+    alive: bool,
+    next_seq: u64,
+    floor: u64,
+    last_index: u64,
+    /// Seq -> the revision that applied it, at or above the floor.
+    answers: BTreeMap<u64, u64>,
+}
+
+impl ModelSession {
+    /// What applying the write `seq` (with the client's floor, opening
+    /// the session when `opens`) at `index` must answer: `Some(revision)`
+    /// when it is applied there or was before, `None` when refused.
+    fn apply(&mut self, seq: u64, opens: bool, index: u64) -> Result<u64, OpResult> {
+        if !self.alive && !opens {
+            return Err(OpResult::SessionUnknown);
+        }
+        self.alive = true;
+        self.last_index = index;
+        let out = match self.answers.get(&seq) {
+            Some(&revision) => Ok(revision),
+            None if seq < self.floor => Err(OpResult::Settled { floor: self.floor }),
+            None => {
+                self.answers.insert(seq, index);
+                Ok(index)
+            }
+        };
+        let floor = self.floor;
+        self.answers.retain(|&q, _| q >= floor);
+        out
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 
     /// Trimming with the counts kept in memory, with a scan for what
-    /// came before a reload, or both, leaves exactly the events of
-    /// the revisions in the retention window.
+    /// came before a reload, or both, leaves exactly the records of the
+    /// revisions in the history window and those whose answer a session
+    /// keeps; a retry is answered while its session keeps it, refused
+    /// once settled or expired, and never applied twice.
     #[test]
-    fn history_trim_keeps_exactly_the_window(
+    fn records_are_the_history_and_the_kept_answers(
         steps in prop::collection::vec(step(), 1..600),
-        requests_longer in any::<bool>(),
     ) {
         let db = memory_db();
-        // Either window may be the longer one; a record stays until
-        // both have passed it.
-        let retention = if requests_longer {
-            Retention { history_revisions: 70, request_id_entries: 150 }
-        } else {
-            Retention { history_revisions: 70, request_id_entries: 10 }
-        };
-        let mut applier = load(&db, retention);
-        // The model: events written per revision.
+        let settings = history_of(70);
+        let mut applier = load(&db, settings);
+        // The model: events written per revision, and the sessions.
         let mut model: BTreeMap<u64, u32> = BTreeMap::new();
+        let mut sessions: BTreeMap<u64, ModelSession> = BTreeMap::new();
         let mut index = 0;
         for s in steps {
-            let cmd = match s {
-                Step::Reload => {
-                    applier = load(&db, retention);
-                    continue;
-                }
-                Step::Blank => None,
-                Step::Put(k) => Some(Op::Put(put(k))),
-                Step::Txn(n) => Some(Op::Txn(Txn {
-                    compares: Vec::new(),
-                    success: (0..n).map(|k| TxnOp::Put(put(k))).collect(),
-                    failure: Vec::new(),
-                })),
-            };
+            if let Step::Reload = s {
+                applier = load(&db, settings);
+                continue;
+            }
             index += 1;
             // What readers are told before the entry is applied.
             let announced = applier.history_start_after(index);
-            match cmd {
-                None => applier.apply_empty(&db, index, state(index)).unwrap(),
-                Some(op) => {
-                    let applied = applier
-                        .apply(&db, index, &Command { request_id: None, op }, state(index))
-                        .unwrap();
-                    if !applied.events.is_empty() {
-                        model.insert(index, applied.events.len() as u32);
+            let mut expect = None;
+            let cmd = match s {
+                Step::Reload => unreachable!(),
+                Step::Blank => None,
+                Step::Put(k) => Some(Command::new(Op::Put(put(k)))),
+                Step::Txn(n) => Some(Command::new(Op::Txn(Txn {
+                    compares: Vec::new(),
+                    success: (0..n).map(|k| TxnOp::Put(put(k))).collect(),
+                    failure: Vec::new(),
+                }))),
+                Step::Write { client, settle } | Step::Retry { client, settle, .. } => {
+                    let m = sessions.entry(client).or_default();
+                    let (seq, opens) = match s {
+                        Step::Retry { back, .. } => (m.next_seq.saturating_sub(u64::from(back)).max(1), false),
+                        _ => {
+                            m.next_seq += 1;
+                            (m.next_seq, !m.alive)
+                        }
+                    };
+                    if settle {
+                        m.floor = m.floor.max(seq);
                     }
+                    let cmd = with_id(Op::Put(put(1)), client, seq, m.floor, opens);
+                    expect = Some(m.apply(seq, opens, index));
+                    Some(cmd)
+                }
+                Step::Expire { idle } => {
+                    let bound = index.saturating_sub(u64::from(idle));
+                    for m in sessions.values_mut() {
+                        if m.alive && m.last_index < bound {
+                            m.alive = false;
+                            m.answers.clear();
+                        }
+                    }
+                    Some(Command::new(Op::ExpireSessions { idle_before: bound }))
+                }
+            };
+            let applied = match cmd {
+                None => {
+                    applier.apply_empty(&db, index, state(index)).unwrap();
+                    None
+                }
+                Some(cmd) => Some(applier.apply(&db, index, &cmd, state(index)).unwrap()),
+            };
+            if let Some(applied) = applied {
+                match expect {
+                    Some(Ok(revision)) => {
+                        prop_assert_eq!(applied.response.revision, revision);
+                        prop_assert_eq!(applied.events.len(), usize::from(revision == index), "applied once");
+                    }
+                    Some(Err(result)) => {
+                        prop_assert_eq!(&applied.response.result, &result);
+                        prop_assert!(applied.events.is_empty());
+                    }
+                    None => {}
+                }
+                if !applied.events.is_empty() {
+                    model.insert(index, applied.events.len() as u32);
                 }
             }
             prop_assert_eq!(applier.history_start(), announced);
             // Trims run at multiples of HISTORY_TRIM_EVERY.
             let trimmed_at = index / HISTORY_TRIM_EVERY * HISTORY_TRIM_EVERY;
-            let history_start = trimmed_at.saturating_sub(retention.history_revisions).max(1);
+            let history_start = trimmed_at.saturating_sub(settings.history_revisions).max(1);
             prop_assert_eq!(applier.history_start(), history_start);
-            let floor = history_start.min(trimmed_at.saturating_sub(retention.request_id_entries));
-            model.retain(|&r, _| r >= floor);
+            let pinned: BTreeSet<u64> = sessions.values().flat_map(|m| m.answers.values().copied()).collect();
+            model.retain(|&r, _| r >= history_start || pinned.contains(&r));
             prop_assert_eq!(record_events(&db), model.clone(), "after revision {}", index);
-            if index > retention.history_revisions + HISTORY_TRIM_EVERY {
-                prop_assert!(applier.history_start() + retention.history_revisions + HISTORY_TRIM_EVERY > index);
-            }
         }
     }
 }

@@ -208,7 +208,7 @@ impl LogStore {
             let mut offset = 0u64;
             for rec in records {
                 let len = (frame::HEADER_BYTES + rec.len()) as u64;
-                let entry: Entry = codec::decode(rec).map_err(|e| {
+                let entry: Entry = super::decode_entry(rec).map_err(|e| {
                     io::Error::new(
                         io::ErrorKind::InvalidData,
                         format!("{} at offset {offset}: {e}", path.display()),
@@ -755,7 +755,7 @@ fn read_positions(shared: &Shared, positions: &[Pos]) -> io::Result<Vec<Entry>> 
             )
         };
         let entry: Entry = match (records.first(), tail) {
-            (Some(r), frame::Tail::Clean) => codec::decode(r)?,
+            (Some(r), frame::Tail::Clean) => super::decode_entry(r)?,
             (_, tail) => return Err(damaged(format!("{tail:?}"))),
         };
         if entry.log_id != pos.log_id {

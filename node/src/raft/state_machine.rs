@@ -30,7 +30,7 @@ use tokio::sync::broadcast;
 use super::snapshot::{self, remove_dir, replace_current, SnapshotDir};
 use super::{LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::kv::command::OpResult;
-use crate::kv::{Applier, CommandResponse, Retention, WatchEvent};
+use crate::kv::{Applier, CommandResponse, Settings, WatchEvent};
 use cairn_io::executor::Executor;
 use cairn_io::fs::FileSystem;
 use cairn_io::{codec, small_file};
@@ -99,6 +99,33 @@ pub struct SmShared {
     history_start: AtomicU64,
     cluster_id: AtomicU64,
     events: broadcast::Sender<Arc<RevisionEvents>>,
+    sessions: Mutex<SessionsView>,
+}
+
+/// What the leader's session expiry and `cairnctl` read of the sessions
+/// and the replicated settings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionsView {
+    /// The settings in force.
+    pub settings: Settings,
+    /// Whether an entry ever set them (else they are the defaults).
+    pub settings_set: bool,
+    /// Sessions held.
+    pub count: usize,
+    /// The index of the oldest session's last write.
+    pub oldest_last_index: Option<u64>,
+}
+
+impl SessionsView {
+    fn of(applier: &Applier) -> Self {
+        let (count, oldest_last_index) = applier.sessions();
+        SessionsView {
+            settings: applier.settings(),
+            settings_set: applier.settings_set(),
+            count,
+            oldest_last_index,
+        }
+    }
 }
 
 impl SmShared {
@@ -118,6 +145,10 @@ impl SmShared {
     pub fn cluster_id(&self) -> u64 {
         self.cluster_id.load(Ordering::Acquire)
     }
+    /// The sessions and the settings, as of the last applied entry.
+    pub fn sessions(&self) -> SessionsView {
+        *self.sessions.lock()
+    }
     /// Subscribes to the events of every revision applied from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<RevisionEvents>> {
         self.events.subscribe()
@@ -136,8 +167,6 @@ pub struct SmEnv {
     pub data_dir: PathBuf,
     /// Engine options for the live database (WAL off is forced).
     pub lsm: lsm::Options,
-    /// History and request-id retention.
-    pub retention: Retention,
 }
 
 impl SmEnv {
@@ -214,7 +243,9 @@ impl StateMachine {
             .open_db(&env.sm_dir().join(format!("db-{generation}")))
             .map_err(io_err)?;
         let state = AppliedState::from_metadata(db.durable_user_metadata())?;
-        let applier = Applier::load(&db, env.retention, state.applied_index()).map_err(io_err)?;
+        // The defaults are constants, the same on every replica, until an
+        // entry sets the settings.
+        let applier = Applier::load(&db, Settings::default()).map_err(io_err)?;
         let current = snapshot::load_newest(&*fs, &env.snapshot_dir())?;
         let (events, _) = broadcast::channel(WATCH_CHANNEL);
         let shared = Arc::new(SmShared {
@@ -223,6 +254,7 @@ impl StateMachine {
             cluster_id: AtomicU64::new(state.cluster_id),
             db: RwLock::new(Arc::new(db)),
             events,
+            sessions: Mutex::new(SessionsView::of(&applier)),
         });
         Ok(StateMachine {
             env,
@@ -251,6 +283,11 @@ impl StateMachine {
         self.shared
             .cluster_id
             .store(self.state.cluster_id, Ordering::Release);
+        let view = SessionsView::of(&self.applier);
+        let mut shared = self.shared.sessions.lock();
+        if *shared != view {
+            *shared = view;
+        }
     }
 }
 
@@ -464,8 +501,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             },
         )
         .await??;
-        self.applier =
-            Applier::load(&db, self.env.retention, state.applied_index()).map_err(io_err)?;
+        self.applier = Applier::load(&db, Settings::default()).map_err(io_err)?;
         let old_generation = self.generation;
         self.generation = generation;
         self.state = state;

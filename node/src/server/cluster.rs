@@ -14,6 +14,8 @@ use tonic::{Request, Response, Status};
 use super::errors;
 use super::http::observe;
 use super::NodeCore;
+use crate::kv::command::{Op, OpResult};
+use crate::kv::{check_settings, Command, Settings};
 use crate::raft::Member;
 
 /// The Cluster service.
@@ -144,6 +146,7 @@ impl pb::cluster_server::Cluster for ClusterService {
             .load(std::sync::atomic::Ordering::Relaxed);
         let leader = m.current_leader.unwrap_or(0);
         let leader_addr = self.core.leader().map(|(_, a)| a).unwrap_or_default();
+        let sessions = self.core.sm.sessions();
         Ok(Response::new(pb::StatusResponse {
             cluster_id: self.core.sm.cluster_id(),
             id: self.core.config.id,
@@ -176,6 +179,8 @@ impl pb::cluster_server::Cluster for ClusterService {
             version: super::VERSION.into(),
             snapshot_index: m.snapshot.as_ref().map_or(0, |l| l.index),
             purged_index: purged.map_or(0, |l| l.index),
+            settings: Some(settings_pb(&sessions.settings, sessions.settings_set)),
+            sessions: sessions.count as u64,
         }))
     }
 
@@ -303,6 +308,37 @@ impl pb::cluster_server::Cluster for ClusterService {
         }))
     }
 
+    async fn set_settings(
+        &self,
+        req: Request<pb::SetSettingsRequest>,
+    ) -> Result<Response<pb::Settings>, Status> {
+        let req = req.into_inner();
+        self.leader_only()?;
+        let current = self.core.sm.sessions().settings;
+        let pick = |asked: u64, now: u64| if asked == 0 { now } else { asked };
+        let settings = Settings {
+            history_revisions: pick(req.history_revisions, current.history_revisions),
+            session_ttl_secs: pick(req.session_ttl_secs, current.session_ttl_secs),
+        };
+        check_settings(&settings).map_err(Status::invalid_argument)?;
+        let op = Op::Settings {
+            settings,
+            if_unset: false,
+        };
+        let r = self
+            .core
+            .scope
+            .run(self.core.raft.client_write(Command::new(op)))
+            .await
+            .map_err(errors::write_error)?;
+        if let OpResult::Refused { limit, detail } = r.data.result {
+            return Err(Status::invalid_argument(format!(
+                "{detail} (limit {limit})"
+            )));
+        }
+        Ok(Response::new(settings_pb(&settings, true)))
+    }
+
     async fn snapshot(
         &self,
         _req: Request<pb::SnapshotRequest>,
@@ -334,5 +370,13 @@ impl pb::cluster_server::Cluster for ClusterService {
         }
         let done = snapshot_index(&self.core.raft.metrics().borrow_watched());
         Ok(Response::new(pb::SnapshotResponse { index: done }))
+    }
+}
+
+fn settings_pb(s: &Settings, set: bool) -> pb::Settings {
+    pb::Settings {
+        history_revisions: s.history_revisions,
+        session_ttl_secs: s.session_ttl_secs,
+        set,
     }
 }

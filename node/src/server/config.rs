@@ -219,9 +219,15 @@ pub struct NodeArgs {
     /// entries.
     #[arg(long, env = "CAIRN_SNAPSHOT_ENTRIES")]
     pub snapshot_entries: Option<u64>,
-    /// Revisions of watch history kept.
+    /// Revisions of watch history kept. A cluster-wide setting: the
+    /// first leader of a new cluster proposes its own value; later ones
+    /// do not change it.
     #[arg(long, env = "CAIRN_HISTORY_REVISIONS")]
     pub history_revisions: Option<u64>,
+    /// Seconds a client's session (request-id dedup) lives without a
+    /// write. Cluster-wide, taken like --history-revisions.
+    #[arg(long, env = "CAIRN_SESSION_TTL_SECS")]
+    pub session_ttl_secs: Option<u64>,
     /// Memtable size of the state machine's engine in MiB.
     #[arg(long, env = "CAIRN_MEMTABLE_MIB")]
     pub memtable_mib: Option<usize>,
@@ -262,8 +268,11 @@ pub struct NodeConfig {
     pub election_timeout_ms: u64,
     /// Snapshot every this many entries.
     pub snapshot_entries: u64,
-    /// Watch history kept, in revisions.
+    /// Watch history kept, in revisions (the value a new cluster starts
+    /// with).
     pub history_revisions: u64,
+    /// Session TTL in seconds (the value a new cluster starts with).
+    pub session_ttl_secs: u64,
     /// Memtable bytes.
     pub memtable_bytes: usize,
     /// Block cache bytes.
@@ -365,6 +374,7 @@ impl NodeArgs {
             election_timeout_ms,
             snapshot_entries,
             history_revisions,
+            session_ttl_secs,
             memtable_mib,
             block_cache_mib,
             background_nice
@@ -448,6 +458,15 @@ impl NodeArgs {
                 reason: format!("must exceed twice the heartbeat ({heartbeat_ms} ms)"),
             });
         }
+        let defaults = crate::kv::Settings::default();
+        let settings = crate::kv::Settings {
+            history_revisions: args.history_revisions.unwrap_or(defaults.history_revisions),
+            session_ttl_secs: args.session_ttl_secs.unwrap_or(defaults.session_ttl_secs),
+        };
+        crate::kv::check_settings(&settings).map_err(|reason| ConfigError::Bad {
+            option: "history-revisions/session-ttl-secs",
+            reason,
+        })?;
         let background_nice = args.background_nice.unwrap_or(19);
         if !(0..=19).contains(&background_nice) {
             return Err(ConfigError::Bad {
@@ -470,7 +489,8 @@ impl NodeArgs {
             heartbeat_ms,
             election_timeout_ms,
             snapshot_entries: args.snapshot_entries.unwrap_or(20_000),
-            history_revisions: args.history_revisions.unwrap_or(100_000),
+            history_revisions: settings.history_revisions,
+            session_ttl_secs: settings.session_ttl_secs,
             memtable_bytes: args.memtable_mib.unwrap_or(64) << 20,
             block_cache_bytes: args.block_cache_mib.unwrap_or(256) << 20,
             background_nice,

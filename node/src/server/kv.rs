@@ -15,7 +15,7 @@ use super::reads::ReadRounds;
 use super::NodeCore;
 use crate::kv::command::{
     self, Command, Compare, CompareOp, CompareTarget, DeleteOp, Kv, Op, OpResult, PutOp, RequestId,
-    ScanSpec, Txn, TxnOp,
+    ScanSpec, SessionHint, Txn, TxnOp,
 };
 use crate::kv::{self as store, EventKind, WatchEvent};
 use crate::raft::state_machine;
@@ -108,6 +108,19 @@ impl KvService {
                         resp.data.revision,
                         store::limits::MAX_KEPT_ANSWER_BYTES
                     ))),
+                    OpResult::SessionUnknown => Err(session_refused(
+                        cairn_proto::SESSION_UNKNOWN,
+                        "the cluster holds no session for this request id's client (it \
+                         expired, or this attempt may not open one): nothing was applied"
+                            .into(),
+                    )),
+                    OpResult::Settled { floor } => Err(session_refused(
+                        cairn_proto::SESSION_SETTLED,
+                        format!(
+                            "this request id's seq is below its client's floor {floor}: the \
+                             client settled it, so it is not applied again"
+                        ),
+                    )),
                     _ => Ok(resp.data),
                 }
             }
@@ -188,11 +201,32 @@ impl KvService {
     }
 }
 
-fn request_id(r: Option<&pb::RequestId>) -> Option<RequestId> {
-    r.filter(|r| r.client_id != 0).map(|r| RequestId {
-        client_id: r.client_id,
-        seq: r.seq,
-    })
+/// The command for `op`, with the write's request id and session hint.
+fn command(r: Option<&pb::RequestId>, op: Op) -> Command {
+    match r.filter(|r| r.client_id != 0) {
+        None => Command::new(op),
+        Some(r) => Command {
+            request_id: Some(RequestId {
+                client_id: r.client_id,
+                seq: r.seq,
+            }),
+            op,
+            session: SessionHint {
+                floor: r.floor,
+                opens: false,
+            },
+        },
+    }
+}
+
+/// The error for a write the sessions refused.
+fn session_refused(kind: &'static str, message: String) -> Status {
+    let mut s = Status::failed_precondition(message);
+    s.metadata_mut().insert(
+        cairn_proto::SESSION,
+        tonic::metadata::MetadataValue::from_static(kind),
+    );
+    s
 }
 
 /// The proto form of a pair.
@@ -246,7 +280,9 @@ fn result_to_pb(core: &NodeCore, r: OpResult, revision: u64) -> pb::ResponseOp {
         OpResult::None
         | OpResult::Txn { .. }
         | OpResult::Refused { .. }
-        | OpResult::AnswerNotKept { .. } => {
+        | OpResult::AnswerNotKept { .. }
+        | OpResult::SessionUnknown
+        | OpResult::Settled { .. } => {
             return pb::ResponseOp { response: None };
         }
     };
@@ -271,10 +307,7 @@ impl pb::kv_server::Kv for KvService {
             let r = req.into_inner();
             self.check_size(&r)?;
             let resp = self
-                .propose(Command {
-                    request_id: request_id(r.request_id.as_ref()),
-                    op: Op::Put(self.put_op(&r)?),
-                })
+                .propose(command(r.request_id.as_ref(), Op::Put(self.put_op(&r)?)))
                 .await?;
             match resp.result {
                 OpResult::Put { prev } => Ok(Response::new(pb::PutResponse {
@@ -286,6 +319,26 @@ impl pb::kv_server::Kv for KvService {
         }
         .await;
         observe("Put", started, &r);
+        r
+    }
+
+    async fn open_session(
+        &self,
+        _req: Request<pb::OpenSessionRequest>,
+    ) -> Result<Response<pb::OpenSessionResponse>, Status> {
+        let started = Instant::now();
+        let r = async {
+            let resp = self.propose(Command::new(Op::OpenSession)).await?;
+            match resp.result {
+                OpResult::None => Ok(Response::new(pb::OpenSessionResponse {
+                    header: Some(self.core.header(resp.revision)),
+                    client_id: resp.revision,
+                })),
+                other => Err(unexpected(&other)),
+            }
+        }
+        .await;
+        observe("OpenSession", started, &r);
         r
     }
 
@@ -323,10 +376,7 @@ impl pb::kv_server::Kv for KvService {
                 self.check_prefix_delete(&op)?;
             }
             let resp = self
-                .propose(Command {
-                    request_id: request_id(r.request_id.as_ref()),
-                    op: Op::Delete(op),
-                })
+                .propose(command(r.request_id.as_ref(), Op::Delete(op)))
                 .await?;
             match resp.result {
                 OpResult::Delete { deleted, prev } => Ok(Response::new(pb::DeleteResponse {
@@ -416,14 +466,14 @@ impl pb::kv_server::Kv for KvService {
             let success = self.txn_ops(&r.success)?;
             let failure = self.txn_ops(&r.failure)?;
             let resp = self
-                .propose(Command {
-                    request_id: request_id(r.request_id.as_ref()),
-                    op: Op::Txn(Txn {
+                .propose(command(
+                    r.request_id.as_ref(),
+                    Op::Txn(Txn {
                         compares,
                         success,
                         failure,
                     }),
-                })
+                ))
                 .await?;
             match resp.result {
                 OpResult::Txn { succeeded, results } => Ok(Response::new(pb::TxnResponse {

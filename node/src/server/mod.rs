@@ -19,6 +19,7 @@ pub mod http;
 pub mod kv;
 pub mod peer;
 pub mod reads;
+mod sessions;
 pub mod watch_slots;
 
 use openraft_rt::WatchReceiver;
@@ -33,7 +34,6 @@ use openraft_rt::deterministic_rng::DeterministicRng;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::kv::Retention;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::Network;
 use crate::raft::state_machine::{SmEnv, SmShared, StateMachine};
@@ -418,6 +418,7 @@ impl RunningNode {
             stop_rx.clone(),
         )));
         tasks.push(tokio::spawn(bootstrap::bootstrap(core.clone(), fresh)));
+        tasks.push(tokio::spawn(sessions::keep(core.clone(), stop_rx.clone())));
         tracing::info!(
             id = core.config.id,
             client = %client_addr,
@@ -571,10 +572,6 @@ fn open_storage(
         executor: executor.clone(),
         data_dir: config.data_dir.clone(),
         lsm,
-        retention: Retention {
-            history_revisions: config.history_revisions,
-            ..Retention::default()
-        },
     })?;
     Ok((log, sm))
 }

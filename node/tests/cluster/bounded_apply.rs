@@ -33,8 +33,9 @@ async fn delete_prefix(
         prefix: true,
         prev_kv,
         request_id: Some(pb::RequestId {
-            client_id: 99,
-            seq: u64::from(prev_kv),
+            client_id: open_session(addr).await,
+            seq: 1,
+            floor: 1,
         }),
     };
     with_leader(addr, Duration::from_secs(15), |mut k| {
@@ -152,8 +153,9 @@ async fn a_txn_whose_reads_outgrow_an_entry_is_refused_on_every_replica() {
     let txn = pb::TxnRequest {
         success,
         request_id: Some(pb::RequestId {
-            client_id: 77,
+            client_id: open_session(&addr).await,
             seq: 1,
+            floor: 1,
         }),
         ..Default::default()
     };

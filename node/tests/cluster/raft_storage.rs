@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use cairn_io::{Executor, FileSystem, InlineExecutor, MemFs, StdFs, ThreadExecutor};
 use cairn_lsm as lsm;
-use cairn_node::kv::Retention;
 use cairn_node::raft::log_store::LogStore;
 use cairn_node::raft::state_machine::{SmEnv, StateMachine};
 use cairn_node::raft::{Entry, TypeConfig};
@@ -51,7 +50,6 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, Option<tempfile::TempDir>>
             executor,
             data_dir: dir,
             lsm: lsm::Options::default(),
-            retention: Retention::default(),
         })
         .unwrap();
         Ok((guard, log, sm))
@@ -304,7 +302,6 @@ async fn a_snapshot_with_nothing_new_keeps_the_current_one() {
         executor: Arc::new(ThreadExecutor::new()),
         data_dir: t.path().to_path_buf(),
         lsm: lsm::Options::default(),
-        retention: Retention::default(),
     })
     .unwrap();
     let meta_inode = |s: &cairn_node::raft::Snapshot| {
