@@ -122,19 +122,42 @@ impl Client {
                     attempts: 0,
                 });
             }
-            // One open at a time; the others wait for it.
-            let _opening = self.inner.opening.lock().await;
-            if self.inner.session.lock().client_id.is_some() {
-                continue;
-            }
-            let r = self.open_session_within(self.inner.config.timeout).await?;
-            let mut s = self.inner.session.lock();
-            *s = SessionState {
-                client_id: Some(r.client_id),
-                next_seq: 1,
-                in_flight: BTreeSet::new(),
-            };
+            self.ensure_session().await?;
         }
+    }
+
+    /// Opens a session unless one is open (one open at a time; the
+    /// others wait for it).
+    async fn ensure_session(&self) -> Result<()> {
+        let _opening = self.inner.opening.lock().await;
+        if self.inner.session.lock().client_id.is_some() {
+            return Ok(());
+        }
+        let r = self.open_session_within(self.inner.config.timeout).await?;
+        *self.inner.session.lock() = SessionState {
+            client_id: Some(r.client_id),
+            next_seq: 1,
+            in_flight: BTreeSet::new(),
+        };
+        Ok(())
+    }
+
+    /// Opens this client's session in the background (trying for up to a
+    /// minute), so its first writes need not wait for it.
+    #[cfg(feature = "proxy")]
+    pub fn open_session_soon(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            for _ in 0..60 {
+                let Some(inner) = weak.upgrade() else {
+                    return;
+                };
+                if (Client { inner }).ensure_session().await.is_ok() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
     }
 
     /// Opens a session on the leader; returns its answer.

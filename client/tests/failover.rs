@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_client::{Client, ClientConfig, Consistency, EventKind, Scan, Watch};
-use cairn_testing::{metric, TestCluster};
+use cairn_testing::{metric, wait_settings, TestCluster};
 use futures::StreamExt;
 
 /// A client that knows only a follower reaches the leader through the
@@ -198,6 +198,8 @@ async fn a_compacted_watch_start_is_a_typed_error() {
     // Keep only 100 revisions of history; trimming happens every 1024.
     let c = TestCluster::start(1, &["--history-revisions", "100"]).await;
     let client = Client::connect(c.endpoints()).await.unwrap();
+    // The cluster takes the setting from its first leader's flags.
+    wait_settings(&c, |s| s.history_revisions == 100).await;
     for i in 0..1100 {
         client.put(format!("k{}", i % 10), "v").await.unwrap();
     }

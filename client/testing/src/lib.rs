@@ -515,6 +515,30 @@ where
     }
 }
 
+/// Waits until every running node of `c` has applied cluster settings
+/// (set by an entry) that `want`.
+pub async fn wait_settings(
+    c: &TestCluster,
+    want: impl Fn(&cairn_proto::cluster::Settings) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let mut all = true;
+        for id in c.running() {
+            let s = status(&c.addr(id)).await.ok().and_then(|s| s.settings);
+            all &= s.is_some_and(|s| s.set && want(&s));
+        }
+        if all {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not every node applied the settings wanted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Opens a request-id session through the leader (following hints from
 /// `addr`); its client id.
 pub async fn open_session(addr: &str) -> u64 {

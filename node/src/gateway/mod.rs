@@ -347,6 +347,8 @@ impl RunningGateway {
         let client = Client::new_lazy(&args.seeds, cfg)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
         client.start_refresh();
+        // Writes are relayed under the gateway's session once it is open.
+        client.open_session_soon();
         let listener = net.bind(&args.listen).await?;
         let addr = listener.local_addr()?;
         let metrics_listener = if args.listen_metrics.is_empty() {

@@ -35,9 +35,10 @@ fn data_range(spec: &ScanSpec) -> (Vec<u8>, Vec<u8>) {
 }
 
 /// Reads a page of a range: at most the spec's limit (and [`MAX_PAGE`])
-/// pairs, and pairs of at most `max_bytes` (keys, values and
-/// `kv::limits::PAIR_OVERHEAD_BYTES` each) past the first, whichever
-/// comes first; `more` says the range goes on.
+/// pairs, and at most `max_bytes` of pairs (keys, values and
+/// `kv::limits::PAIR_OVERHEAD_BYTES` each; the first pair comes whatever
+/// its size, so a page always makes progress); `more` says the range goes
+/// on.
 pub fn scan(db: &Db, spec: &ScanSpec, max_bytes: u64) -> Result<ScanResult> {
     scan_merged(db, spec, &BTreeMap::new(), max_bytes)
 }
@@ -103,11 +104,12 @@ pub(crate) fn scan_merged(
     let mut bytes = 0u64;
     let mut more = !stored_exhausted;
     for kv in merged.into_values() {
-        if kvs.len() == limit || (!kvs.is_empty() && bytes > max_bytes) {
+        let cost = pair_cost(kv.key.len(), kv.value.len());
+        if kvs.len() == limit || (!kvs.is_empty() && bytes + cost > max_bytes) {
             more = true;
             break;
         }
-        bytes += pair_cost(kv.key.len(), kv.value.len());
+        bytes += cost;
         kvs.push(kv);
     }
     Ok(ScanResult { kvs, more })

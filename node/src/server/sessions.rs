@@ -30,6 +30,15 @@ const TICK: Duration = Duration::from_secs(1);
 struct Samples(VecDeque<(Instant, u64)>);
 
 impl Samples {
+    /// Keeps at most one sample per `every` among the newest two (samples
+    /// come faster than the tick while the settings are unset).
+    fn thin(&mut self, every: Duration) {
+        let n = self.0.len();
+        if n >= 2 && self.0[n - 1].0.duration_since(self.0[n - 2].0) < every {
+            self.0.remove(n - 2);
+        }
+    }
+
     /// Adds a sample and returns the expiry bound for `ttl`: one past the
     /// newest index applied at least `ttl` ago (sessions whose last
     /// write is below it have been idle that long), if any.
@@ -53,14 +62,21 @@ pub async fn keep(core: Arc<NodeCore>, mut stop: watch::Receiver<bool>) {
     let mut samples = Samples::default();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut metrics = core.raft.metrics();
     loop {
+        // Until the settings are set, a change of the Raft state (this
+        // node becoming leader) is reason enough to look: a new
+        // cluster's first writes should see its settings.
+        let unset = !core.sm.sessions().settings_set;
         tokio::select! {
             _ = tick.tick() => {}
+            r = metrics.changed(), if unset => if r.is_err() { return },
             _ = stop.changed() => return,
         }
         let view = core.sm.sessions();
         let ttl = Duration::from_secs(view.settings.session_ttl_secs);
         let idle_before = samples.idle_before(Instant::now(), core.sm.applied(), ttl);
+        samples.thin(TICK / 2);
         if core.raft.metrics().borrow_watched().state != ServerState::Leader {
             continue;
         }

@@ -148,8 +148,9 @@ async fn a_txn_whose_reads_outgrow_an_entry_is_refused_on_every_replica() {
     let mut success = vec![pb::RequestOp {
         request: Some(pb::request_op::Request::Put(put_req("z", "written?"))),
     }];
-    // Each scan's page holds about 3 MiB: 12 of them are past 24 MiB.
-    success.extend(std::iter::repeat_n(scan, 12));
+    // Each scan's page holds one pair (a page stops at 2 MiB of pairs):
+    // 30 of them are past 24 MiB.
+    success.extend(std::iter::repeat_n(scan, 30));
     let txn = pb::TxnRequest {
         success,
         request_id: Some(pb::RequestId {
@@ -182,15 +183,16 @@ async fn a_txn_whose_reads_outgrow_an_entry_is_refused_on_every_replica() {
     restart_all(&mut c).await;
 }
 
-/// A scan's page is bounded in bytes as well as pairs: 1 MiB values come
-/// two to a page under the default 2 MiB, and the continuation reaches
-/// every one.
+/// A scan's page is bounded in bytes as well as pairs: values just under
+/// 1 MiB come two to a page under the default 2 MiB (a third would pass
+/// it), and the continuation reaches every one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scan_pages_are_bounded_in_bytes() {
     let c = TestCluster::start(3, &[]).await;
     let leader = c.wait_leader(Duration::from_secs(10)).await;
     let addr = c.addr(leader);
-    let value = vec![b'v'; MIB];
+    // Two of these (with their keys and overhead) fit in 2 MiB, three do not.
+    let value = vec![b'v'; MIB - 1024];
     for i in 0..5 {
         put_value(&addr, format!("s/{i}"), &value).await;
     }
@@ -207,7 +209,7 @@ async fn scan_pages_are_bounded_in_bytes() {
             .await
             .unwrap()
             .into_inner();
-        assert!(r.kvs.iter().all(|kv| kv.value.len() == MIB));
+        assert!(r.kvs.iter().all(|kv| kv.value.len() == MIB - 1024));
         pages.push(r.kvs.len());
         if !r.more {
             break;

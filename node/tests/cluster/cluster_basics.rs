@@ -241,3 +241,41 @@ async fn three_nodes_serve_every_call_through_every_node() {
         .unwrap();
     assert_eq!(r.into_inner().header.unwrap().member_id, to);
 }
+
+/// A Get's header revision is read with the data: never older than the
+/// mod revision of the pair it carries, on the leader (linearizable) and
+/// on a follower (serializable), while the key is written all along.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gets_header_revision_is_never_older_than_its_pair() {
+    let c = TestCluster::start(3, &[]).await;
+    let leader = c.wait_leader(Duration::from_secs(10)).await;
+    let follower = c.running().into_iter().find(|&id| id != leader).unwrap();
+    let client = cairn_client::Client::connect(c.endpoints()).await.unwrap();
+    let writer = tokio::spawn(async move {
+        for i in 0..3000u32 {
+            client.put("hot", i.to_string()).await.unwrap();
+        }
+    });
+    let mut reads = 0;
+    for (id, serializable) in [(follower, true), (leader, false)] {
+        let mut k = kv(&c.addr(id)).await;
+        for _ in 0..1500 {
+            let r = k
+                .get(get_req("hot", serializable))
+                .await
+                .unwrap()
+                .into_inner();
+            if let Some(kv) = r.kv {
+                let header = r.header.unwrap().revision;
+                assert!(
+                    header >= kv.mod_revision,
+                    "node {id}: header revision {header} older than the pair's {}",
+                    kv.mod_revision
+                );
+                reads += 1;
+            }
+        }
+    }
+    writer.abort();
+    assert!(reads > 2000, "{reads} reads found the key");
+}

@@ -13,6 +13,7 @@ mod disk_failure;
 mod gateway;
 mod leader_crash;
 mod learner_snapshot;
+mod limit_edges;
 mod node_limits;
 mod raft_storage;
 mod read_rounds;

@@ -120,3 +120,26 @@ async fn calls_in_flight_and_calls_without_a_deadline_are_bounded() {
         .await
         .expect("places given back");
 }
+
+/// `--max-streams-per-connection 3`: while a connection holds three open
+/// watch streams it gets no fourth stream (HTTP/2's
+/// MAX_CONCURRENT_STREAMS: the client waits for a place), another
+/// connection is served, and closing a watch lets the fourth call go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_per_connection_are_bounded() {
+    let c = TestCluster::start(1, &["--max-streams-per-connection", "3"]).await;
+    let addr = c.addr(c.wait_leader(Duration::from_secs(10)).await);
+    let mut k = kv(&addr).await;
+    let w1 = k.watch(watch_req("a")).await.unwrap().into_inner();
+    let _w2 = k.watch(watch_req("b")).await.unwrap().into_inner();
+    let _w3 = k.watch(watch_req("c")).await.unwrap().into_inner();
+    let fourth = tokio::time::timeout(Duration::from_secs(1), k.get(get_req("x", true))).await;
+    assert!(fourth.is_err(), "a fourth stream was opened: {fourth:?}");
+    // Another connection is not held back.
+    kv(&addr).await.get(get_req("x", true)).await.unwrap();
+    drop(w1);
+    tokio::time::timeout(Duration::from_secs(10), k.get(get_req("x", true)))
+        .await
+        .expect("the closed watch's stream came back")
+        .unwrap();
+}

@@ -20,29 +20,6 @@ fn id(client_id: u64, seq: u64, floor: u64) -> Option<pb::RequestId> {
     })
 }
 
-/// Waits until every running node has applied settings that `want`.
-async fn settings_everywhere(
-    c: &TestCluster,
-    want: impl Fn(&cairn_proto::cluster::Settings) -> bool,
-) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let mut all = true;
-        for id in c.running() {
-            let s = status(&c.addr(id)).await.unwrap().settings.unwrap();
-            all &= s.set && want(&s);
-        }
-        if all {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not every node has the settings wanted"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// A put of `counter` under a request id, sent to the leader.
 async fn put_with(
     addr: &str,
@@ -171,7 +148,7 @@ async fn sessions_expire_after_the_ttl() {
     assert_eq!(again.header.unwrap().revision, rev);
     let s = status(&addr).await.unwrap();
     assert_eq!(s.sessions, 1);
-    settings_everywhere(&c, |s| s.session_ttl_secs == 10).await;
+    wait_settings(&c, |s| s.session_ttl_secs == 10).await;
 
     // Idle (a retry is a write: it would keep the session alive).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
@@ -208,11 +185,11 @@ async fn sessions_expire_after_the_ttl() {
 async fn settings_are_the_clusters() {
     let mut c = TestCluster::start(3, &["--history-revisions", "500"]).await;
     c.wait_leader(Duration::from_secs(10)).await;
-    settings_everywhere(&c, |s| s.history_revisions == 500).await;
+    wait_settings(&c, |s| s.history_revisions == 500).await;
     let client = Client::connect(c.endpoints()).await.unwrap();
     let set = client.set_settings(700, 0).await.unwrap();
     assert_eq!((set.history_revisions, set.session_ttl_secs), (700, 300));
-    settings_everywhere(&c, |s| s.history_revisions == 700).await;
+    wait_settings(&c, |s| s.history_revisions == 700).await;
     let err = client.set_settings(0, 1).await.unwrap_err();
     assert!(err.to_string().contains("session-ttl"), "{err}");
     // Every node restarted (with its flag of 500): still 700.
@@ -224,5 +201,5 @@ async fn settings_are_the_clusters() {
     }
     c.wait_leader(Duration::from_secs(30)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    settings_everywhere(&c, |s| s.history_revisions == 700).await;
+    wait_settings(&c, |s| s.history_revisions == 700).await;
 }

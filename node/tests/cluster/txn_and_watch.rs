@@ -227,6 +227,7 @@ async fn a_compacted_start_revision_gets_a_clear_error() {
     // revisions, every HISTORY_TRIM_EVERY.
     let c = TestCluster::start(1, &["--history-revisions", "100"]).await;
     let leader = c.wait_leader(Duration::from_secs(10)).await;
+    wait_settings(&c, |s| s.history_revisions == 100).await;
     let mut k = kv(&c.addr(leader)).await;
     let mut last = 0;
     for i in 0..300 {
