@@ -152,7 +152,14 @@ impl Client {
                 let Some(inner) = weak.upgrade() else {
                     return;
                 };
-                if (Client { inner }).ensure_session().await.is_ok() {
+                let client = Client { inner };
+                // Learn the leader first, so the open goes straight to it.
+                if client.cached_leader().is_none() {
+                    if let Ok(m) = client.members().await {
+                        client.learn(&m);
+                    }
+                }
+                if client.cached_leader().is_some() && client.ensure_session().await.is_ok() {
                     return;
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;

@@ -25,6 +25,9 @@ use crate::kv::{Command, Settings};
 /// How often the applied index is sampled and expiry considered.
 const TICK: Duration = Duration::from_secs(1);
 
+/// How often a leader looks while the cluster has no settings yet.
+const UNSET_TICK: Duration = Duration::from_millis(100);
+
 /// Samples of `(when, applied index)`, oldest first.
 #[derive(Default)]
 struct Samples(VecDeque<(Instant, u64)>);
@@ -62,15 +65,15 @@ pub async fn keep(core: Arc<NodeCore>, mut stop: watch::Receiver<bool>) {
     let mut samples = Samples::default();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut metrics = core.raft.metrics();
+    let mut soon = tokio::time::interval(UNSET_TICK);
+    soon.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        // Until the settings are set, a change of the Raft state (this
-        // node becoming leader) is reason enough to look: a new
-        // cluster's first writes should see its settings.
+        // Until the settings are set, look more often: a new cluster's
+        // first writes should see its settings.
         let unset = !core.sm.sessions().settings_set;
         tokio::select! {
             _ = tick.tick() => {}
-            r = metrics.changed(), if unset => if r.is_err() { return },
+            _ = soon.tick(), if unset => {}
             _ = stop.changed() => return,
         }
         let view = core.sm.sessions();
