@@ -101,8 +101,9 @@ pub(crate) const BULK_PREFIX: &[u8] = b"b/";
 
 /// The bulk client: large values (up to the 1 MiB limit) under `b/`, and
 /// now and then a prefix delete of them with prev_kv (refused by the
-/// leader past 2 MiB of answer) or a transaction of twelve scans over
-/// them (refused by every replica alike when its answer passes 24 MiB).
+/// leader past 2 MiB of answer) or a transaction of sixteen scans over
+/// them, each a page of up to 2 MiB (refused by every replica alike when
+/// its answer passes 24 MiB).
 /// Each outcome must be a success, such a refusal, or unknown (a fault);
 /// their effect is checked by the replicas converging to identical data.
 pub(crate) async fn bulk_loop(opts: Options) -> Result<(), String> {
@@ -130,7 +131,7 @@ pub(crate) async fn bulk_loop(opts: Options) -> Result<(), String> {
             7 | 8 => c.delete_full("b/", true, true).await.map(|_| ()),
             _ => {
                 let scan = cairn_client::Scan::prefix("b/");
-                let scans: Vec<_> = (0..12).map(|_| cairn_client::TxnOp::scan(&scan)).collect();
+                let scans: Vec<_> = (0..16).map(|_| cairn_client::TxnOp::scan(&scan)).collect();
                 c.txn().and_then(scans).commit().await.map(|_| ())
             }
         };

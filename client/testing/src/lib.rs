@@ -323,6 +323,9 @@ impl TestCluster {
             n.spawn(&initial);
         }
         c.wait_leader(Duration::from_secs(30)).await;
+        // The first leader's settings entry: once applied everywhere, no
+        // entry is written that a test did not ask for.
+        wait_settings(&c, |_| true).await;
         c
     }
 
