@@ -225,16 +225,18 @@ impl Relay {
     /// A call's route and method; a write without a request id gets one
     /// of the client's.
     fn prepare(&self, call: Call) -> (Route, &'static str, Call, Option<WriteId>) {
-        let (route, method, unset) = match &call {
-            Call::Put(r) => (Route::Leader, "Put", r.request_id.is_none()),
-            Call::Delete(r) => (Route::Leader, "Delete", r.request_id.is_none()),
-            Call::Txn(r) => (Route::Leader, "Txn", r.request_id.is_none()),
-            Call::Get(r) => (read_route(r.consistency), "Get", false),
-            Call::Scan(r) => (read_route(r.consistency), "Scan", false),
+        let (route, method) = match &call {
+            Call::Put(_) => (Route::Leader, "Put"),
+            Call::Delete(_) => (Route::Leader, "Delete"),
+            Call::Txn(_) => (Route::Leader, "Txn"),
+            Call::Get(r) => (read_route(r.consistency), "Get"),
+            Call::Scan(r) => (read_route(r.consistency), "Scan"),
         };
         // Without a session open, the call goes to the retry loop, which
         // opens one.
-        let write = unset.then(|| self.client.try_write_id()).flatten();
+        let write = needs_request_id(&call)
+            .then(|| self.client.try_write_id())
+            .flatten();
         (route, method, call, write)
     }
 

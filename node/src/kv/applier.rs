@@ -202,14 +202,20 @@ struct Outcome {
 }
 
 impl Outcome {
-    /// An entry that wrote no pairs and no record, answered `result`.
+    /// An entry at `index` that wrote no pairs and no record, answered
+    /// `result`.
     fn answer(index: u64, result: OpResult) -> Self {
+        Self::of(CommandResponse {
+            revision: index,
+            result,
+        })
+    }
+
+    /// An entry that wrote no pairs and no record, answered `response`.
+    fn of(response: CommandResponse) -> Self {
         Outcome {
             applied: Applied {
-                response: CommandResponse {
-                    revision: index,
-                    result,
-                },
+                response,
                 events: Vec::new(),
             },
             wrote: false,
@@ -332,11 +338,11 @@ impl Applier {
             }
             Op::OpenSession => {
                 let result = match self.sessions.open(index, index) {
-                    Ok(changes) => {
+                    Some(changes) => {
                         self.write_changes(changes, &mut batch);
                         OpResult::None
                     }
-                    Err(_) => max_sessions_refusal(index),
+                    None => max_sessions_refusal(index),
                 };
                 Outcome::answer(index, result)
             }
@@ -368,14 +374,7 @@ impl Applier {
             Lookup::Answered(revision) => {
                 let response = answer_at(db, revision)?;
                 self.record_session(id, cmd.session, index, false, batch);
-                Outcome {
-                    applied: Applied {
-                        response,
-                        events: Vec::new(),
-                    },
-                    wrote: false,
-                    written: BTreeMap::new(),
-                }
+                Outcome::of(response)
             }
             Lookup::Settled(floor) => {
                 self.record_session(id, cmd.session, index, false, batch);

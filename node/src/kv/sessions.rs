@@ -113,21 +113,19 @@ pub(crate) struct Sessions {
 
 impl Sessions {
     /// Opens the session of `client` as the entry at `index` (the
-    /// client's id is that index, so it is new); `Err` when past
-    /// [`MAX_SESSIONS`].
-    pub(crate) fn open(&mut self, client: u64, index: u64) -> Result<Changes, Lookup> {
-        if self.by_client.len() >= MAX_SESSIONS {
-            return Err(Lookup::Full);
-        }
-        if self.by_client.contains_key(&client) {
-            return Err(Lookup::Apply);
+    /// client's id is that index, so it is new); `None` when past
+    /// [`MAX_SESSIONS`], or when a legacy write opened a session under
+    /// this id already.
+    pub(crate) fn open(&mut self, client: u64, index: u64) -> Option<Changes> {
+        if self.by_client.len() >= MAX_SESSIONS || self.by_client.contains_key(&client) {
+            return None;
         }
         let s = self.by_client.entry(client).or_default();
         s.last_index = index;
         self.by_idle.insert((index, client));
         let mut changes = Changes::default();
         self.write_mark(client, &mut changes);
-        Ok(changes)
+        Some(changes)
     }
 
     /// Sessions held.
@@ -350,7 +348,7 @@ mod tests {
         s.record(id(7, 1), hint(1, false), 10, true);
         assert_eq!(s.lookup(id(7, 1), hint(1, false)), Lookup::Answered(10));
         assert_eq!(s.lookup(id(7, 2), hint(1, false)), Lookup::Apply);
-        assert_eq!(s.open(7, 11).unwrap_err(), Lookup::Apply);
+        assert!(s.open(7, 11).is_none(), "an id is opened once");
         // A legacy write opens its session.
         assert_eq!(s.lookup(id(9, 1), hint(0, true)), Lookup::Apply);
     }
