@@ -15,14 +15,23 @@ pub enum Bug {
     AckWithoutFsync,
     /// The Raft log ignores requests to truncate a conflicting suffix.
     KeepConflictingSuffix,
+    /// The Raft log cuts a corrupt last record as if it were a torn write.
+    CutCorruptTail,
+    /// A node that started without its data votes at once.
+    VoteWhenWiped,
+    /// The data directory's entry is not synced in its parent.
+    SkipDirSync,
 }
 
 impl Bug {
     /// Every planted bug.
-    pub const ALL: [Bug; 3] = [
+    pub const ALL: [Bug; 6] = [
         Bug::FollowerReads,
         Bug::AckWithoutFsync,
         Bug::KeepConflictingSuffix,
+        Bug::CutCorruptTail,
+        Bug::VoteWhenWiped,
+        Bug::SkipDirSync,
     ];
 
     /// The bug's name (kebab-case).
@@ -31,6 +40,9 @@ impl Bug {
             Bug::FollowerReads => "follower-reads",
             Bug::AckWithoutFsync => "ack-without-fsync",
             Bug::KeepConflictingSuffix => "keep-conflicting-suffix",
+            Bug::CutCorruptTail => "cut-corrupt-tail",
+            Bug::VoteWhenWiped => "vote-when-wiped",
+            Bug::SkipDirSync => "skip-dir-sync",
         }
     }
 
@@ -40,7 +52,10 @@ impl Bug {
     }
 
     fn switch(self) -> &'static AtomicBool {
-        static SWITCHES: [AtomicBool; 3] = [
+        static SWITCHES: [AtomicBool; 6] = [
+            AtomicBool::new(false),
+            AtomicBool::new(false),
+            AtomicBool::new(false),
             AtomicBool::new(false),
             AtomicBool::new(false),
             AtomicBool::new(false),

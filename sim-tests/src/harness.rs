@@ -106,8 +106,8 @@ fn initial_cluster() -> String {
         .join(",")
 }
 
-/// Nodes that stopped by themselves (their Raft hit a storage error):
-/// (node id, simulated time, why).
+/// Nodes that stopped by themselves (their Raft hit a storage error), or
+/// refused to start: (node id, simulated time, why).
 pub type Stops = Arc<Mutex<Vec<(u64, Duration, String)>>>;
 
 /// Adds node `id` (host `n{id}`, client port 7001, peer port 7101), on
@@ -123,12 +123,14 @@ pub fn add_node(
     fs: Arc<MemFs>,
     invariants: Arc<Mutex<Invariants>>,
     stops: Stops,
+    refusals: Stops,
 ) {
     let boots = Arc::new(std::sync::atomic::AtomicU64::new(0));
     sim.host(format!("n{id}"), move || {
         let fs = fs.clone();
         let invariants = invariants.clone();
         let stops = stops.clone();
+        let refusals = refusals.clone();
         let boot = boots.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         async move {
             let config = NodeArgs {
@@ -152,7 +154,21 @@ pub fn add_node(
                 // Seeded per host and per boot.
                 seed: Some(seed ^ (id << 32) ^ (boot << 48)),
             };
-            let node = RunningNode::start_in(config, env).await?;
+            let node = match RunningNode::start_in(config, env).await {
+                Ok(node) => node,
+                Err(e) => {
+                    // A node that refuses to start (its storage cannot be
+                    // trusted) stays down until it is replaced.
+                    invariants.lock().map_err(|e| e.to_string())?.down(id);
+                    refusals.lock().map_err(|e| e.to_string())?.push((
+                        id,
+                        turmoil::elapsed(),
+                        e.to_string(),
+                    ));
+                    std::future::pending::<()>().await;
+                    return Ok(());
+                }
+            };
             // Returns when this boot's Raft has stopped.
             crate::invariants::watch(&node, invariants).await;
             let why = node.failed().await;
@@ -193,6 +209,10 @@ struct World<'a> {
     disks: Vec<Arc<MemFs>>,
     invariants: Arc<Mutex<Invariants>>,
     stops: Stops,
+    /// Boots that refused to start.
+    refusals: Stops,
+    /// Refusals and stops the operator has handled: (node, when).
+    replaced: std::collections::BTreeSet<(u64, Duration)>,
     watchers: Vec<Arc<Mutex<WatchLog>>>,
     admin_log: Arc<Mutex<Vec<String>>>,
     history: Arc<Mutex<Vec<Operation>>>,
@@ -206,7 +226,29 @@ struct World<'a> {
 pub fn run(opts: &Options) -> Result<Report, String> {
     let mut world = build(opts);
     run_nemesis(&mut world, opts)?;
-    let converged = liveness(&mut world, opts)?;
+    let converged = match liveness(&mut world, opts) {
+        Ok(c) => c,
+        Err(e) => {
+            let mut faults = world.faults.clone();
+            for (kind, list) in [
+                ("stopped", &world.stops),
+                ("refused to start", &world.refusals),
+            ] {
+                for (id, at, why) in list.lock().map_err(|e| e.to_string())?.iter() {
+                    faults.push(format!("{at:?} n{id} {kind}: {why}"));
+                }
+            }
+            let voting = world
+                .invariants
+                .lock()
+                .map_err(|e| e.to_string())?
+                .voting
+                .clone();
+            return Err(format!(
+                "{e}\nfaults: {faults:#?}\nvoting (voter, ready): {voting:?}"
+            ));
+        }
+    };
     report(world, opts, converged)
 }
 
@@ -221,6 +263,7 @@ fn build(opts: &Options) -> World<'static> {
     let disks: Vec<Arc<MemFs>> = (0..NODES).map(|_| Arc::new(MemFs::new())).collect();
     let invariants = Arc::new(Mutex::new(Invariants::default()));
     let stops: Stops = Arc::new(Mutex::new(Vec::new()));
+    let refusals: Stops = Arc::new(Mutex::new(Vec::new()));
     for id in 1..=NODES {
         let disk = disks[(id - 1) as usize].clone();
         add_node(
@@ -230,6 +273,7 @@ fn build(opts: &Options) -> World<'static> {
             disk,
             invariants.clone(),
             stops.clone(),
+            refusals.clone(),
         );
     }
     if opts.gateway {
@@ -276,6 +320,8 @@ fn build(opts: &Options) -> World<'static> {
         disks,
         invariants,
         stops,
+        refusals,
+        replaced: std::collections::BTreeSet::new(),
         watchers,
         admin_log,
         history,
@@ -334,9 +380,23 @@ fn run_nemesis(w: &mut World<'_>, opts: &Options) -> Result<(), String> {
                     .map_err(|e| e.to_string())?
                     .latest_leader()
                     .map(|id| format!("n{id}"));
-                if let Some(fault) = next_fault(&mut rng, opts, &all, leader.as_ref()) {
-                    fault.apply(&mut w.sim, &all, &w.disks, rng.random());
-                    w.faults.push(format!("{t:?} {}", fault.describe()));
+                let inv = w.invariants.clone();
+                let may_lose_disk = |h: &str| {
+                    let id = h.strip_prefix('n').and_then(|i| i.parse().ok());
+                    id.is_some_and(|id| inv.lock().is_ok_and(|i| i.others_ready(id)))
+                };
+                let fault = match replacement(w, &may_lose_disk)? {
+                    Some(h) => Some(Fault::Replace(h)),
+                    None => next_fault(&mut rng, opts, &all, leader.as_ref(), &may_lose_disk),
+                };
+                if let Some(fault) = fault {
+                    let what = fault.apply(&mut w.sim, &all, &w.disks, rng.random());
+                    if let Fault::Wipe(h, _) | Fault::Replace(h) | Fault::Flip(h, _) = &fault {
+                        if let Some(id) = h.strip_prefix('n').and_then(|i| i.parse().ok()) {
+                            w.invariants.lock().map_err(|e| e.to_string())?.down(id);
+                        }
+                    }
+                    w.faults.push(format!("{t:?} {what}"));
                     let n = w.stops.lock().map_err(|e| e.to_string())?.len();
                     active = Some((fault, n));
                 }
@@ -347,7 +407,59 @@ fn run_nemesis(w: &mut World<'_>, opts: &Options) -> Result<(), String> {
         fault.heal(&mut w.sim, &all, &w.disks, rng.random());
         w.faults.push(format!("{:?} heal all", w.sim.elapsed()));
     }
-    Ok(())
+    replace_the_rest(w, &all)
+}
+
+/// A node the operator should replace now: one that refused to start or
+/// stopped on corruption since the last look, once every other voter can
+/// vote (replacing two at once could lose what only they held).
+fn replacement(
+    w: &mut World<'_>,
+    may_lose_disk: &dyn Fn(&str) -> bool,
+) -> Result<Option<String>, String> {
+    let refused = w.refusals.lock().map_err(|e| e.to_string())?.clone();
+    let stopped = w.stops.lock().map_err(|e| e.to_string())?.clone();
+    let corrupt = stopped
+        .iter()
+        .filter(|(_, _, why)| why.contains("orrupt") || why.contains("checksum"));
+    for (id, at, _) in refused.iter().chain(corrupt) {
+        let h = format!("n{id}");
+        let key = (*id, *at);
+        if !w.replaced.contains(&key) && may_lose_disk(&h) {
+            w.replaced.insert(key);
+            return Ok(Some(h));
+        }
+    }
+    Ok(None)
+}
+
+/// After the last fault: replaces every node still waiting for it, one at
+/// a time, letting the simulation run until the others can vote.
+fn replace_the_rest(w: &mut World<'_>, all: &[String]) -> Result<(), String> {
+    let deadline = w.sim.elapsed() + Duration::from_secs(120);
+    loop {
+        let inv = w.invariants.clone();
+        let may_lose_disk = |h: &str| {
+            let id = h.strip_prefix('n').and_then(|i| i.parse().ok());
+            id.is_some_and(|id| inv.lock().is_ok_and(|i| i.others_ready(id)))
+        };
+        if let Some(h) = replacement(w, &may_lose_disk)? {
+            let fault = Fault::Replace(h);
+            let what = fault.apply(&mut w.sim, all, &w.disks, 0);
+            w.faults.push(format!("{:?} {what}", w.sim.elapsed()));
+            continue;
+        }
+        let pending = {
+            let refused = w.refusals.lock().map_err(|e| e.to_string())?.len();
+            refused > 0 && w.replaced.len() < refused
+        };
+        if !pending || w.sim.elapsed() > deadline {
+            return Ok(());
+        }
+        if w.sim.step().map_err(|e| format!("simulation: {e}"))? {
+            return Ok(());
+        }
+    }
 }
 
 /// Whether a write to host `h`'s Raft log has failed on its disk.

@@ -35,6 +35,9 @@ pub struct Invariants {
     boots: u64,
     /// log index → (log id as text, the first node seen applying it).
     applied: BTreeMap<u64, (String, u64)>,
+    /// node → (the voters it knows, allowed to vote) as its latest boot
+    /// was last seen; a node that is down or refused to start is not ready.
+    pub voting: BTreeMap<u64, (Vec<u64>, bool)>,
     /// How many metric changes were checked.
     pub observations: u64,
     /// Every violation seen, in order.
@@ -81,6 +84,29 @@ impl Invariants {
         }
     }
 
+    /// Whether every voter other than `node` was last seen up and allowed
+    /// to vote (so `node` may lose its disk without the cluster losing a
+    /// committed entry).
+    pub fn others_ready(&self, node: u64) -> bool {
+        // A node that lost its data does not know it is a voter: the
+        // voters are those any node knows of.
+        let voters: std::collections::BTreeSet<u64> = self
+            .voting
+            .values()
+            .flat_map(|(v, _)| v.iter().copied())
+            .collect();
+        voters
+            .iter()
+            .all(|id| *id == node || self.voting.get(id).is_some_and(|(_, ready)| *ready))
+    }
+
+    /// Notes that `node` is down (crashed, stopped or refusing to start).
+    pub fn down(&mut self, node: u64) {
+        if let Some(v) = self.voting.get_mut(&node) {
+            v.1 = false;
+        }
+    }
+
     /// The node seen leading the newest term, if any (it may have lost
     /// its leadership since, unseen).
     pub fn latest_leader(&self) -> Option<u64> {
@@ -105,6 +131,8 @@ pub async fn watch(node: &RunningNode, invariants: Arc<Mutex<Invariants>>) {
         let m = rx.borrow_watched().clone();
         if let Ok(mut inv) = invariants.lock() {
             inv.observations += 1;
+            let voters = m.membership_config.membership().voter_ids().collect();
+            inv.voting.insert(m.id, (voters, node.core.voting.ready()));
             if m.state == ServerState::Leader && m.current_leader == Some(m.id) {
                 inv.leader(m.current_term, m.id, boot);
             }
@@ -120,6 +148,9 @@ pub async fn watch(node: &RunningNode, invariants: Arc<Mutex<Invariants>>) {
             }
         }
         if rx.changed().await.is_err() {
+            if let Ok(mut inv) = invariants.lock() {
+                inv.down(node.core.config.id);
+            }
             return;
         }
     }

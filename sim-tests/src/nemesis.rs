@@ -1,6 +1,8 @@
 //! The nemesis: one fault at a time (a crash, a partition, a one-way cut,
-//! held or slow links, a failing or full disk), chosen by the run's seed
-//! and healed before the next.
+//! held or slow links, a failing or full disk, a wiped disk, a flipped
+//! bit in synced data), chosen by the run's seed and healed before the
+//! next; and the operator, who replaces a node whose storage cannot be
+//! trusted.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,7 +33,28 @@ pub(crate) enum Fault {
     /// after this many more bytes. The heal restarts the node (if it is
     /// still up) from what it had synced.
     Disk(String, Option<u64>),
+    /// A voter loses its disk (restarted at once on an empty one), and,
+    /// when a leader is named, that leader is cut off from everyone at the
+    /// same time: the wiped node must not help elect a leader that lacks
+    /// what it had acknowledged.
+    Wipe(String, Option<String>),
+    /// A bit flips in synced data of a node (its Raft log, a table or a
+    /// manifest, by the number), and the node restarts and reads it.
+    Flip(String, u8),
+    /// The operator replaces a node that refused to start or stopped on
+    /// corruption: its disk is wiped and it starts empty.
+    Replace(String),
 }
+
+/// What a bit flip may hit: (name, whether a path of a node's data is one).
+type FlipTarget = (&'static str, fn(&str) -> bool);
+pub(crate) const FLIP_TARGETS: [FlipTarget; 3] = [
+    ("Raft log", |p| p.contains("/raft/") && p.ends_with(".log")),
+    ("tables", |p| p.contains("/sm/") && p.ends_with(".sst")),
+    ("manifest", |p| {
+        p.contains("/sm/") && p.contains("MANIFEST-")
+    }),
+];
 
 /// The most a message takes on a healthy link (turmoil's default).
 pub(crate) const NORMAL_LATENCY: Duration = Duration::from_millis(100);
@@ -52,6 +75,12 @@ impl Fault {
             Fault::Slow(h, ms) => format!("slow {h} (latency up to {ms} ms)"),
             Fault::Disk(h, None) => format!("disk {h}: fsync fails"),
             Fault::Disk(h, Some(n)) => format!("disk {h}: full after {n} bytes"),
+            Fault::Wipe(h, None) => format!("wipe {h}"),
+            Fault::Wipe(h, Some(l)) => format!("wipe {h}, isolate leader {l}"),
+            Fault::Flip(h, what) => {
+                format!("flip a bit in {h}'s {}", FLIP_TARGETS[*what as usize].0)
+            }
+            Fault::Replace(h) => format!("replace {h} (wiped, started empty)"),
         }
     }
 
@@ -64,7 +93,8 @@ impl Fault {
         all: &[String],
         disks: &[Arc<MemFs>],
         seed: u64,
-    ) {
+    ) -> String {
+        let mut what = self.describe();
         match self {
             Fault::Crash(hosts) => {
                 for h in hosts {
@@ -108,7 +138,35 @@ impl Fault {
                     });
                 }
             }
+            Fault::Wipe(h, leader) => {
+                if let Some(l) = leader {
+                    for o in all.iter().filter(|o| *o != l) {
+                        sim.partition(l.as_str(), o.as_str());
+                    }
+                }
+                lose_disk(sim, disks, h);
+            }
+            Fault::Flip(h, target) => {
+                sim.crash(h.as_str());
+                if let Some(d) = disk_of(disks, h) {
+                    d.crash(true, seed);
+                    let prefix = format!("/data/{h}/");
+                    let pick = FLIP_TARGETS[*target as usize].1;
+                    match d.flip_bit(seed, |p| {
+                        p.to_str()
+                            .is_some_and(|p| p.starts_with(&prefix) && pick(p))
+                    }) {
+                        Some((path, offset)) => {
+                            what = format!("{what}: {} at offset {offset}", path.display());
+                        }
+                        None => what = format!("{what}: none there"),
+                    }
+                }
+                sim.bounce(h.as_str());
+            }
+            Fault::Replace(h) => lose_disk(sim, disks, h),
         }
+        what
     }
 
     /// Ends the fault: restarts crashed hosts, reconnects cut links,
@@ -152,12 +210,29 @@ impl Fault {
             Fault::Disk(h, _) => {
                 sim.crash(h.as_str());
                 if let Some(d) = disk_of(disks, h) {
+                    // Space is freed: a full disk stays full until then.
+                    d.set_faults(Faults::default());
                     d.crash(true, seed);
                 }
                 sim.bounce(h.as_str());
             }
+            Fault::Wipe(_, Some(l)) => {
+                for o in all.iter().filter(|o| *o != l) {
+                    sim.repair(l.as_str(), o.as_str());
+                }
+            }
+            Fault::Wipe(_, None) | Fault::Flip(..) | Fault::Replace(_) => {}
         }
     }
+}
+
+/// Host `h` loses power and its disk, and starts again on an empty one.
+fn lose_disk(sim: &mut turmoil::Sim<'_>, disks: &[Arc<MemFs>], h: &str) {
+    sim.crash(h);
+    if let Some(d) = disk_of(disks, h) {
+        d.wipe();
+    }
+    sim.bounce(h);
 }
 
 /// A partition-type fault chosen by `rng`.
@@ -189,12 +264,14 @@ fn network_fault(rng: &mut impl Rng, all: &[String], leader: Option<&String>) ->
     }
 }
 
-/// The next fault, chosen by `rng` among the kinds `opts` allows.
+/// The next fault, chosen by `rng` among the kinds `opts` allows. A disk
+/// is wiped only when `may_lose_disk` says the others can do without it.
 pub(crate) fn next_fault(
     rng: &mut impl Rng,
     opts: &Options,
     nodes: &[String],
     leader: Option<&String>,
+    may_lose_disk: &dyn Fn(&str) -> bool,
 ) -> Option<Fault> {
     let mut kinds = Vec::new();
     if opts.crashes {
@@ -205,6 +282,12 @@ pub(crate) fn next_fault(
     }
     if opts.disk_faults {
         kinds.push(2);
+    }
+    if opts.wipes {
+        kinds.push(3);
+    }
+    if opts.bit_flips {
+        kinds.push(4);
     }
     let kind = *kinds.get(rng.random_range(0..kinds.len().max(1)))?;
     let node = nodes[rng.random_range(0..nodes.len())].clone();
@@ -221,9 +304,26 @@ pub(crate) fn next_fault(
             Fault::Crash(hosts)
         }
         1 => network_fault(rng, nodes, leader),
-        _ => Fault::Disk(
+        2 => Fault::Disk(
             node,
             rng.random_bool(0.5).then(|| rng.random_range(0..256 << 10)),
         ),
+        3 => {
+            // A follower's disk, most often: the leader's own loss is a
+            // plain election.
+            let target = match leader {
+                Some(l) if rng.random_bool(0.8) => {
+                    let others: Vec<&String> = nodes.iter().filter(|n| *n != l).collect();
+                    others[rng.random_range(0..others.len())].clone()
+                }
+                _ => node,
+            };
+            if !may_lose_disk(&target) {
+                return None;
+            }
+            let isolate = leader.filter(|l| **l != target && rng.random_bool(0.5));
+            Fault::Wipe(target, isolate.cloned())
+        }
+        _ => Fault::Flip(node, rng.random_range(0..FLIP_TARGETS.len() as u8)),
     })
 }

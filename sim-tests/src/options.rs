@@ -24,6 +24,13 @@ pub struct Options {
     /// must stop (never go on acknowledging) and is restarted at the heal
     /// from what it had synced.
     pub disk_faults: bool,
+    /// Whether the nemesis wipes a voter's disk (when every other voter
+    /// can vote) and restarts it empty.
+    pub wipes: bool,
+    /// Whether the nemesis flips bits in synced data (Raft log, tables,
+    /// manifests); a node that then refuses to start, or stops on
+    /// corruption, is replaced by the operator.
+    pub bit_flips: bool,
     /// Whether a gateway runs: even-numbered clients and a second watcher
     /// go through it (and the nemesis may crash it).
     pub gateway: bool,
@@ -50,6 +57,8 @@ impl Options {
             crashes: true,
             partitions: true,
             disk_faults: true,
+            wipes: true,
+            bit_flips: true,
             gateway: true,
             admin: true,
             transfers: true,
@@ -61,14 +70,16 @@ impl Options {
 impl Options {
     /// The default run for `seed`, with parts switched off by environment
     /// variables (set to anything): SIM_NO_TRANSFERS, SIM_NO_ADMIN,
-    /// SIM_NO_DISK_FAULTS, SIM_NO_GATEWAY, SIM_NO_CRASHES,
-    /// SIM_NO_PARTITIONS, SIM_NO_BULK.
+    /// SIM_NO_DISK_FAULTS, SIM_NO_WIPES, SIM_NO_FLIPS, SIM_NO_GATEWAY,
+    /// SIM_NO_CRASHES, SIM_NO_PARTITIONS, SIM_NO_BULK.
     pub fn from_env(seed: u64) -> Options {
         let off = |name: &str| std::env::var_os(name).is_some();
         Options {
             transfers: !off("SIM_NO_TRANSFERS"),
             admin: !off("SIM_NO_ADMIN"),
             disk_faults: !off("SIM_NO_DISK_FAULTS"),
+            wipes: !off("SIM_NO_WIPES"),
+            bit_flips: !off("SIM_NO_FLIPS"),
             gateway: !off("SIM_NO_GATEWAY"),
             crashes: !off("SIM_NO_CRASHES"),
             partitions: !off("SIM_NO_PARTITIONS"),

@@ -83,6 +83,26 @@ pub trait FileSystem: Send + Sync + 'static {
     fn lock_dir(&self, dir: &Path) -> io::Result<Box<dyn DirLock>>;
 }
 
+/// Creates `dir` and any missing parents, and makes each new directory
+/// entry durable with an fsync of the directory that holds it (a power
+/// cut right after `mkdir` may otherwise take the directory, and every
+/// file synced inside it, away).
+pub fn create_dir_durable(fs: &dyn FileSystem, dir: &Path) -> io::Result<()> {
+    let missing: Vec<&Path> = dir
+        .ancestors()
+        .take_while(|d| !d.as_os_str().is_empty() && !fs.exists(d))
+        .collect();
+    fs.create_dir_all(dir)?;
+    for d in missing.iter().rev() {
+        match d.parent() {
+            Some(p) if p.as_os_str().is_empty() => fs.sync_dir(Path::new("."))?,
+            Some(p) => fs.sync_dir(p)?,
+            None => {}
+        }
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------
 // The real filesystem.
 

@@ -12,11 +12,20 @@ use parking_lot::Mutex;
 
 use crate::fs::{DirLock, FileSystem, RandomAccessFile, WritableFile};
 
-/// An in-memory disk with the crash semantics of a real one: file data is
-/// durable only up to the last `sync`, and directory entries (creations,
-/// renames, removals, links) only after `sync_dir` on their directory.
-/// [`MemFs::crash`] throws away everything that was not durable; faults
-/// (a full disk after N bytes, failing fsyncs) can be switched on.
+/// An in-memory disk with the crash semantics of a real one, and crueler
+/// than a kind one:
+///
+/// - file data is durable only up to the last successful `sync`; data
+///   whose fsync failed never becomes durable, even if a later fsync
+///   succeeds (the kernel dropped the dirty pages: "fsyncgate");
+/// - directory entries (files and directories created, renamed, removed,
+///   linked) are durable only after `sync_dir` on their directory;
+/// - [`MemFs::crash`] throws away everything that was not durable; a torn
+///   crash keeps a random part of each unsynced tail in which every
+///   512-byte sector independently arrived or did not (zeros);
+/// - a full disk stays full across crashes until its faults are cleared;
+/// - [`MemFs::flip_bit`] damages synced data (a latent sector error), and
+///   [`MemFs::wipe`] loses everything (a replaced volume).
 ///
 /// Cloning gives another handle to the same disk.
 #[derive(Clone, Default)]
@@ -29,6 +38,9 @@ struct Inode {
     data: Vec<u8>,
     /// `data[..synced]` survives a crash.
     synced: usize,
+    /// Ranges whose fsync failed: lost in a crash whatever later syncs
+    /// said.
+    lost: Vec<(usize, usize)>,
 }
 
 type InodeRef = Arc<Mutex<Inode>>;
@@ -40,6 +52,8 @@ struct MemState {
     /// The namespace a crash falls back to, per directory.
     durable: BTreeMap<PathBuf, InodeRef>,
     dirs: std::collections::BTreeSet<PathBuf>,
+    /// The directories a crash falls back to (the root always exists).
+    durable_dirs: std::collections::BTreeSet<PathBuf>,
     /// Directory renames (from, to) not yet made durable by a `sync_dir`
     /// of their parent; the files under a directory move with it.
     dir_renames: Vec<(PathBuf, PathBuf)>,
@@ -57,8 +71,9 @@ struct MemState {
 pub struct Faults {
     /// After this many more bytes, appends fail with `StorageFull` (the
     /// write that crosses the limit is cut mid-way, as a real disk would).
+    /// A full disk stays full across crashes.
     pub space_left: Option<u64>,
-    /// Every `sync` and `sync_dir` fails.
+    /// Every `sync` and `sync_dir` fails (until a crash).
     pub fail_sync: bool,
 }
 
@@ -98,40 +113,88 @@ impl MemFs {
     /// engine that used them is gone.
     pub fn crash(&self, keep_torn: bool, seed: u64) {
         let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
         let mut st = self.state.lock();
         st.live = st.durable.clone();
-        // Renames not made durable are undone (newest first).
-        for (from, to) in std::mem::take(&mut st.dir_renames).into_iter().rev() {
-            st.dirs.remove(&to);
-            st.dirs.insert(from);
-        }
-        // Every directory that still holds a file exists again (a directory
-        // renamed away without a durable rename comes back under its old
-        // name, with its files).
-        let parents: Vec<PathBuf> = st
-            .live
-            .keys()
-            .flat_map(|p| p.ancestors().skip(1).map(Path::to_path_buf))
-            .collect();
-        st.dirs.extend(parents);
-        st.space_left = None;
+        // Directories fall back to the durable ones (renames not made
+        // durable are undone with them), and files in a directory that is
+        // gone are gone.
+        st.dir_renames.clear();
+        st.dirs = st.durable_dirs.clone();
+        st.dirs.insert(PathBuf::from("/"));
+        let dirs = st.dirs.clone();
+        st.live.retain(|p, _| {
+            p.ancestors()
+                .skip(1)
+                .all(|a| a.as_os_str().is_empty() || dirs.contains(a))
+        });
         st.fail_sync = false;
         st.failed.clear();
         for inode in st.live.values() {
             let mut inode = inode.lock();
             let unsynced = inode.data.len() - inode.synced;
             let keep = if keep_torn && unsynced > 0 {
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
-                (rng % (unsynced as u64 + 1)) as usize
+                (next() % (unsynced as u64 + 1)) as usize
             } else {
                 0
             };
-            let len = inode.synced + keep;
+            let (synced, len) = (inode.synced, inode.synced + keep);
             inode.data.truncate(len);
+            // Each sector of the torn part arrived or did not.
+            let mut sector = synced / SECTOR * SECTOR;
+            while sector < len {
+                if next().is_multiple_of(2) {
+                    let a = sector.max(synced);
+                    let b = (sector + SECTOR).min(len);
+                    inode.data[a..b].fill(0);
+                }
+                sector += SECTOR;
+            }
+            for (a, b) in std::mem::take(&mut inode.lost) {
+                let b = b.min(len);
+                if a < b {
+                    inode.data[a..b].fill(0);
+                }
+            }
             inode.synced = len;
         }
+    }
+
+    /// Flips one random bit of the synced data of a random file whose path
+    /// `pick` accepts (a latent sector error: the damage is durable).
+    /// Returns the file and offset, or `None` when no file qualifies.
+    pub fn flip_bit(&self, seed: u64, pick: impl Fn(&Path) -> bool) -> Option<(PathBuf, u64)> {
+        let st = self.state.lock();
+        let files: Vec<(&PathBuf, &InodeRef)> = st
+            .live
+            .iter()
+            .filter(|(p, i)| pick(p) && i.lock().synced > 0)
+            .collect();
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let (path, inode) = files.get((x % files.len().max(1) as u64) as usize)?;
+        let mut inode = inode.lock();
+        let offset = ((x >> 20) % inode.synced as u64) as usize;
+        inode.data[offset] ^= 1 << ((x >> 8) % 8);
+        Some(((*path).clone(), offset as u64))
+    }
+
+    /// Loses everything on the disk (a volume replaced by an empty one).
+    /// Faults are cleared. Open handles must be dropped first.
+    pub fn wipe(&self) {
+        let mut st = self.state.lock();
+        let bytes_written = st.bytes_written;
+        let syncs = st.syncs;
+        *st = MemState::default();
+        st.bytes_written = bytes_written;
+        st.syncs = syncs;
     }
 
     /// Flips one bit of `path` at `offset` (for corruption tests). The
@@ -157,6 +220,9 @@ impl MemFs {
             .ok_or_else(|| not_found(path))
     }
 }
+
+/// The size of a sector: the unit a torn write keeps or loses.
+const SECTOR: usize = 512;
 
 fn not_found(path: &Path) -> io::Error {
     io::Error::new(
@@ -206,6 +272,13 @@ impl WritableFile for MemWritable {
         let mut st = self.fs.state.lock();
         if st.fail_sync {
             st.failed.push(self.path.clone());
+            // The kernel drops the dirty pages it could not write back: a
+            // later fsync that succeeds does not bring them back.
+            let mut inode = self.inode.lock();
+            let range = (inode.synced, inode.data.len());
+            if range.0 < range.1 {
+                inode.lost.push(range);
+            }
             return Err(io::Error::other("injected fsync failure"));
         }
         st.syncs += 1;
@@ -399,6 +472,14 @@ impl FileSystem for MemFs {
                 st.durable.insert(path.clone(), inode.clone());
             }
         }
+        st.durable_dirs.retain(|d| d.parent() != Some(dir));
+        let children: Vec<PathBuf> = st
+            .dirs
+            .iter()
+            .filter(|d| d.parent() == Some(dir))
+            .cloned()
+            .collect();
+        st.durable_dirs.extend(children);
         Ok(())
     }
     fn exists(&self, path: &Path) -> bool {
@@ -429,7 +510,7 @@ mod tests {
         let root = Path::new("/snaps");
         for (tmp, done) in [("tmp-1", "snap-1"), ("tmp-2", "snap-2")] {
             let dir = root.join(tmp);
-            fs.create_dir_all(&dir).unwrap();
+            crate::fs::create_dir_durable(&fs, &dir).unwrap();
             let mut f = fs.create(&dir.join("f")).unwrap();
             f.append(tmp.as_bytes()).unwrap();
             f.sync().unwrap();
@@ -456,7 +537,7 @@ mod tests {
     fn crash_keeps_only_synced_data_and_entries() {
         let fs = MemFs::new();
         let dir = Path::new("/db");
-        fs.create_dir_all(dir).unwrap();
+        crate::fs::create_dir_durable(&fs, dir).unwrap();
         let mut a = fs.create(&dir.join("a")).unwrap();
         a.append(b"hello").unwrap();
         a.sync().unwrap();
@@ -483,5 +564,125 @@ mod tests {
         let err = f.append(b"abcdef").unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::StorageFull);
         assert_eq!(fs.read_all(Path::new("/d/f")).unwrap(), b"abc");
+    }
+
+    #[test]
+    fn a_directory_is_durable_only_after_its_parent_is_synced() {
+        let fs = MemFs::new();
+        fs.create_dir_all(Path::new("/a/b")).unwrap();
+        let mut f = fs.create(Path::new("/a/b/f")).unwrap();
+        f.append(b"x").unwrap();
+        f.sync().unwrap();
+        fs.sync_dir(Path::new("/a/b")).unwrap();
+        drop(f);
+        fs.crash(false, 1);
+        assert!(
+            !fs.exists(Path::new("/a")),
+            "a directory never synced in its parent survived"
+        );
+        assert!(!fs.exists(Path::new("/a/b/f")));
+        crate::fs::create_dir_durable(&fs, Path::new("/a/b")).unwrap();
+        let mut f = fs.create(Path::new("/a/b/f")).unwrap();
+        f.append(b"x").unwrap();
+        f.sync().unwrap();
+        fs.sync_dir(Path::new("/a/b")).unwrap();
+        drop(f);
+        fs.crash(false, 1);
+        assert_eq!(fs.read_all(Path::new("/a/b/f")).unwrap(), b"x");
+    }
+
+    /// A failed fsync loses its data even when a later fsync succeeds.
+    #[test]
+    fn fsyncgate_a_failed_sync_is_not_redeemed_by_a_later_one() {
+        let fs = MemFs::new();
+        crate::fs::create_dir_durable(&fs, Path::new("/d")).unwrap();
+        let mut f = fs.create(Path::new("/d/f")).unwrap();
+        fs.sync_dir(Path::new("/d")).unwrap();
+        f.append(b"first").unwrap();
+        f.sync().unwrap();
+        f.append(b"-second").unwrap();
+        fs.set_faults(Faults {
+            fail_sync: true,
+            ..Faults::default()
+        });
+        assert!(f.sync().is_err());
+        fs.set_faults(Faults::default());
+        f.append(b"-third").unwrap();
+        f.sync().unwrap();
+        drop(f);
+        fs.crash(false, 1);
+        let data = fs.read_all(Path::new("/d/f")).unwrap();
+        assert_eq!(&data[..5], b"first");
+        assert_eq!(&data[5..12], &[0u8; 7], "the failed range survived");
+        assert_eq!(&data[12..], b"-third");
+    }
+
+    #[test]
+    fn a_torn_crash_loses_whole_sectors_in_any_order() {
+        let mut lost_a_middle_sector = false;
+        for seed in 0..64 {
+            let fs = MemFs::new();
+            crate::fs::create_dir_durable(&fs, Path::new("/d")).unwrap();
+            let mut f = fs.create(Path::new("/d/f")).unwrap();
+            fs.sync_dir(Path::new("/d")).unwrap();
+            f.append(&[1u8; 100]).unwrap();
+            f.sync().unwrap();
+            f.append(&[2u8; 4000]).unwrap();
+            drop(f);
+            fs.crash(true, seed);
+            let data = fs.read_all(Path::new("/d/f")).unwrap();
+            assert_eq!(&data[..100], &[1u8; 100]);
+            for (i, sector) in data.chunks(SECTOR).enumerate() {
+                let from = if i == 0 { 100 } else { 0 };
+                let part = &sector[from.min(sector.len())..];
+                assert!(
+                    part.iter().all(|&b| b == 2) || part.iter().all(|&b| b == 0),
+                    "seed {seed}: sector {i} is neither written nor lost"
+                );
+                if i > 0 && i + 1 < data.len() / SECTOR && part.iter().all(|&b| b == 0) {
+                    lost_a_middle_sector = true;
+                }
+            }
+        }
+        assert!(lost_a_middle_sector);
+    }
+
+    #[test]
+    fn a_full_disk_stays_full_across_a_crash_and_a_wipe_loses_everything() {
+        let fs = MemFs::new();
+        crate::fs::create_dir_durable(&fs, Path::new("/d")).unwrap();
+        fs.set_faults(Faults {
+            space_left: Some(0),
+            fail_sync: false,
+        });
+        fs.crash(false, 1);
+        let mut f = fs.create(Path::new("/d/f")).unwrap();
+        assert_eq!(
+            f.append(b"x").unwrap_err().kind(),
+            io::ErrorKind::StorageFull
+        );
+        drop(f);
+        fs.wipe();
+        assert!(!fs.exists(Path::new("/d")));
+        let mut f = fs.create(Path::new("/f")).unwrap();
+        f.append(b"fits again").unwrap();
+    }
+
+    #[test]
+    fn flipped_bits_land_in_synced_data_only() {
+        let fs = MemFs::new();
+        crate::fs::create_dir_durable(&fs, Path::new("/d")).unwrap();
+        let mut f = fs.create(Path::new("/d/f")).unwrap();
+        f.append(&[0u8; 64]).unwrap();
+        f.sync().unwrap();
+        f.append(&[0u8; 64]).unwrap();
+        drop(f);
+        assert!(fs.flip_bit(1, |p| p.ends_with("other")).is_none());
+        let (path, offset) = fs.flip_bit(1, |_| true).unwrap();
+        assert_eq!(path, Path::new("/d/f"));
+        assert!(offset < 64);
+        let data = fs.read_all(&path).unwrap();
+        assert_eq!(data.iter().filter(|&&b| b != 0).count(), 1);
+        assert_eq!(data[offset as usize].count_ones(), 1);
     }
 }

@@ -54,9 +54,10 @@ pub fn read<T: DeserializeOwned>(fs: &dyn FileSystem, path: &Path) -> io::Result
     if !fs.exists(path) {
         return Ok(None);
     }
-    let data = fs.read_all(path)?;
-    match frame::decode_all(&data) {
-        (records, frame::Tail::Clean) if records.len() == 1 => Ok(Some(codec::decode(records[0])?)),
+    let mut data = fs.read_all(path)?;
+    let decoded = frame::decode_all(&mut data, frame::Syncs::EachRecord);
+    match (decoded.records.as_slice(), decoded.tail) {
+        ([record], frame::Tail::Clean) => Ok(Some(codec::decode(record.payload)?)),
         (_, tail) => Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!("{} is damaged ({tail:?})", path.display()),

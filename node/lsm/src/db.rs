@@ -468,7 +468,7 @@ impl Inner {
                 dir.display()
             )));
         }
-        fs.create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        super::fs::create_dir_durable(fs, dir).map_err(|e| Error::io(dir, e))?;
         // Hold the manifest lock so the version and the metadata agree.
         let _manifest = self.manifest.lock();
         let (version, mut edit) = {

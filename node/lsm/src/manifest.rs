@@ -99,20 +99,20 @@ pub(crate) fn recover(fs: &dyn FileSystem, dir: &Path) -> Result<Option<Recovere
         .filter(|s| s.starts_with("MANIFEST-") && !s.contains('/'))
         .ok_or_else(|| Error::corruption(&current, 0, "CURRENT does not name a manifest"))?;
     let path = dir.join(name);
-    let data = fs.read_all(&path).map_err(|e| Error::io(&path, e))?;
-    let (records, tail) = frame::decode_all(&data);
-    if let Tail::Corrupt { offset, reason } = tail {
+    let mut data = fs.read_all(&path).map_err(|e| Error::io(&path, e))?;
+    // Every edit is synced before the next is written.
+    let decoded = frame::decode_all(&mut data, frame::Syncs::EachRecord);
+    if let Tail::Corrupt { offset, reason } = decoded.tail {
         return Err(Error::corruption(&path, offset, reason));
     }
-    if records.is_empty() {
+    if decoded.records.is_empty() {
         return Err(Error::corruption(&path, 0, "manifest holds no edit"));
     }
     let mut r = Recovered::default();
-    let mut offset = 0u64;
-    for rec in records {
-        let edit =
-            VersionEdit::decode(rec).map_err(|reason| Error::corruption(&path, offset, reason))?;
-        offset += (frame::HEADER_BYTES + rec.len()) as u64;
+    for rec in decoded.records {
+        let offset = rec.offset;
+        let edit = VersionEdit::decode(rec.payload)
+            .map_err(|reason| Error::corruption(&path, offset, reason))?;
         for (level, number) in &edit.deleted {
             if r.files.remove(number).map(|(l, _)| l) != Some(*level) {
                 return Err(Error::corruption(

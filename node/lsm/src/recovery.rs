@@ -50,7 +50,7 @@ fn parse_name(name: &str) -> FileKind {
 pub(crate) fn open(dir: &Path, opts: Options) -> Result<Db> {
     validate(&opts)?;
     let fs = opts.fs.clone();
-    fs.create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    super::fs::create_dir_durable(&*fs, dir).map_err(|e| Error::io(dir, e))?;
     let lock = fs
         .lock_dir(dir)
         .map_err(|e| Error::Open(format!("{}: {e}", dir.display())))?;

@@ -46,9 +46,15 @@ impl WalWriter {
         })
     }
 
-    /// Appends already framed records and hands them to the OS.
+    /// Appends already framed records and hands them to the OS. The
+    /// first append after a sync starts with a sync mark, so recovery
+    /// can tell damage to synced records from a torn tail.
     pub fn append(&mut self, framed: &[u8]) -> Result<()> {
-        let end = self.file.len() + framed.len() as u64;
+        let mut mark = Vec::new();
+        if self.unsynced_bytes == 0 {
+            frame::encode_mark(&mut mark, self.file.len(), true);
+        }
+        let end = self.file.len() + (mark.len() + framed.len()) as u64;
         if end > self.allocated {
             let want = end.div_ceil(PREALLOCATE_BYTES) * PREALLOCATE_BYTES;
             self.file
@@ -57,10 +63,11 @@ impl WalWriter {
             self.allocated = want;
         }
         self.file
-            .append(framed)
+            .append(&mark)
+            .and_then(|()| self.file.append(framed))
             .and_then(|()| self.file.flush())
             .map_err(|e| Error::io(&self.path, e))?;
-        self.unsynced_bytes += framed.len() as u64;
+        self.unsynced_bytes += (mark.len() + framed.len()) as u64;
         Ok(())
     }
 
@@ -76,21 +83,20 @@ impl WalWriter {
 }
 
 /// Reads every batch of a WAL file. A torn tail ends the log quietly;
-/// damage followed by more records is [`Error::Corruption`].
+/// damage to a completely written or synced record is
+/// [`Error::Corruption`].
 pub(crate) fn replay(fs: &dyn FileSystem, path: &Path) -> Result<Vec<(SeqNo, WriteBatch)>> {
-    let data = fs.read_all(path).map_err(|e| Error::io(path, e))?;
-    let (records, tail) = frame::decode_all(&data);
-    if let Tail::Corrupt { offset, reason } = tail {
+    let mut data = fs.read_all(path).map_err(|e| Error::io(path, e))?;
+    let decoded = frame::decode_all(&mut data, frame::Syncs::Marked);
+    if let Tail::Corrupt { offset, reason } = decoded.tail {
         return Err(Error::corruption(path, offset, reason));
     }
-    let mut out = Vec::with_capacity(records.len());
-    let mut offset = 0u64;
-    for rec in records {
-        let Some(decoded) = WriteBatch::decode(rec) else {
-            return Err(Error::corruption(path, offset, "malformed write batch"));
+    let mut out = Vec::with_capacity(decoded.records.len());
+    for rec in decoded.records {
+        let Some(batch) = WriteBatch::decode(rec.payload) else {
+            return Err(Error::corruption(path, rec.offset, "malformed write batch"));
         };
-        out.push(decoded);
-        offset += (frame::HEADER_BYTES + rec.len()) as u64;
+        out.push(batch);
     }
     Ok(out)
 }

@@ -151,6 +151,104 @@ fn segment_name(first_index: u64) -> String {
     format!("{first_index:020}.log")
 }
 
+/// An error for a log that cannot be trusted: the node refuses to start.
+fn damaged(what: String) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!(
+            "{what}. This node's Raft log cannot be trusted and it will not start: \
+             replace it (move its data directory away and start it empty; it \
+             rejoins and is caught up by the leader before it votes, see \
+             docs/durability.md)"
+        ),
+    )
+}
+
+/// Reads the segment at `path` (whose first entry is `first`) into `mem`,
+/// skipping entries below `floor`, and returns where its last record
+/// ends. Only the last segment may end in a torn write, which is cut;
+/// every other damage is an error naming the file and offset.
+fn load_segment(
+    fs: &dyn FileSystem,
+    path: &Path,
+    first: u64,
+    is_last: bool,
+    floor: u64,
+    mem: &mut Mem,
+) -> io::Result<u64> {
+    let mut data = fs.read_all(path)?;
+    let decoded = frame::decode_all(&mut data, frame::Syncs::Marked);
+    for (i, rec) in decoded.records.iter().enumerate() {
+        let entry: Entry = super::decode_entry(rec.payload).map_err(|e| {
+            damaged(format!(
+                "Raft log segment {} holds an undecodable entry at offset {}: {e}",
+                path.display(),
+                rec.offset
+            ))
+        })?;
+        let index = entry.log_id.index;
+        if i == 0 && index != first {
+            return Err(damaged(format!(
+                "Raft log segment {} starts with entry {index}, not {first}",
+                path.display()
+            )));
+        }
+        if index < floor {
+            continue;
+        }
+        if mem.entries.is_empty() {
+            mem.first_index = index;
+        } else if index != mem.next_index() {
+            return Err(damaged(format!(
+                "log gap in {}: entry {index} after {}",
+                path.display(),
+                mem.next_index() - 1
+            )));
+        }
+        mem.entries.push_back(Pos {
+            log_id: entry.log_id,
+            segment: first,
+            offset: rec.offset,
+            len: rec.framed_len(),
+        });
+    }
+    #[cfg(feature = "planted-bugs")]
+    let decoded = {
+        let mut d = decoded;
+        if let (true, frame::Tail::Corrupt { offset, .. }) = (
+            is_last && crate::planted::on(crate::planted::Bug::CutCorruptTail),
+            d.tail.clone(),
+        ) {
+            d.tail = frame::Tail::Torn { offset };
+            d.end = offset;
+        }
+        d
+    };
+    match decoded.tail {
+        frame::Tail::Clean => {}
+        frame::Tail::Zeros { offset } | frame::Tail::Torn { offset } if is_last => {
+            if matches!(decoded.tail, frame::Tail::Torn { .. }) {
+                tracing::warn!(segment = %path.display(), offset,
+                    "cutting a torn write at the end of the Raft log (never acknowledged)");
+            }
+            fs.truncate(path, offset)?;
+        }
+        frame::Tail::Zeros { offset } | frame::Tail::Torn { offset } => {
+            return Err(damaged(format!(
+                "Raft log segment {} ends in unwritten bytes at offset {offset} although a later segment exists",
+                path.display()
+            )))
+        }
+        frame::Tail::Corrupt { offset, reason } => {
+            return Err(damaged(format!(
+                "Raft log segment {} is corrupt at offset {offset}: {reason}",
+                path.display()
+            )))
+        }
+    }
+    Ok(decoded.end)
+}
+
 impl LogStore {
     /// Opens the log in `dir` (created if missing), cutting a torn tail
     /// and refusing a log damaged in the middle.
@@ -171,7 +269,7 @@ impl LogStore {
         segment_bytes: u64,
     ) -> io::Result<Self> {
         let dir = dir.as_ref().to_path_buf();
-        fs.create_dir_all(&dir)?;
+        cairn_io::fs::create_dir_durable(&*fs, &dir)?;
         let vote: Option<Vote> = small_file::read(&*fs, &dir.join("vote"))?;
         let purged: Option<LogId> = small_file::read(&*fs, &dir.join("purged"))?;
         // A hint: a damaged one reads as none.
@@ -203,57 +301,20 @@ impl LogStore {
         let last_segment = names.last().map(|(f, _)| *f);
         for (first, name) in &names {
             let path = dir.join(name);
-            let data = fs.read_all(&path)?;
-            let (records, tail) = frame::decode_all(&data);
-            let mut offset = 0u64;
-            for rec in records {
-                let len = (frame::HEADER_BYTES + rec.len()) as u64;
-                let entry: Entry = super::decode_entry(rec).map_err(|e| {
-                    io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("{} at offset {offset}: {e}", path.display()),
-                    )
-                })?;
-                let index = entry.log_id.index;
-                if index >= floor {
-                    if mem.entries.is_empty() {
-                        mem.first_index = index;
-                    } else if index != mem.next_index() {
-                        return Err(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            format!(
-                                "log gap in {}: entry {index} after {}",
-                                path.display(),
-                                mem.next_index() - 1
-                            ),
-                        ));
-                    }
-                    mem.entries.push_back(Pos {
-                        log_id: entry.log_id,
-                        segment: *first,
-                        offset,
-                        len,
-                    });
-                }
-                offset += len;
+            let is_last = Some(*first) == last_segment;
+            let end = load_segment(&*fs, &path, *first, is_last, floor, &mut mem)?;
+            mem.segments.insert(*first, end);
+        }
+        if let (Some(p), Some(e)) = (mem.purged, mem.entries.front()) {
+            if e.log_id.index != p.index + 1 {
+                return Err(damaged(format!(
+                    "the Raft log in {} starts at entry {} but entry {} is the first after the purged {}",
+                    dir.display(),
+                    e.log_id.index,
+                    p.index + 1,
+                    p.index
+                )));
             }
-            match tail {
-                frame::Tail::Clean => {}
-                frame::Tail::Torn { offset: cut } if Some(*first) == last_segment => {
-                    tracing::warn!(segment = %path.display(), cut, "cutting a torn log tail");
-                    fs.truncate(&path, cut)?;
-                }
-                frame::Tail::Torn { offset } | frame::Tail::Corrupt { offset, .. } => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!(
-                            "Raft log segment {} is damaged at offset {offset}",
-                            path.display()
-                        ),
-                    ))
-                }
-            }
-            mem.segments.insert(*first, offset);
         }
         // The committed hint can only name an entry that is present.
         mem.committed = committed.filter(|c| mem.last_log_id().is_some_and(|l| c.index <= l.index));
@@ -530,7 +591,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     assert_eq!(index, mem.next_index(), "log gap: appending {index}");
                 }
                 let payload = codec::encode(&entry)?;
-                let len = (frame::HEADER_BYTES + payload.len()) as u64;
+                let len = frame::framed_len(payload.len()) as u64;
                 let segment = match mem.segments.last_key_value() {
                     Some((&first, &size)) if size < mem.segment_bytes => first,
                     _ => {
@@ -538,16 +599,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                         index
                     }
                 };
-                let offset = mem.segments.get(&segment).copied().unwrap_or(0);
-                mem.segments.insert(segment, offset + len);
+                let mut offset = mem.segments.get(&segment).copied().unwrap_or(0);
                 match writes.last_mut() {
-                    Some((s, buf)) if *s == segment => frame::encode(buf, &payload),
+                    Some((s, chunk)) if *s == segment => frame::encode(chunk, &payload),
                     _ => {
-                        let mut buf = Vec::new();
-                        frame::encode(&mut buf, &payload);
-                        writes.push((segment, buf));
+                        // Each write starts with a slot for a sync mark,
+                        // which the writer fills in (see `Writer::write`).
+                        let mut chunk = Vec::new();
+                        frame::encode_mark(&mut chunk, offset, false);
+                        offset += frame::MARK_BYTES as u64;
+                        frame::encode(&mut chunk, &payload);
+                        writes.push((segment, chunk));
                     }
                 }
+                mem.segments.insert(segment, offset + len);
                 mem.entries.push_back(Pos {
                     log_id: entry.log_id,
                     segment,
@@ -743,7 +808,8 @@ fn read_positions(shared: &Shared, positions: &[Pos]) -> io::Result<Vec<Entry>> 
         };
         let len = usize::try_from(pos.len).map_err(io::Error::other)?;
         let data = reader.read_at(pos.offset, len)?;
-        let (records, tail) = frame::decode_all(&data);
+        let mut data = data;
+        let decoded = frame::decode_all(&mut data, frame::Syncs::Marked);
         let damaged = |what: String| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -754,8 +820,8 @@ fn read_positions(shared: &Shared, positions: &[Pos]) -> io::Result<Vec<Entry>> 
                 ),
             )
         };
-        let entry: Entry = match (records.first(), tail) {
-            (Some(r), frame::Tail::Clean) => super::decode_entry(r)?,
+        let entry: Entry = match (decoded.records.as_slice(), decoded.tail) {
+            ([r], frame::Tail::Clean) => super::decode_entry(r.payload)?,
             (_, tail) => return Err(damaged(format!("{tail:?}"))),
         };
         if entry.log_id != pos.log_id {
@@ -791,6 +857,7 @@ impl WriterHandle {
             dir,
             file: None,
             failed: None,
+            unsynced: false,
             metrics,
             mark,
         };
@@ -857,6 +924,8 @@ struct Writer {
     file: Option<(u64, Box<dyn WritableFile>)>,
     /// Set by the first I/O error; every later job fails with it.
     failed: Option<String>,
+    /// Bytes were written since the last fsync.
+    unsynced: bool,
     metrics: Arc<LogMetrics>,
     mark: Arc<Mutex<WrittenMark>>,
 }
@@ -878,7 +947,7 @@ impl Writer {
                     written_below,
                     epoch,
                     done,
-                } => match self.write(segment, &bytes) {
+                } => match self.write(segment, bytes) {
                     Ok(()) => {
                         dirty = true;
                         written = (epoch, written_below);
@@ -915,10 +984,15 @@ impl Writer {
         self.failed = Some(format!("Raft log I/O failed earlier: {e}"));
     }
 
-    fn write(&mut self, segment: u64, bytes: &[u8]) -> io::Result<()> {
+    /// Writes one chunk of a segment. Its first bytes are a slot for a
+    /// sync mark: the first write after an fsync fills it with a mark
+    /// saying so (everything before it in the file is durable), any other
+    /// write leaves the filler.
+    fn write(&mut self, segment: u64, mut bytes: Vec<u8>) -> io::Result<()> {
         if self.file.as_ref().map(|(s, _)| *s) != Some(segment) {
             if let Some((_, mut old)) = self.file.take() {
                 old.sync()?;
+                self.unsynced = false;
             }
             let path = self.dir.join(segment_name(segment));
             let f = if self.fs.exists(&path) {
@@ -931,7 +1005,13 @@ impl Writer {
             self.file = Some((segment, f));
         }
         if let Some((_, f)) = self.file.as_mut() {
-            f.append(bytes)?;
+            if !self.unsynced {
+                let mut mark = Vec::with_capacity(frame::MARK_BYTES);
+                frame::encode_mark(&mut mark, f.len(), true);
+                bytes[..frame::MARK_BYTES].copy_from_slice(&mark);
+            }
+            f.append(&bytes)?;
+            self.unsynced = true;
             self.metrics
                 .bytes
                 .fetch_add(bytes.len() as u64, Ordering::Relaxed);
@@ -958,6 +1038,7 @@ impl Writer {
         metrics::histogram!("cairn_wal_fsync_duration_seconds").record(started.elapsed());
         match res {
             Ok(()) => {
+                self.unsynced = false;
                 {
                     let mut mark = self.mark.lock();
                     if mark.epoch == written.0 {
@@ -1025,10 +1106,20 @@ impl Writer {
         }
     }
 
+    /// Cuts the log at `len` bytes of `segment` and removes the segments
+    /// after it, newest first, so that a crash at any point leaves a
+    /// contiguous prefix of the old log (never a gap); the cut is synced
+    /// before this returns, so no later append can land behind it.
     fn truncate(&mut self, segment: u64, len: u64, remove: &[u64]) -> io::Result<()> {
         self.file = None;
-        for s in remove {
-            self.fs.remove(&self.dir.join(segment_name(*s)))?;
+        self.unsynced = false;
+        let mut later = remove.to_vec();
+        later.sort_unstable();
+        for s in later.iter().rev() {
+            match self.fs.remove(&self.dir.join(segment_name(*s))) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => self.fs.sync_dir(&self.dir)?,
+            }
         }
         let path = self.dir.join(segment_name(segment));
         if self.fs.exists(&path) {

@@ -24,13 +24,48 @@ use openraft::raft::{
 use openraft::{OptionalSend, RaftNetworkV2};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use super::snapshot::{self, SnapshotDir, SnapshotHeader};
+use super::state_machine::SmShared;
 use cairn_io::codec;
 use cairn_io::fs::FileSystem;
 
 use super::{Member, NodeId, Snapshot, TypeConfig, Vote};
+
+/// Metadata on every peer call: the sender's cluster id (hex; absent
+/// while the sender has applied no membership yet).
+pub const CLUSTER_ID_HEADER: &str = "cairn-cluster-id";
+/// Metadata on every peer call: the id of the node the call is for.
+pub const TO_NODE_HEADER: &str = "cairn-to-node";
+
+/// Stamps every peer call with the sender's cluster id and the node it is
+/// meant for, so a receiver refuses calls from another cluster or meant
+/// for another node (an address reused by a different member).
+#[derive(Clone)]
+pub struct Stamp {
+    sm: Arc<SmShared>,
+    to: NodeId,
+}
+
+impl tonic::service::Interceptor for Stamp {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let md = req.metadata_mut();
+        let cluster_id = self.sm.cluster_id();
+        if cluster_id != 0 {
+            if let Ok(v) = format!("{cluster_id:016x}").parse() {
+                md.insert(CLUSTER_ID_HEADER, v);
+            }
+        }
+        if let Ok(v) = self.to.to_string().parse() {
+            md.insert(TO_NODE_HEADER, v);
+        }
+        Ok(req)
+    }
+}
+
+type Client = RaftClient<InterceptedService<Channel, Stamp>>;
 
 /// HTTP/2 keep-alive interval on peer channels.
 const KEEPALIVE: Duration = Duration::from_secs(1);
@@ -50,13 +85,14 @@ pub fn lazy_channel(net: &Arc<dyn Net>, addr: &str) -> Result<Channel, tonic::tr
 pub struct Network {
     fs: Arc<dyn FileSystem>,
     net: Arc<dyn Net>,
+    sm: Arc<SmShared>,
 }
 
 impl Network {
     /// A network over `net` whose snapshot sender reads files through
-    /// `fs`.
-    pub fn new(fs: Arc<dyn FileSystem>, net: Arc<dyn Net>) -> Self {
-        Network { fs, net }
+    /// `fs`, stamping calls with the cluster id of `sm`.
+    pub fn new(fs: Arc<dyn FileSystem>, net: Arc<dyn Net>, sm: Arc<SmShared>) -> Self {
+        Network { fs, net, sm }
     }
 }
 
@@ -67,9 +103,15 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         PeerClient {
             target,
             addr: node.peer_addr.clone(),
-            client: lazy_channel(&self.net, &node.peer_addr)
-                .ok()
-                .map(RaftClient::new),
+            client: lazy_channel(&self.net, &node.peer_addr).ok().map(|ch| {
+                RaftClient::with_interceptor(
+                    ch,
+                    Stamp {
+                        sm: self.sm.clone(),
+                        to: target,
+                    },
+                )
+            }),
             fs: self.fs.clone(),
             backoff: Arc::default(),
             session: None,
@@ -81,7 +123,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 pub struct PeerClient {
     target: NodeId,
     addr: String,
-    client: Option<RaftClient<Channel>>,
+    client: Option<Client>,
     fs: Arc<dyn FileSystem>,
     backoff: Arc<parking_lot::Mutex<Backoff>>,
     /// The append stream the last `stream_append` call left open.
@@ -314,7 +356,7 @@ fn decode_reply<T: DeserializeOwned>(
 }
 
 impl PeerClient {
-    fn client(&self) -> Result<RaftClient<Channel>, RPCError<TypeConfig>> {
+    fn client(&self) -> Result<Client, RPCError<TypeConfig>> {
         self.client.clone().ok_or_else(|| {
             RPCError::Unreachable(unreachable(format!(
                 "peer {} has a bad address {:?}",
@@ -330,7 +372,7 @@ impl PeerClient {
         f: F,
     ) -> Result<Resp, RPCError<TypeConfig>>
     where
-        F: FnOnce(RaftClient<Channel>, tonic::Request<pb::RaftMessage>) -> Fut,
+        F: FnOnce(Client, tonic::Request<pb::RaftMessage>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<pb::RaftMessage>, tonic::Status>>,
     {
         let payload = codec::encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;

@@ -237,7 +237,7 @@ where
     let n = TRANSFERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = root.join(format!("{INCOMING}{index:020}-{n}"));
     remove_dir(fs, &dir).map_err(internal)?;
-    fs.create_dir_all(&dir).map_err(internal)?;
+    cairn_io::fs::create_dir_durable(fs, &dir).map_err(internal)?;
     if let Err(e) = receive_files(fs, &dir, &expected, chunks, progress).await {
         let _ = remove_dir(fs, &dir);
         return Err(e);

@@ -223,8 +223,8 @@ impl StateMachine {
     /// snapshot.
     pub fn open(env: SmEnv) -> io::Result<Self> {
         let fs = env.fs.clone();
-        fs.create_dir_all(&env.sm_dir())?;
-        fs.create_dir_all(&env.snapshot_dir())?;
+        cairn_io::fs::create_dir_durable(&*fs, &env.sm_dir())?;
+        cairn_io::fs::create_dir_durable(&*fs, &env.snapshot_dir())?;
         let current_file = env.sm_dir().join("CURRENT");
         let generation = match small_file::read::<u64>(&*fs, &current_file)? {
             Some(g) => g,
@@ -462,7 +462,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 remove_dir(fs, &live)?;
                 // Keep the received files as our newest snapshot too: link them
                 // into the live directory, then move the originals.
-                fs.create_dir_all(&live)?;
+                cairn_io::fs::create_dir_durable(fs, &live)?;
                 for name in fs.list(&snapshot.dir)? {
                     if name != "meta" {
                         fs.link(&snapshot.dir.join(&name), &live.join(&name))?;

@@ -81,6 +81,11 @@ pub(super) async fn bootstrap(core: Arc<NodeCore>, fresh: bool) {
                 lists_me: true,
                 via,
             } => {
+                // A cluster that lists this node but has committed nothing
+                // yet is being founded: this node cannot lack anything.
+                if !core.voting.ready() && nothing_committed(&founders).await {
+                    mark_ready(&core);
+                }
                 if initialized().await {
                     return;
                 }
@@ -97,6 +102,13 @@ pub(super) async fn bootstrap(core: Arc<NodeCore>, fresh: bool) {
                 }
             }
             NoCluster { all_answered } => {
+                // No founder knows a cluster: nothing is committed that
+                // this node could lack, so it may vote in the first
+                // election (a founder that lost its data finds the running
+                // cluster instead, and waits to be caught up).
+                if all_answered && !core.voting.ready() {
+                    mark_ready(&core);
+                }
                 // Never on a timeout: a founder that lost its data and
                 // cannot reach the others must not found a second cluster.
                 if lowest && all_answered {
@@ -111,6 +123,35 @@ pub(super) async fn bootstrap(core: Arc<NodeCore>, fresh: bool) {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Lets a founder vote (see `identity`); a failure to write the identity
+/// leaves it not ready, and the search asks again.
+fn mark_ready(core: &NodeCore) {
+    match core.voting.mark_ready(0) {
+        Ok(()) => core.raft.runtime_config().elect(true),
+        Err(e) => tracing::warn!(error = %e, "writing this node's identity"),
+    }
+}
+
+/// Whether every other founder answers and none has committed an entry
+/// past the initial membership.
+async fn nothing_committed(founders: &[(String, Option<Channel>)]) -> bool {
+    use cairn_proto::cluster::{cluster_client::ClusterClient, StatusRequest};
+    for (_, ch) in founders {
+        let Some(ch) = ch.clone() else {
+            return false;
+        };
+        let mut req = tonic::Request::new(StatusRequest {});
+        req.set_timeout(Duration::from_secs(1));
+        let answer =
+            tokio::time::timeout(Duration::from_secs(2), ClusterClient::new(ch).status(req)).await;
+        match answer {
+            Ok(Ok(s)) if s.get_ref().committed == 0 && s.get_ref().applied == 0 => {}
+            _ => return false,
+        }
+    }
+    true
 }
 
 /// What the other founding members said about a running cluster.

@@ -9,7 +9,7 @@ use futures::Stream;
 use tokio::sync::{broadcast, mpsc};
 use tonic::{Request, Response, Status};
 
-use super::errors::{self, store_error};
+use super::errors;
 use super::http::observe;
 use super::reads::ReadRounds;
 use super::NodeCore;
@@ -153,7 +153,7 @@ impl KvService {
     fn check_prefix_delete(&self, op: &DeleteOp) -> Result<(), Status> {
         let max_answer = self.core.config.limits.max_response_bytes as u64;
         let cost = store::read::prefix_cost(&self.core.sm.db(), &op.key, op.prev_kv, max_answer)
-            .map_err(store_error)?;
+            .map_err(|e| self.core.store_failed(e))?;
         if op.prev_kv && cost.answer_bytes > max_answer {
             return Err(invalid(
                 &format!("max-response-bytes = {max_answer}"),
@@ -349,7 +349,8 @@ impl pb::kv_server::Kv for KvService {
             self.check_key(&r.key, "key")?;
             self.read_barrier(r.consistency).await?;
             let applied = self.core.sm.applied();
-            let kv = store::get(&self.core.sm.db(), &r.key).map_err(store_error)?;
+            let kv =
+                store::get(&self.core.sm.db(), &r.key).map_err(|e| self.core.store_failed(e))?;
             // The data may be newer than `applied` was (an entry applied
             // in between): the header never names a revision older than
             // the pair it carries.
@@ -403,7 +404,8 @@ impl pb::kv_server::Kv for KvService {
             self.read_barrier(r.consistency).await?;
             let applied = self.core.sm.applied();
             let max_bytes = self.core.config.limits.max_response_bytes as u64;
-            let res = store::scan(&self.core.sm.db(), &spec, max_bytes).map_err(store_error)?;
+            let res = store::scan(&self.core.sm.db(), &spec, max_bytes)
+                .map_err(|e| self.core.store_failed(e))?;
             let revision = res
                 .kvs
                 .iter()
@@ -655,7 +657,7 @@ async fn run_watch(
                 return Err(compacted(next, oldest));
             }
             let batch = store::history(&core.sm.db(), next, applied, HISTORY_BATCH, filter)
-                .map_err(store_error)?;
+                .map_err(|e| core.store_failed(e))?;
             // A trim may have deleted some of what the read looked for:
             // the start moves before the deletes are written, so checking
             // it again after the read catches that.

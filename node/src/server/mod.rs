@@ -16,6 +16,7 @@ pub mod cluster;
 pub mod config;
 pub mod errors;
 pub mod http;
+pub mod identity;
 pub mod kv;
 pub mod peer;
 pub mod reads;
@@ -96,6 +97,10 @@ pub struct NodeCore {
     pub reads: reads::ReadRounds,
     /// Open watches, bounded.
     pub watches: Arc<watch_slots::WatchSlots>,
+    /// Whether this node may vote (see [`identity`]).
+    pub voting: Arc<identity::Voting>,
+    /// Set when a read found its storage corrupt: the node stops.
+    corruption: watch::Sender<Option<String>>,
     /// Milliseconds after `epoch` (plus one; 0: never) at which a leader's
     /// append was last accepted here.
     leader_contact: std::sync::atomic::AtomicU64,
@@ -103,6 +108,30 @@ pub struct NodeCore {
 }
 
 impl NodeCore {
+    /// The answer to a failed state-machine read. Corruption stops the
+    /// node (its data cannot be trusted; the operator replaces it) and the
+    /// caller is told to go elsewhere; any other failure is INTERNAL.
+    pub fn store_failed(&self, e: crate::kv::StoreError) -> tonic::Status {
+        let corrupt = matches!(
+            e,
+            crate::kv::StoreError::Corrupt { .. }
+                | crate::kv::StoreError::Lsm(cairn_lsm::Error::Corruption { .. })
+        );
+        if !corrupt {
+            return errors::store_error(e);
+        }
+        let why = format!("corruption found in the state machine: {e}");
+        tracing::error!(reason = %why, "stopping: this node's data cannot be trusted");
+        self.corruption.send_if_modified(|c| {
+            let first = c.is_none();
+            if first {
+                *c = Some(why.clone());
+            }
+            first
+        });
+        tonic::Status::unavailable(format!("node {} stopped serving: {why}", self.config.id))
+    }
+
     /// The current term.
     pub fn term(&self) -> u64 {
         self.raft.metrics().borrow_watched().current_term
@@ -257,6 +286,9 @@ pub enum StartError {
     /// openraft refused to start.
     #[error("starting Raft: {0}")]
     Raft(String),
+    /// The data directory belongs to another node or cluster.
+    #[error("{0}")]
+    Identity(String),
 }
 
 fn raft_config(c: &NodeConfig) -> Result<Arc<Config>, StartError> {
@@ -275,6 +307,11 @@ fn raft_config(c: &NodeConfig) -> Result<Arc<Config>, StartError> {
         // unsynced tail was lost after followers had stored it (simulation
         // seed 26 runs into it).
         enable_leader_restore: Some(false),
+        // A member that lost its data (its log is empty again) is caught
+        // up from the start instead of stopping replication to it. It does
+        // not vote until it is (`identity::Voting`), so no committed entry
+        // can be lost through its vote.
+        allow_log_reversion: Some(true),
         ..Default::default()
     };
     config
@@ -354,7 +391,11 @@ impl RunningNode {
             seed,
         } = env;
         let storage = storage_error(&config);
-        fs.create_dir_all(&config.data_dir).map_err(&storage)?;
+        #[cfg(feature = "planted-bugs")]
+        if crate::planted::on(crate::planted::Bug::SkipDirSync) {
+            fs.create_dir_all(&config.data_dir).map_err(&storage)?;
+        }
+        cairn_io::fs::create_dir_durable(&*fs, &config.data_dir).map_err(&storage)?;
         let (log, sm) = open_storage(&config, &fs, &executor).map_err(&storage)?;
         let shared = sm.shared();
         let client_listener = bind(&net, &config.listen_client).await?;
@@ -366,12 +407,30 @@ impl RunningNode {
             .run(Raft::new(
                 config.id,
                 raft_config(&config)?,
-                Network::new(fs.clone(), net.clone()),
+                Network::new(fs.clone(), net.clone(), shared.clone()),
                 log.clone(),
                 sm,
             ))
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
+        // Decided before the peer port serves: a leader's message (a
+        // heartbeat to a member being removed, say) can make a node with
+        // no data "initialized" moments after it starts.
+        let fresh = !scope.run(raft.is_initialized()).await.unwrap_or(true);
+        let voting = identity::Voting::open(
+            fs.clone(),
+            &config.data_dir,
+            config.id,
+            !fresh,
+            shared.cluster_id(),
+        )
+        .map_err(|e| match e {
+            identity::IdentityError::Io(e) => storage(e),
+            identity::IdentityError::Mismatch(m) => StartError::Identity(m),
+        })?;
+        if !voting.ready() {
+            raft.runtime_config().elect(false);
+        }
         let watches = watch_slots::WatchSlots::new(
             config.limits.max_watches,
             config.limits.max_watches_per_connection,
@@ -387,17 +446,11 @@ impl RunningNode {
             draining: AtomicBool::new(false),
             reads: reads::ReadRounds::default(),
             watches,
+            voting,
+            corruption: watch::channel(None).0,
             leader_contact: std::sync::atomic::AtomicU64::new(0),
             epoch: tokio::time::Instant::now(),
         });
-        // Decided before the peer port serves: a leader's message (a
-        // heartbeat to a member being removed, say) can make a node with
-        // no data "initialized" moments after it starts.
-        let fresh = !core
-            .scope
-            .run(core.raft.is_initialized())
-            .await
-            .unwrap_or(true);
         let (stop, stop_rx) = watch::channel(false);
         // tasks[0] is the peer server (shutdown relies on the order).
         let mut tasks = vec![
@@ -418,6 +471,10 @@ impl RunningNode {
             stop_rx.clone(),
         )));
         tasks.push(tokio::spawn(bootstrap::bootstrap(core.clone(), fresh)));
+        tasks.push(tokio::spawn(identity::catch_up(
+            core.clone(),
+            stop_rx.clone(),
+        )));
         tasks.push(tokio::spawn(sessions::keep(core.clone(), stop_rx.clone())));
         tracing::info!(
             id = core.config.id,
@@ -447,11 +504,19 @@ impl RunningNode {
         // metrics change only with role, term or leader, and their sender
         // goes away when Raft stops, after the full metrics say why.
         let mut server = self.core.raft.server_metrics();
+        let mut corruption = self.core.corruption.subscribe();
         loop {
             if let Err(fatal) = &self.core.raft.metrics().borrow_watched().running_state {
                 return fatal.to_string();
             }
-            if server.changed().await.is_err() {
+            if let Some(why) = corruption.borrow_and_update().clone() {
+                return why;
+            }
+            let changed = tokio::select! {
+                c = server.changed() => c.is_ok(),
+                _ = corruption.changed() => true,
+            };
+            if !changed {
                 return match &self.core.raft.metrics().borrow_watched().running_state {
                     Err(fatal) => fatal.to_string(),
                     Ok(()) => "Raft stopped".into(),

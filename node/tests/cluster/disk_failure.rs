@@ -84,6 +84,7 @@ async fn fails_and_recovers(faults: Faults, expect: &str) {
     // was not synced); the restarted node has every acknowledged write.
     node.abort().await;
     fs.crash(true, 7);
+    fs.set_faults(Faults::default()); // a full disk stays full until space is freed
     let node = start(&fs, &p).await;
     let c = client(&p);
     for i in 0..50 {

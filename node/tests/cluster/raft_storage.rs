@@ -273,7 +273,44 @@ async fn a_damaged_record_in_the_middle_is_refused_on_open() {
             panic!("a damaged log must not open");
         };
         assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
-        assert!(e.to_string().contains("damaged"), "{e}");
+        assert!(e.to_string().contains("is corrupt at offset"), "{e}");
+    })
+    .await;
+}
+
+/// A flipped bit in the last entry, which was synced and acknowledged, is
+/// corruption: the log refuses to open and names the file and offset. It
+/// is never cut as if it were a torn write (that would drop a committed
+/// entry without a trace).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flipped_bit_in_the_last_synced_entry_is_refused_not_cut() {
+    Rt::scope(7, async {
+        let fs = MemFs::new();
+        let mut log = open(&fs, 1 << 20);
+        for i in 1..=10 {
+            append(&mut log, vec![entry(1, i)]).await.unwrap();
+        }
+        drop(log);
+        let seg = PathBuf::from("/raft").join(format!("{:020}.log", 1));
+        let size = fs.file_size(&seg).unwrap();
+        for back in [1, 6, 20] {
+            let fs = fs.clone();
+            fs.corrupt(&seg, size - back).unwrap();
+            let opened = LogStore::open(Arc::new(fs.clone()), Arc::new(InlineExecutor), "/raft");
+            let Err(e) = opened else {
+                panic!("a log whose last synced entry is damaged must not open");
+            };
+            let msg = e.to_string();
+            assert!(
+                msg.contains("00000000000000000001.log is corrupt at offset"),
+                "{msg}"
+            );
+            assert_eq!(fs.file_size(&seg).unwrap(), size, "the log was cut");
+            fs.corrupt(&seg, size - back).unwrap(); // flip it back
+        }
+        // Undamaged, it opens with all ten entries.
+        let mut log = open(&fs, 1 << 20);
+        assert_eq!(log.try_get_log_entries(0..).await.unwrap().len(), 10);
     })
     .await;
 }

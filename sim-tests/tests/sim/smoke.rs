@@ -15,7 +15,16 @@ use cairn_sim_tests::net::SimNet;
 fn node(sim: &mut turmoil::Sim<'_>, id: u64, seed: u64) {
     let invariants = Arc::new(std::sync::Mutex::new(Invariants::default()));
     let stops = Arc::new(std::sync::Mutex::new(Vec::new()));
-    add_node(sim, id, seed, Arc::new(MemFs::new()), invariants, stops);
+    let refusals = Arc::new(std::sync::Mutex::new(Vec::new()));
+    add_node(
+        sim,
+        id,
+        seed,
+        Arc::new(MemFs::new()),
+        invariants,
+        stops,
+        refusals,
+    );
 }
 
 /// Runs the scenario for `seed`; returns what the client saw: the three

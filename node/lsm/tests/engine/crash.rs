@@ -99,6 +99,7 @@ fn run(space_left: u64, seed: u64, torn: bool, sync: SyncMode) {
     let (acked, synced) = write_until_full(&db, seed, sync);
     std::mem::forget(db); // power loss: no shutdown code runs
     fs.crash(torn, seed);
+    fs.set_faults(Faults::default()); // space freed: the disk stays full until then
     check_recovered(&fs, sync, seed, acked, synced);
 }
 
