@@ -238,14 +238,10 @@ pub fn run(opts: &Options) -> Result<Report, String> {
                     faults.push(format!("{at:?} n{id} {kind}: {why}"));
                 }
             }
-            let voting = world
-                .invariants
-                .lock()
-                .map_err(|e| e.to_string())?
-                .voting
-                .clone();
+            let inv = world.invariants.lock().map_err(|e| e.to_string())?;
             return Err(format!(
-                "{e}\nfaults: {faults:#?}\nvoting (voter, ready): {voting:?}"
+                "{e}\nfaults: {faults:#?}\nvoting (voters, ready): {:?}\nlast seen: {:#?}",
+                inv.voting, inv.last_seen
             ));
         }
     };
@@ -391,11 +387,7 @@ fn run_nemesis(w: &mut World<'_>, opts: &Options) -> Result<(), String> {
                 };
                 if let Some(fault) = fault {
                     let what = fault.apply(&mut w.sim, &all, &w.disks, rng.random());
-                    if let Fault::Wipe(h, _) | Fault::Replace(h) | Fault::Flip(h, _) = &fault {
-                        if let Some(id) = h.strip_prefix('n').and_then(|i| i.parse().ok()) {
-                            w.invariants.lock().map_err(|e| e.to_string())?.down(id);
-                        }
-                    }
+                    note_lost_disk(w, &fault)?;
                     w.faults.push(format!("{t:?} {what}"));
                     let n = w.stops.lock().map_err(|e| e.to_string())?.len();
                     active = Some((fault, n));
@@ -438,15 +430,7 @@ fn replacement(
 fn replace_the_rest(w: &mut World<'_>, all: &[String]) -> Result<(), String> {
     let deadline = w.sim.elapsed() + Duration::from_secs(120);
     loop {
-        let inv = w.invariants.clone();
-        let may_lose_disk = |h: &str| {
-            let id = h.strip_prefix('n').and_then(|i| i.parse().ok());
-            id.is_some_and(|id| inv.lock().is_ok_and(|i| i.others_ready(id)))
-        };
-        if let Some(h) = replacement(w, &may_lose_disk)? {
-            let fault = Fault::Replace(h);
-            let what = fault.apply(&mut w.sim, all, &w.disks, 0);
-            w.faults.push(format!("{:?} {what}", w.sim.elapsed()));
+        if replace_one(w, all)? {
             continue;
         }
         let pending = {
@@ -460,6 +444,43 @@ fn replace_the_rest(w: &mut World<'_>, all: &[String]) -> Result<(), String> {
             return Ok(());
         }
     }
+}
+
+/// Replaces one node waiting for it, if the others can do without it.
+fn replace_one(w: &mut World<'_>, all: &[String]) -> Result<bool, String> {
+    let inv = w.invariants.clone();
+    let may_lose_disk = |h: &str| {
+        let id = h.strip_prefix('n').and_then(|i| i.parse().ok());
+        id.is_some_and(|id| inv.lock().is_ok_and(|i| i.others_ready(id)))
+    };
+    let Some(h) = replacement(w, &may_lose_disk)? else {
+        return Ok(false);
+    };
+    let fault = Fault::Replace(h);
+    let what = fault.apply(&mut w.sim, all, &w.disks, 0);
+    note_lost_disk(w, &fault)?;
+    w.faults.push(format!("{:?} {what}", w.sim.elapsed()));
+    Ok(true)
+}
+
+/// Tells the invariants that a fault took a node down, or its disk away.
+fn note_lost_disk(w: &World<'_>, fault: &Fault) -> Result<(), String> {
+    let mut inv = w.invariants.lock().map_err(|e| e.to_string())?;
+    let id = |h: &str| h.strip_prefix('n').and_then(|i| i.parse().ok());
+    match fault {
+        Fault::Wipe(h, _) | Fault::Replace(h) => {
+            if let Some(id) = id(h) {
+                inv.lost_disk(id);
+            }
+        }
+        Fault::Flip(h, ..) => {
+            if let Some(id) = id(h) {
+                inv.down(id);
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// Whether a write to host `h`'s Raft log has failed on its disk.
@@ -491,16 +512,36 @@ fn liveness(w: &mut World<'_>, opts: &Options) -> Result<(u64, State), String> {
     let seed = opts.seed;
     let ends = w.watchers.clone();
     w.sim.client("verify", async move {
-        let state = converge(seed).await?;
+        // A read may find a node's flipped bit only now: that node stops,
+        // the operator replaces it, and the check runs again.
+        let mut attempt = 0;
+        let state = loop {
+            attempt += 1;
+            match converge(seed).await {
+                Ok(state) => break state,
+                Err(e) if attempt < 4 && e.to_string().contains("stopped serving") => {
+                    tracing::info!(error = %e, "a node stopped on corruption; checking again");
+                    tokio::time::sleep(Duration::from_secs(20)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         *out.lock().map_err(|e| e.to_string())? = Some(state);
         end_watches(seed, &ends).await?;
         Ok(())
     });
+    let all: Vec<String> = (1..=NODES).map(|i| format!("n{i}")).collect();
+    let mut look_at = w.sim.elapsed();
     while !w
         .sim
         .step()
         .map_err(|e| format!("seed {}: liveness: {e}", opts.seed))?
-    {}
+    {
+        if w.sim.elapsed() >= look_at {
+            look_at = w.sim.elapsed() + Duration::from_secs(1);
+            replace_one(w, &all)?;
+        }
+    }
     let state = converged
         .lock()
         .map_err(|e| e.to_string())?

@@ -15,6 +15,10 @@
 //! - **Applied never goes back**: within one boot, a node's last applied
 //!   index only grows. (After a crash a node may restart from an older
 //!   durable point and re-apply; that is a new boot.)
+//! - **Synced entries survive**: a node that restarts (without having
+//!   lost its disk) holds every entry it had both fsynced and applied in
+//!   an earlier boot: a crash, a torn write or a flipped bit never makes
+//!   it drop an entry it acknowledged.
 //!
 //! Observations sample the metrics, so a violation between two samples can
 //! go unseen; what is seen is never a false alarm.
@@ -38,6 +42,11 @@ pub struct Invariants {
     /// node → (the voters it knows, allowed to vote) as its latest boot
     /// was last seen; a node that is down or refused to start is not ready.
     pub voting: BTreeMap<u64, (Vec<u64>, bool)>,
+    /// node → the highest index it was seen holding durably (fsynced
+    /// and applied), across boots until its disk is lost.
+    durable: BTreeMap<u64, u64>,
+    /// node → what its metrics said last (for a failed run's report).
+    pub last_seen: BTreeMap<u64, String>,
     /// How many metric changes were checked.
     pub observations: u64,
     /// Every violation seen, in order.
@@ -100,6 +109,31 @@ impl Invariants {
             .all(|id| *id == node || self.voting.get(id).is_some_and(|(_, ready)| *ready))
     }
 
+    /// Notes that `node` lost its disk: it may restart with nothing.
+    pub fn lost_disk(&mut self, node: u64) {
+        self.durable.remove(&node);
+        self.down(node);
+    }
+
+    /// A new boot of `node` starts with its log ending at `last_log`:
+    /// it must hold what it held durably before.
+    pub fn restarted(&mut self, node: u64, last_log: Option<u64>) {
+        if let Some(&held) = self.durable.get(&node) {
+            if last_log.is_none_or(|l| l < held) {
+                self.violation(format!(
+                    "node {node} restarted with its log ending at {last_log:?}, without entry \
+                     {held} that it had synced and applied"
+                ));
+            }
+        }
+    }
+
+    /// `node` holds entries up to `index` durably.
+    pub fn holds(&mut self, node: u64, index: u64) {
+        let held = self.durable.entry(node).or_default();
+        *held = (*held).max(index);
+    }
+
     /// Notes that `node` is down (crashed, stopped or refusing to start).
     pub fn down(&mut self, node: u64) {
         if let Some(v) = self.voting.get_mut(&node) {
@@ -127,10 +161,36 @@ pub async fn watch(node: &RunningNode, invariants: Arc<Mutex<Invariants>>) {
     let Ok(boot) = invariants.lock().map(|mut i| i.boot()) else {
         return;
     };
+    let mut first = true;
     loop {
         let m = rx.borrow_watched().clone();
         if let Ok(mut inv) = invariants.lock() {
             inv.observations += 1;
+            if std::mem::take(&mut first) {
+                inv.restarted(m.id, m.last_log_index);
+            }
+            let matched: Vec<String> = m
+                .replication
+                .iter()
+                .flat_map(|r| r.iter())
+                .map(|(id, l)| format!("{id}:{}", l.as_ref().map_or(0, |l| l.index)))
+                .collect();
+            inv.last_seen.insert(
+                m.id,
+                format!(
+                    "{:?} term {} leader {:?} log {:?} applied {:?} matched [{}]",
+                    m.state,
+                    m.current_term,
+                    m.current_leader,
+                    m.last_log_index,
+                    m.last_applied.as_ref().map(|l| l.index),
+                    matched.join(" ")
+                ),
+            );
+            let durable = node.core.log.durable_next().checked_sub(1);
+            if let (Some(d), Some(a)) = (durable, &m.last_applied) {
+                inv.holds(m.id, d.min(a.index));
+            }
             let voters = m.membership_config.membership().voter_ids().collect();
             inv.voting.insert(m.id, (voters, node.core.voting.ready()));
             if m.state == ServerState::Leader && m.current_leader == Some(m.id) {

@@ -39,8 +39,9 @@ pub(crate) enum Fault {
     /// what it had acknowledged.
     Wipe(String, Option<String>),
     /// A bit flips in synced data of a node (its Raft log, a table or a
-    /// manifest, by the number), and the node restarts and reads it.
-    Flip(String, u8),
+    /// manifest, by the number), and the node restarts and reads it; when
+    /// a leader is named, it is cut off at the same time (as for `Wipe`).
+    Flip(String, u8, Option<String>),
     /// The operator replaces a node that refused to start or stopped on
     /// corruption: its disk is wiped and it starts empty.
     Replace(String),
@@ -77,9 +78,13 @@ impl Fault {
             Fault::Disk(h, Some(n)) => format!("disk {h}: full after {n} bytes"),
             Fault::Wipe(h, None) => format!("wipe {h}"),
             Fault::Wipe(h, Some(l)) => format!("wipe {h}, isolate leader {l}"),
-            Fault::Flip(h, what) => {
-                format!("flip a bit in {h}'s {}", FLIP_TARGETS[*what as usize].0)
-            }
+            Fault::Flip(h, what, leader) => format!(
+                "flip a bit in {h}'s {}{}",
+                FLIP_TARGETS[*what as usize].0,
+                leader
+                    .as_ref()
+                    .map_or(String::new(), |l| format!(", isolate leader {l}"))
+            ),
             Fault::Replace(h) => format!("replace {h} (wiped, started empty)"),
         }
     }
@@ -139,14 +144,11 @@ impl Fault {
                 }
             }
             Fault::Wipe(h, leader) => {
-                if let Some(l) = leader {
-                    for o in all.iter().filter(|o| *o != l) {
-                        sim.partition(l.as_str(), o.as_str());
-                    }
-                }
+                isolate(sim, all, leader.as_ref());
                 lose_disk(sim, disks, h);
             }
-            Fault::Flip(h, target) => {
+            Fault::Flip(h, target, leader) => {
+                isolate(sim, all, leader.as_ref());
                 sim.crash(h.as_str());
                 if let Some(d) = disk_of(disks, h) {
                     d.crash(true, seed);
@@ -216,12 +218,21 @@ impl Fault {
                 }
                 sim.bounce(h.as_str());
             }
-            Fault::Wipe(_, Some(l)) => {
+            Fault::Wipe(_, Some(l)) | Fault::Flip(_, _, Some(l)) => {
                 for o in all.iter().filter(|o| *o != l) {
                     sim.repair(l.as_str(), o.as_str());
                 }
             }
-            Fault::Wipe(_, None) | Fault::Flip(..) | Fault::Replace(_) => {}
+            Fault::Wipe(_, None) | Fault::Flip(_, _, None) | Fault::Replace(_) => {}
+        }
+    }
+}
+
+/// Cuts `leader`, if named, off from every other host.
+fn isolate(sim: &mut turmoil::Sim<'_>, all: &[String], leader: Option<&String>) {
+    if let Some(l) = leader {
+        for o in all.iter().filter(|o| *o != l) {
+            sim.partition(l.as_str(), o.as_str());
         }
     }
 }
@@ -309,21 +320,38 @@ pub(crate) fn next_fault(
             rng.random_bool(0.5).then(|| rng.random_range(0..256 << 10)),
         ),
         3 => {
-            // A follower's disk, most often: the leader's own loss is a
-            // plain election.
-            let target = match leader {
-                Some(l) if rng.random_bool(0.8) => {
-                    let others: Vec<&String> = nodes.iter().filter(|n| *n != l).collect();
-                    others[rng.random_range(0..others.len())].clone()
-                }
-                _ => node,
-            };
+            let (target, isolate) = follower_and_leader(rng, nodes, leader, node);
             if !may_lose_disk(&target) {
                 return None;
             }
-            let isolate = leader.filter(|l| **l != target && rng.random_bool(0.5));
-            Fault::Wipe(target, isolate.cloned())
+            Fault::Wipe(target, isolate)
         }
-        _ => Fault::Flip(node, rng.random_range(0..FLIP_TARGETS.len() as u8)),
+        _ => {
+            let (target, isolate) = follower_and_leader(rng, nodes, leader, node);
+            Fault::Flip(
+                target,
+                rng.random_range(0..FLIP_TARGETS.len() as u8),
+                isolate,
+            )
+        }
     })
+}
+
+/// A follower most often (the leader's own loss is a plain election),
+/// and, half the time, the leader to cut off with it.
+fn follower_and_leader(
+    rng: &mut impl Rng,
+    nodes: &[String],
+    leader: Option<&String>,
+    any: String,
+) -> (String, Option<String>) {
+    let target = match leader {
+        Some(l) if rng.random_bool(0.8) => {
+            let others: Vec<&String> = nodes.iter().filter(|n| *n != l).collect();
+            others[rng.random_range(0..others.len())].clone()
+        }
+        _ => any,
+    };
+    let isolate = leader.filter(|l| **l != target && rng.random_bool(0.5));
+    (target, isolate.cloned())
 }

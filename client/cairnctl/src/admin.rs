@@ -216,6 +216,12 @@ fn print_status(
                 let (db, log) = storage
                     .as_ref()
                     .map_or((0, 0), |st| (st.disk_bytes, st.raft_log_bytes));
+                // A node that started without its data does not vote yet.
+                let role = if s.catching_up {
+                    format!("{role} (catching up)")
+                } else {
+                    role.clone()
+                };
                 if fmt == Format::Simple {
                     writeln!(
                         out,
@@ -229,12 +235,12 @@ fn print_status(
                     "applied": applied, "leader": leader, "db_bytes": db,
                     "raft_log_bytes": log, "version": version,
                     "snapshot_index": s.snapshot_index, "purged_index": s.purged_index,
-                    "error": null,
+                    "catching_up": s.catching_up, "error": null,
                 }));
                 t.row(vec![
                     m.id.to_string(),
                     m.addr.clone(),
-                    role.clone(),
+                    role,
                     term.to_string(),
                     last_log_index.to_string(),
                     committed.to_string(),

@@ -367,6 +367,12 @@ impl LogStore {
         self.shared.mem.lock().segments.len()
     }
 
+    /// One past the last entry made durable (fsynced) here, as far as the
+    /// writer knows: entries below it were acknowledged.
+    pub fn durable_next(&self) -> u64 {
+        self.shared.mark.lock().below
+    }
+
     /// The first and last index present, and the purged log id.
     pub fn bounds(&self) -> (u64, Option<LogId>, Option<LogId>) {
         let mem = self.shared.mem.lock();

@@ -84,7 +84,10 @@ pub(super) async fn bootstrap(core: Arc<NodeCore>, fresh: bool) {
                 // A cluster that lists this node but has committed nothing
                 // yet is being founded: this node cannot lack anything.
                 if !core.voting.ready() && nothing_committed(&founders).await {
-                    mark_ready(&core);
+                    mark_ready(
+                        &core,
+                        "the cluster is being founded and has committed nothing",
+                    );
                 }
                 if initialized().await {
                     return;
@@ -107,7 +110,7 @@ pub(super) async fn bootstrap(core: Arc<NodeCore>, fresh: bool) {
                 // election (a founder that lost its data finds the running
                 // cluster instead, and waits to be caught up).
                 if all_answered && !core.voting.ready() {
-                    mark_ready(&core);
+                    mark_ready(&core, "no founder knows a cluster yet");
                 }
                 // Never on a timeout: a founder that lost its data and
                 // cannot reach the others must not found a second cluster.
@@ -127,15 +130,18 @@ pub(super) async fn bootstrap(core: Arc<NodeCore>, fresh: bool) {
 
 /// Lets a founder vote (see `identity`); a failure to write the identity
 /// leaves it not ready, and the search asks again.
-fn mark_ready(core: &NodeCore) {
+fn mark_ready(core: &NodeCore, why: &str) {
     match core.voting.mark_ready(0) {
-        Ok(()) => core.raft.runtime_config().elect(true),
+        Ok(()) => {
+            tracing::info!("{why}: this node may vote");
+            core.raft.runtime_config().elect(true);
+        }
         Err(e) => tracing::warn!(error = %e, "writing this node's identity"),
     }
 }
 
-/// Whether every other founder answers and none has committed an entry
-/// past the initial membership.
+/// Whether every other founder answers and none holds an entry past the
+/// initial membership.
 async fn nothing_committed(founders: &[(String, Option<Channel>)]) -> bool {
     use cairn_proto::cluster::{cluster_client::ClusterClient, StatusRequest};
     for (_, ch) in founders {
@@ -147,7 +153,12 @@ async fn nothing_committed(founders: &[(String, Option<Channel>)]) -> bool {
         let answer =
             tokio::time::timeout(Duration::from_secs(2), ClusterClient::new(ch).status(req)).await;
         match answer {
-            Ok(Ok(s)) if s.get_ref().committed == 0 && s.get_ref().applied == 0 => {}
+            // A restarted member may not know its commit index yet, but
+            // its log holds more than the initial membership (index 0).
+            Ok(Ok(s))
+                if s.get_ref().last_log_index == 0
+                    && s.get_ref().committed == 0
+                    && s.get_ref().applied == 0 => {}
             _ => return false,
         }
     }

@@ -181,6 +181,7 @@ impl pb::cluster_server::Cluster for ClusterService {
             purged_index: purged.map_or(0, |l| l.index),
             settings: Some(settings_pb(&sessions.settings, sessions.settings_set)),
             sessions: sessions.count as u64,
+            catching_up: !self.core.voting.ready(),
         }))
     }
 

@@ -14,6 +14,7 @@ mod gateway;
 mod leader_crash;
 mod learner_snapshot;
 mod limit_edges;
+mod node_identity;
 mod node_limits;
 mod raft_storage;
 mod read_rounds;
