@@ -230,6 +230,14 @@ pub fn run(opts: &Options) -> Result<Report, String> {
         Ok(c) => c,
         Err(e) => {
             let mut faults = world.faults.clone();
+            faults.extend(
+                world
+                    .admin_log
+                    .lock()
+                    .map_err(|e| e.to_string())?
+                    .iter()
+                    .cloned(),
+            );
             for (kind, list) in [
                 ("stopped", &world.stops),
                 ("refused to start", &world.refusals),

@@ -327,7 +327,12 @@ pub(crate) fn next_fault(
             Fault::Wipe(target, isolate)
         }
         _ => {
+            // A flipped bit may cost the node its data (the operator
+            // replaces it): only while the others can do without it.
             let (target, isolate) = follower_and_leader(rng, nodes, leader, node);
+            if !may_lose_disk(&target) {
+                return None;
+            }
             Fault::Flip(
                 target,
                 rng.random_range(0..FLIP_TARGETS.len() as u8),

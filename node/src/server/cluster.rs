@@ -104,6 +104,52 @@ impl ClusterService {
         }
     }
 
+    /// Refuses to make voters of learners the leader has not nearly
+    /// caught up to its commit index (as etcd refuses to promote a learner
+    /// out of sync): such a voter has no data, does not vote until it has
+    /// it (`identity`), and would hold the cluster's quorum back. Checked
+    /// on the leader only; elsewhere the change itself answers.
+    async fn caught_up(&self, voters: &BTreeSet<u64>) -> Result<(), Status> {
+        // The metrics trail the replication a little: give them 2 s.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            match self.lagging_learner(voters) {
+                None => return Ok(()),
+                Some(why) if Instant::now() >= deadline => {
+                    return Err(Status::failed_precondition(why))
+                }
+                Some(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    /// Why one of `voters` may not become a voter yet, if one may not.
+    fn lagging_learner(&self, voters: &BTreeSet<u64>) -> Option<String> {
+        let m = self.core.raft.metrics().borrow_watched().clone();
+        let (ServerState::Leader, Some(replication)) = (m.state, m.replication.as_ref()) else {
+            return None;
+        };
+        let committed = m.local_committed.as_ref().map_or(0, |l| l.index);
+        let current: BTreeSet<u64> = m.membership_config.membership().voter_ids().collect();
+        for id in voters.iter().filter(|id| !current.contains(id)) {
+            let matched = replication
+                .get(id)
+                .and_then(|l| l.as_ref())
+                .map(|l| l.index);
+            // etcd's rule: within 10% of the commit index (entries
+            // committed while the call travels do not refuse it).
+            if matched.is_none_or(|i| i < committed - committed / 10) {
+                return Some(format!(
+                    "learner {id} has not caught up: it holds entries up to {}, the leader \
+                     has committed {committed} (it must hold 90%); promote it once it has \
+                     (AddLearner with wait_caught_up waits for that)",
+                    matched.map_or("none".to_string(), |i| i.to_string())
+                ));
+            }
+        }
+        None
+    }
+
     async fn change(
         &self,
         change: ChangeMembers<u64, Member>,
@@ -229,6 +275,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         if ids.is_empty() {
             return Err(Status::invalid_argument("no ids to promote"));
         }
+        self.caught_up(&ids).await?;
         Ok(Response::new(
             self.change(ChangeMembers::AddVoterIds(ids)).await?,
         ))
@@ -261,6 +308,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         if voters.is_empty() {
             return Err(Status::invalid_argument("the voter set must not be empty"));
         }
+        self.caught_up(&voters).await?;
         Ok(Response::new(
             self.change(ChangeMembers::ReplaceAllVoters(voters)).await?,
         ))
