@@ -385,11 +385,8 @@ fn run_nemesis(w: &mut World<'_>, opts: &Options) -> Result<(), String> {
                     .latest_leader()
                     .map(|id| format!("n{id}"));
                 let inv = w.invariants.clone();
-                let may_lose_disk = |h: &str| {
-                    let id = h.strip_prefix('n').and_then(|i| i.parse().ok());
-                    id.is_some_and(|id| inv.lock().is_ok_and(|i| i.others_ready(id)))
-                };
-                let fault = match replacement(w, &may_lose_disk)? {
+                let may_lose_disk = |h: &str| may_lose_disk(&inv, h);
+                let fault = match replacement(w)? {
                     Some(h) => Some(Fault::Replace(h)),
                     None => next_fault(&mut rng, opts, &all, leader.as_ref(), &may_lose_disk),
                 };
@@ -410,22 +407,34 @@ fn run_nemesis(w: &mut World<'_>, opts: &Options) -> Result<(), String> {
     replace_the_rest(w, &all)
 }
 
-/// A node the operator should replace now: one that refused to start or
-/// stopped on corruption since the last look, once every other voter can
-/// vote (replacing two at once could lose what only they held).
-fn replacement(
-    w: &mut World<'_>,
-    may_lose_disk: &dyn Fn(&str) -> bool,
-) -> Result<Option<String>, String> {
+/// Whether host `h` may lose its disk: every other voter can vote.
+fn may_lose_disk(inv: &Mutex<Invariants>, h: &str) -> bool {
+    let id = h.strip_prefix('n').and_then(|i| i.parse().ok());
+    id.is_some_and(|id| inv.lock().is_ok_and(|i| i.others_ready(id)))
+}
+
+/// Refusals to start and stops on corruption the operator has not
+/// handled yet: (node, when).
+fn waiting(w: &World<'_>) -> Result<Vec<(u64, Duration)>, String> {
     let refused = w.refusals.lock().map_err(|e| e.to_string())?.clone();
     let stopped = w.stops.lock().map_err(|e| e.to_string())?.clone();
     let corrupt = stopped
-        .iter()
+        .into_iter()
         .filter(|(_, _, why)| why.contains("orrupt") || why.contains("checksum"));
-    for (id, at, _) in refused.iter().chain(corrupt) {
-        let h = format!("n{id}");
-        let key = (*id, *at);
-        if !w.replaced.contains(&key) && may_lose_disk(&h) {
+    Ok(refused
+        .into_iter()
+        .chain(corrupt)
+        .map(|(id, at, _)| (id, at))
+        .filter(|key| !w.replaced.contains(key))
+        .collect())
+}
+
+/// A node the operator should replace now, once every other voter can
+/// vote (replacing two at once could lose what only they held).
+fn replacement(w: &mut World<'_>) -> Result<Option<String>, String> {
+    for key in waiting(w)? {
+        let h = format!("n{}", key.0);
+        if may_lose_disk(&w.invariants, &h) {
             w.replaced.insert(key);
             return Ok(Some(h));
         }
@@ -441,11 +450,7 @@ fn replace_the_rest(w: &mut World<'_>, all: &[String]) -> Result<(), String> {
         if replace_one(w, all)? {
             continue;
         }
-        let pending = {
-            let refused = w.refusals.lock().map_err(|e| e.to_string())?.len();
-            refused > 0 && w.replaced.len() < refused
-        };
-        if !pending || w.sim.elapsed() > deadline {
+        if waiting(w)?.is_empty() || w.sim.elapsed() > deadline {
             return Ok(());
         }
         if w.sim.step().map_err(|e| format!("simulation: {e}"))? {
@@ -456,12 +461,7 @@ fn replace_the_rest(w: &mut World<'_>, all: &[String]) -> Result<(), String> {
 
 /// Replaces one node waiting for it, if the others can do without it.
 fn replace_one(w: &mut World<'_>, all: &[String]) -> Result<bool, String> {
-    let inv = w.invariants.clone();
-    let may_lose_disk = |h: &str| {
-        let id = h.strip_prefix('n').and_then(|i| i.parse().ok());
-        id.is_some_and(|id| inv.lock().is_ok_and(|i| i.others_ready(id)))
-    };
-    let Some(h) = replacement(w, &may_lose_disk)? else {
+    let Some(h) = replacement(w)? else {
         return Ok(false);
     };
     let fault = Fault::Replace(h);

@@ -112,13 +112,8 @@ impl MemFs {
     /// write), chosen by `seed`. Open handles must be dropped first: the
     /// engine that used them is gone.
     pub fn crash(&self, keep_torn: bool, seed: u64) {
-        let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        let mut next = move || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
-        };
+        let mut rng = Rng::new(seed);
+        let mut next = move || rng.next();
         let mut st = self.state.lock();
         st.live = st.durable.clone();
         // Directories fall back to the durable ones (renames not made
@@ -175,10 +170,7 @@ impl MemFs {
             .iter()
             .filter(|(p, i)| pick(p) && i.lock().synced > 0)
             .collect();
-        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
+        let x = Rng::new(seed).next();
         let (path, inode) = files.get((x % files.len().max(1) as u64) as usize)?;
         let mut inode = inode.lock();
         let offset = ((x >> 20) % inode.synced as u64) as usize;
@@ -218,6 +210,21 @@ impl MemFs {
             .get(path)
             .cloned()
             .ok_or_else(|| not_found(path))
+    }
+}
+
+/// xorshift64: the disk's choices, fixed by a seed.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
     }
 }
 
