@@ -19,7 +19,8 @@
 #      rejoins the running cluster;
 #   6. every acknowledged write is present exactly once (version 1);
 #   7. backup (a copy of one member's volume) and restore of the whole
-#      cluster from it: the backup's data, nothing written after it.
+#      cluster from it (`cairn restore` on the copy, the others empty and
+#      joining): the backup's data, nothing written after it.
 # Every wait is bounded; the containers, volumes and network are removed on
 # exit whatever happens (KEEP=1 keeps them for a look).
 set -euo pipefail
@@ -309,8 +310,12 @@ log "backup of node 1's volume taken; restoring the cluster from it"
 docker rm -f "$(node 1)" "$(node 2)" "$(node 3)" >/dev/null
 docker volume rm "$(node 1)" "$(node 2)" "$(node 3)" >/dev/null
 copy_volume "$P-backup" "$(node 1)"
+docker run --rm "${SECURE[@]}" -v "$(node 1):/var/lib/cairn" --entrypoint cairn "$IMAGE" \
+  restore --data-dir /var/lib/cairn --id 1 || fail "cairn restore on the copy"
 for i in 1 2 3; do run_node "$i"; done
 for i in 1 2 3; do wait_for 90 "node $i ready after the restore" ready "$(node "$i")"; done
+three_voters() { [[ $(members_voters) == "[1, 2, 3]" ]]; }
+wait_for 120 "nodes 2 and 3 to join the restored node as voters" three_voters
 wait_for 30 "gateway ready after the restore" ready "$GW"
 [[ -z $(ctl get e2e/after-backup -o simple) ]] || fail "a write after the backup survived the restore"
 check_history "after the restore"

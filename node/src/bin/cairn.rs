@@ -61,6 +61,18 @@ enum Command {
         #[arg(long, default_value_t = 10_000)]
         timeout_ms: u64,
     },
+    /// Make a copy of one member's data directory (a backup) a cluster of
+    /// one voter, offline, before starting it: the other members then
+    /// start empty and join it. Only for a copy whose old cluster no
+    /// longer runs.
+    Restore {
+        /// The copy's data directory (the node must not be running).
+        #[arg(long, env = "CAIRN_DATA_DIR")]
+        data_dir: PathBuf,
+        /// The id of the member the copy was taken from.
+        #[arg(long, env = "CAIRN_ID")]
+        id: u64,
+    },
     /// Check one server's gRPC health service (for container health
     /// checks): exit 0 when it reports SERVING, 1 otherwise.
     Probe {
@@ -244,6 +256,25 @@ async fn run_dev(
     Ok(())
 }
 
+/// `cairn restore`: see [`cairn_node::server::restore`].
+async fn restore(data_dir: &std::path::Path, id: u64) -> Result<(), String> {
+    let r = cairn_node::server::restore::restore(data_dir, id)
+        .await
+        .map_err(|e| e.to_string())?;
+    eprintln!(
+        "cairn: {} now holds a cluster of one voter, node {id} ({} / {}), with the \
+         copy's data up to index {} (the copy's voters were {:?}). Start node {id} \
+         from it, then the other members with empty data directories: they join \
+         as learners and are promoted once caught up.",
+        data_dir.display(),
+        r.member.client_addr,
+        r.member.peer_addr,
+        r.last.index,
+        r.voters_before,
+    );
+    Ok(())
+}
+
 /// Moves leadership off the node at `addr` if it leads.
 async fn step_down(addr: &str, timeout: Duration) -> Result<(), String> {
     use cairn_proto::cluster::{
@@ -336,6 +367,7 @@ fn main() -> ExitCode {
             Command::StepDown { addr, timeout_ms } => {
                 step_down(&addr, Duration::from_millis(timeout_ms)).await
             }
+            Command::Restore { data_dir, id } => restore(&data_dir, id).await,
         }
     });
     // Background work that does not end by itself (a node that stopped on

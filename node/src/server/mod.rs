@@ -20,6 +20,7 @@ pub mod identity;
 pub mod kv;
 pub mod peer;
 pub mod reads;
+pub mod restore;
 mod sessions;
 pub mod watch_slots;
 

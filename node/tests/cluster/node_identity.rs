@@ -108,3 +108,134 @@ async fn peer_calls_for_another_cluster_or_node_are_refused() {
         ) >= 2.0
     );
 }
+
+/// Backup and restore: a copy of node 1's data directory, taken while
+/// its process was down, rebuilds the whole cluster. Without `cairn
+/// restore` the copy's membership still lists nodes 2 and 3, which start
+/// empty and so never vote: nothing is elected. `cairn restore` (refused
+/// for a node the copy does not list) makes node 1 a cluster of one voter;
+/// nodes 2 and 3 then join it and are promoted, and every node serves the
+/// copy's data and nothing written after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_is_restored_from_one_members_copy() {
+    let mut c = TestCluster::start(3, &[]).await;
+    let leader = c.wait_leader(Duration::from_secs(10)).await;
+    let mut last = 0;
+    for i in 0..30 {
+        last = put_on_leader(
+            &c.addr(leader),
+            put_req(&format!("k{i:02}"), "v"),
+            Duration::from_secs(10),
+        )
+        .await;
+    }
+    c.wait_applied(1, last, Duration::from_secs(10)).await;
+    c.nodes.get_mut(&1).unwrap().kill9();
+    let backup = c.dir.path().join("backup");
+    copy_dir(&c.nodes[&1].data, &backup).unwrap();
+    c.restart(1);
+    put_on_leader(
+        &c.addr(1),
+        put_req("after", "lost"),
+        Duration::from_secs(20),
+    )
+    .await;
+
+    for id in 1..=3 {
+        c.nodes.get_mut(&id).unwrap().kill9();
+        std::fs::remove_dir_all(&c.nodes[&id].data).unwrap();
+    }
+    copy_dir(&backup, &c.nodes[&1].data).unwrap();
+    let restore = |id: &str| {
+        std::process::Command::new(cairn_binary())
+            .args(["restore", "--data-dir"])
+            .arg(&c.nodes[&1].data)
+            .args(["--id", id])
+            .output()
+            .unwrap()
+    };
+    let refused = restore("2");
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("belongs to node 1, not to node 2"),
+        "{refused:?}"
+    );
+    let done = restore("1");
+    assert!(done.status.success(), "{done:?}");
+    for id in 1..=3 {
+        c.restart(id);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let voters = voters(&c.addr(1)).await;
+        if voters == [1, 2, 3] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "voters {voters:?}; node 2:\n{}",
+            c.nodes[&2].log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Each node serves the copy's pairs from its own state, and nothing
+    // written after the copy.
+    let want: Vec<Vec<u8>> = (0..30).map(|i| format!("k{i:02}").into_bytes()).collect();
+    for id in 1..=3 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let keys: Vec<Vec<u8>> = dump(&c.addr(id)).await.into_iter().map(|r| r.0).collect();
+            if keys == want {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "node {id} serves {} pairs",
+                keys.len()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let leader = c.wait_leader(Duration::from_secs(10)).await;
+    put_on_leader(
+        &c.addr(leader),
+        put_req("new", "v"),
+        Duration::from_secs(10),
+    )
+    .await;
+}
+
+/// The voter ids node `addr` lists (empty when it does not answer).
+async fn voters(addr: &str) -> Vec<u64> {
+    let Ok(r) = cluster(addr)
+        .await
+        .members(cairn_proto::cluster::MembersRequest {})
+        .await
+    else {
+        return Vec::new();
+    };
+    let mut v: Vec<u64> = r
+        .into_inner()
+        .members
+        .iter()
+        .filter(|m| !m.is_learner)
+        .map(|m| m.id)
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+/// Copies a directory tree (a volume copy of a stopped node).
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        let target = to.join(e.file_name());
+        if e.file_type()?.is_dir() {
+            copy_dir(&e.path(), &target)?;
+        } else {
+            std::fs::copy(e.path(), target)?;
+        }
+    }
+    Ok(())
+}
