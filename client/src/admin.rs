@@ -248,6 +248,31 @@ impl Client {
         .await
     }
 
+    /// Lists (GET), raises (ACTIVATE) or disarms (DEACTIVATE) alarms; GET
+    /// is answered by the leader's applied state, the others are leader
+    /// only. Member 0 and `AlarmType::None` match every member and kind
+    /// (GET, DEACTIVATE).
+    pub async fn alarm(
+        &self,
+        action: pb::alarm_request::AlarmAction,
+        member_id: u64,
+        alarm: pb::AlarmType,
+    ) -> Result<Vec<pb::AlarmMember>> {
+        let req = pb::AlarmRequest {
+            action: action as i32,
+            member_id,
+            alarm: alarm as i32,
+        };
+        self.call(Route::Leader, |up, t| async move {
+            Ok(cluster(up.ch)
+                .alarm(request(req, t))
+                .await?
+                .into_inner()
+                .alarms)
+        })
+        .await
+    }
+
     /// Builds a snapshot on the node at `addr` now; returns the last log
     /// index it covers.
     pub async fn snapshot_on(&self, addr: &str) -> Result<u64> {

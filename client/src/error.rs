@@ -64,6 +64,16 @@ pub enum Error {
         /// The cluster's message.
         reason: String,
     },
+    /// A raised alarm (`NOSPACE`, `CORRUPT`) refused the write; nothing was
+    /// written. Not retried: it stays refused until an operator disarms
+    /// the alarm (`cairnctl alarm disarm`).
+    #[error("refused by an alarm: {message}")]
+    Alarmed {
+        /// The alarm's name.
+        alarm: String,
+        /// The cluster's message.
+        message: String,
+    },
     /// An endpoint was malformed or the client was used wrongly.
     #[error("configuration: {0}")]
     Config(String),
@@ -118,6 +128,13 @@ impl From<Error> for Status {
             }
             Error::SessionLost { .. } => Status::failed_precondition(e.to_string()),
             Error::Config(m) => Status::internal(m),
+            Error::Alarmed { alarm, message } => {
+                let mut s = Status::resource_exhausted(message);
+                if let Ok(v) = alarm.parse() {
+                    s.metadata_mut().insert(cairn_proto::ALARM, v);
+                }
+                s
+            }
             Error::Server { code, message } => Status::new(code, message),
         }
     }
@@ -149,6 +166,10 @@ pub(crate) fn classify(s: &Status) -> Failure {
             Some(addr) => Failure::Redirect(addr.to_string()),
             None => Failure::Retry(describe(s)),
         },
+        // A raised alarm refuses the write until an operator disarms it.
+        Code::ResourceExhausted if s.metadata().get(cairn_proto::ALARM).is_some() => {
+            Failure::Fatal(from_status(s))
+        }
         // Transport failures (a reset connection, a refused stream) and a
         // busy gateway are worth another attempt; writes carry request ids
         // so a retry never applies twice.
@@ -181,6 +202,20 @@ pub(crate) fn from_status(s: &Status) -> Error {
             .and_then(|v| v.parse().ok())
         {
             Some(oldest) => Error::Compacted { oldest },
+            None => Error::Server {
+                code: s.code(),
+                message: s.message().to_string(),
+            },
+        },
+        Code::ResourceExhausted => match s
+            .metadata()
+            .get(cairn_proto::ALARM)
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(alarm) => Error::Alarmed {
+                alarm: alarm.to_string(),
+                message: s.message().to_string(),
+            },
             None => Error::Server {
                 code: s.code(),
                 message: s.message().to_string(),

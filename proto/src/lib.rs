@@ -32,6 +32,10 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 pub const LEADER_ID: &str = "cairn-leader-id";
 /// Trailer naming the leader's client address, beside [`LEADER_ID`].
 pub const LEADER_ADDR: &str = "cairn-leader-addr";
+/// Trailer on RESOURCE_EXHAUSTED for a write a raised alarm refused:
+/// the alarm's name (`NOSPACE`, `CORRUPT`). Nothing was written; not
+/// worth retrying until an operator disarms the alarm.
+pub const ALARM: &str = "cairn-alarm";
 /// Trailer on FAILED_PRECONDITION for a write whose request id the
 /// cluster refused: [`SESSION_UNKNOWN`] or [`SESSION_SETTLED`].
 pub const SESSION: &str = "cairn-session";

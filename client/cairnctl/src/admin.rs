@@ -7,7 +7,7 @@ use cairn_client::{Client, StatusResponse};
 use serde_json::json;
 
 use crate::output::{size, Format, Table};
-use crate::{Failed, MemberCmd, Outcome};
+use crate::{AlarmCmd, Failed, MemberCmd, Outcome};
 
 /// `cairnctl status`: one row per member.
 pub(crate) async fn status(c: &Client, fmt: Format, out: &mut impl Write) -> Outcome {
@@ -140,6 +140,33 @@ pub(crate) async fn settings(
         _ => {
             writeln!(out, "history-revisions {}", s.history_revisions)?;
             writeln!(out, "session-ttl-secs {}", s.session_ttl_secs)?;
+        }
+    }
+    Ok(())
+}
+
+/// `cairnctl alarm list|disarm`: one line per alarm, as etcdctl prints
+/// them (`memberID:2 alarm:NOSPACE`).
+pub(crate) async fn alarm(c: &Client, cmd: AlarmCmd, fmt: Format, out: &mut impl Write) -> Outcome {
+    use cairn_client::proto::cluster::{alarm_request::AlarmAction, AlarmType};
+    let action = match cmd {
+        AlarmCmd::List => AlarmAction::Get,
+        AlarmCmd::Disarm => AlarmAction::Deactivate,
+    };
+    let alarms = c.alarm(action, 0, AlarmType::None).await?;
+    let name = |a: &cairn_client::proto::cluster::AlarmMember| a.alarm().as_str_name().to_string();
+    match fmt {
+        Format::Json => {
+            let js: Vec<_> = alarms
+                .iter()
+                .map(|a| json!({"member_id": a.member_id, "alarm": name(a)}))
+                .collect();
+            writeln!(out, "{}", json!({"alarms": js}))?;
+        }
+        _ => {
+            for a in &alarms {
+                writeln!(out, "memberID:{} alarm:{}", a.member_id, name(a))?;
+            }
         }
     }
     Ok(())

@@ -115,6 +115,9 @@ enum Cmd {
     /// Builds a snapshot on every member now (the log behind it can then
     /// be purged).
     Snapshot,
+    /// Alarms (NOSPACE, CORRUPT): list, or disarm every raised one.
+    #[command(subcommand)]
+    Alarm(AlarmCmd),
     /// Shows the cluster-wide settings, or changes those given.
     Settings {
         /// Revisions of watch history kept.
@@ -170,6 +173,15 @@ struct TxnArgs {
     /// An operation run otherwise, e.g. 'get k' (repeatable).
     #[arg(long = "else")]
     failure: Vec<String>,
+}
+
+#[derive(Subcommand, Debug, Clone, Copy)]
+enum AlarmCmd {
+    /// Lists the raised alarms (nothing when none is).
+    List,
+    /// Disarms every raised alarm (one still true is raised again by its
+    /// member within a second).
+    Disarm,
 }
 
 #[derive(Subcommand, Debug)]
@@ -322,6 +334,7 @@ async fn run(cli: Cli) -> Outcome {
         Cmd::Member(m) => admin::member(&c, m, fmt, out).await,
         Cmd::TransferLeader { to } => admin::transfer_leader(&c, to, fmt, out).await,
         Cmd::Snapshot => admin::snapshot(&c, fmt, out).await,
+        Cmd::Alarm(a) => admin::alarm(&c, a, fmt, out).await,
         Cmd::Settings {
             history_revisions,
             session_ttl_secs,

@@ -556,3 +556,33 @@ async fn bad_input_and_exit_codes() {
     let s = ctl.ok(&["completion", "bash"]);
     assert!(s.contains("cairnctl"), "{s}");
 }
+
+/// `cairnctl alarm list|disarm`: a cluster whose nodes are past a tiny
+/// quota raises NOSPACE; a put exits 1 naming it; disarming lists what it
+/// disarmed, and the nodes raise it again while they are past the quota.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alarm_commands() {
+    let c = TestCluster::start(3, &["--quota-bytes", "1"]).await;
+    let ctl = Ctl {
+        endpoints: c.endpoints().join(","),
+    };
+    c.wait_leader(Duration::from_secs(10)).await;
+    let listed = eventually(|| {
+        let out = ctl.ok(&["alarm", "list"]);
+        (out.lines().count() == 3).then_some(out)
+    });
+    for id in 1..=3 {
+        assert!(
+            listed.contains(&format!("memberID:{id} alarm:NOSPACE")),
+            "{listed}"
+        );
+    }
+    let j = ctl.json(&["alarm", "list"]);
+    assert_eq!(j["alarms"].as_array().unwrap().len(), 3, "{j}");
+    let put = ctl.run(&["put", "k", "v"]);
+    assert_eq!(put.code, 1, "{}{}", put.stdout, put.stderr);
+    assert!(put.stderr.contains("NOSPACE"), "{}", put.stderr);
+    let disarmed = ctl.ok(&["alarm", "disarm"]);
+    assert_eq!(disarmed.lines().count(), 3, "{disarmed}");
+    eventually(|| (ctl.ok(&["alarm", "list"]).lines().count() == 3).then_some(()));
+}

@@ -320,6 +320,23 @@ impl Cluster for Proxy {
     ) -> Result<Response<cpb::Settings>, Status> {
         Err(read_only())
     }
+
+    /// Lists alarms; raising or disarming one is an administrator's call
+    /// to a node.
+    async fn alarm(
+        &self,
+        req: Request<cpb::AlarmRequest>,
+    ) -> Result<Response<cpb::AlarmResponse>, Status> {
+        use cpb::alarm_request::AlarmAction;
+        if req.get_ref().action() != AlarmAction::Get {
+            return Err(read_only());
+        }
+        self.forward("Alarm", req, |c, r, _| async move {
+            let alarms = c.alarm(AlarmAction::Get, r.member_id, r.alarm()).await?;
+            Ok(cpb::AlarmResponse { alarms })
+        })
+        .await
+    }
 }
 
 /// Marks a call admitted by [`AdmitOnArrival`].

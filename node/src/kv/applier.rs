@@ -1,11 +1,12 @@
 //! The applier: applies commands to the database in log order, keeps the
-//! client sessions (`sessions`) and the replicated settings, and trims
+//! client sessions (`sessions`), the replicated settings and alarms, and trims
 //! the watch history.
 
 use std::collections::{BTreeMap, VecDeque};
 
 use cairn_lsm::{Db, WriteBatch};
 
+use super::alarms::{self, Alarm, Alarms};
 use super::command::{
     Command, CommandResponse, Kv, Op, OpResult, RequestId, SessionHint, Settings,
 };
@@ -14,8 +15,8 @@ use super::format;
 use super::key_meta::KeyMeta;
 use super::layout::{
     decode, encode_record, encode_small, record_key, record_request, record_revision,
-    session_client, session_key, Record, RecordHead, WatchEvent, HISTORY_START, RECORD, SESSION,
-    SETTINGS_KEY,
+    session_client, session_key, Record, RecordHead, WatchEvent, ALARMS_KEY, HISTORY_START, RECORD,
+    SESSION, SETTINGS_KEY,
 };
 use super::limits::MAX_KEPT_ANSWER_BYTES;
 use super::read::history_start;
@@ -61,6 +62,8 @@ pub struct Applier {
     settings: Settings,
     /// Whether an entry ever set the settings.
     settings_set: bool,
+    /// The raised alarms.
+    alarms: Alarms,
     /// The client sessions.
     pub(super) sessions: Sessions,
     history_start: u64,
@@ -125,7 +128,9 @@ fn run(
         Op::Delete(d) => tx.delete(d)?,
         Op::Txn(t) => tx.txn(t)?,
         // Applied by the applier itself, never run as a write.
-        Op::ExpireSessions { .. } | Op::Settings { .. } | Op::OpenSession => OpResult::None,
+        Op::ExpireSessions { .. } | Op::Settings { .. } | Op::OpenSession | Op::Alarm { .. } => {
+            OpResult::None
+        }
     };
     Ok(Ran {
         result,
@@ -243,9 +248,14 @@ impl Applier {
             Some(v) => Some(decode(SETTINGS_KEY, &v, true)?),
             None => None,
         };
+        let alarms: Vec<Alarm> = match db.get(ALARMS_KEY)? {
+            Some(v) => decode(ALARMS_KEY, &v, true)?,
+            None => Vec::new(),
+        };
         let mut a = Applier {
             settings: stored.unwrap_or(defaults),
             settings_set: stored.is_some(),
+            alarms: alarms.into_iter().collect(),
             sessions: Sessions::default(),
             history_start: history_start(db)?,
             records_start: 0,
@@ -285,6 +295,11 @@ impl Applier {
     /// Whether an entry ever set the settings.
     pub fn settings_set(&self) -> bool {
         self.settings_set
+    }
+
+    /// The raised alarms.
+    pub fn alarms(&self) -> &Alarms {
+        &self.alarms
     }
 
     /// Sessions held, and the index of the oldest one's last write.
@@ -336,6 +351,18 @@ impl Applier {
                 let result = self.set_settings(settings, *if_unset, &mut batch);
                 Outcome::answer(index, result)
             }
+            Op::Alarm { active, alarm } => {
+                let changed = if *active {
+                    self.alarms.insert(*alarm)
+                } else {
+                    self.alarms.remove(alarm)
+                };
+                if changed {
+                    let list: Vec<Alarm> = self.alarms.iter().copied().collect();
+                    batch.put(ALARMS_KEY, encode_small(&list));
+                }
+                Outcome::answer(index, OpResult::None)
+            }
             Op::OpenSession => {
                 let result = match self.sessions.open(index, index) {
                     Some(changes) => {
@@ -366,6 +393,11 @@ impl Applier {
         cmd: &Command,
         batch: &mut WriteBatch,
     ) -> Result<Outcome> {
+        // Refused whatever its request id says: nothing of it is written
+        // or recorded, so a retry after the alarm is disarmed applies it.
+        if let Some(alarm) = alarms::blocking(&self.alarms, &cmd.op) {
+            return Ok(Outcome::answer(index, OpResult::Alarmed { alarm }));
+        }
         let Some(id) = cmd.request_id else {
             return self.apply_write(db, index, cmd, batch);
         };

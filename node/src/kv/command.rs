@@ -6,6 +6,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use super::alarms::Alarm;
+
 /// A key with its value and revisions, as the state machine keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Kv {
@@ -170,6 +172,13 @@ pub enum Op {
     },
     /// Open a client session; its client id is this entry's index.
     OpenSession,
+    /// Raise (`active`) or disarm an alarm.
+    Alarm {
+        /// Raise or disarm.
+        active: bool,
+        /// The alarm.
+        alarm: Alarm,
+    },
 }
 
 /// A transaction: all compares hold -> `success`, else `failure`.
@@ -384,6 +393,12 @@ pub enum OpResult {
         /// The client's floor.
         floor: u64,
     },
+    /// A raised alarm refuses this write (`kv::alarms`): nothing was
+    /// applied, and a retry once the alarm is disarmed may apply it.
+    Alarmed {
+        /// The alarm.
+        alarm: Alarm,
+    },
 }
 
 impl fmt::Display for Command {
@@ -414,6 +429,7 @@ impl fmt::Display for Command {
                 write!(f, "settings({settings:?}, if_unset={if_unset})")
             }
             Op::OpenSession => write!(f, "open-session"),
+            Op::Alarm { active, alarm } => write!(f, "alarm({alarm}, active={active})"),
         }
     }
 }

@@ -20,6 +20,8 @@ pub(crate) const HISTORY_START: &[u8] = b"mhistory-start";
 pub(crate) const FORMAT_VERSION_KEY: &[u8] = b"mformat-version";
 /// The replicated settings: postcard(Settings).
 pub(crate) const SETTINGS_KEY: &[u8] = b"msettings";
+/// The raised alarms: postcard(Vec<Alarm>), absent when none.
+pub(crate) const ALARMS_KEY: &[u8] = b"malarms";
 /// Session marks: `'c' client_id u64 BE -> postcard(SessionMark)`.
 pub(crate) const SESSION: u8 = b'c';
 /// Bytes of a pair's header: create_revision, mod_revision, version.

@@ -10,7 +10,7 @@
 //!                          for a write with a request id, the id, its answer
 //!                          and the client's session floor
 //! 'c' client_id u64 BE  -> postcard(SessionMark): what a session's records do not say
-//! 'm' name              -> small state (history start, settings, format version)
+//! 'm' name              -> small state (history start, settings, alarms, format version)
 //! ```
 //!
 //! One record per revision holds both the watch history and a session's
@@ -33,11 +33,14 @@
 //!   once.
 //! - `format`: the layout's version, checked (and old layouts converted)
 //!   when the applier loads.
+//! - [`alarms`]: replicated alarms (NOSPACE, CORRUPT) and the writes
+//!   they refuse.
 //! - [`limits`]: what one entry may cost when applied; past it a command
 //!   is refused the same way on every replica, never an apply error.
 //!
 //! The layout is written down byte by byte in `FORMAT.md` beside this file.
 
+pub mod alarms;
 mod applier;
 pub mod command;
 mod error;

@@ -245,6 +245,74 @@ fn settings_are_set_by_entries() {
     assert_eq!(applier.settings(), first);
 }
 
+/// An alarm entry refuses the writes it names on every replica alike,
+/// also with a request id (which it does not record: a retry after the
+/// alarm is disarmed applies), and a reload keeps it.
+#[test]
+fn alarms_refuse_writes_until_disarmed_and_survive_a_reload() {
+    use super::alarms::{Alarm, AlarmKind};
+    let db = memory_db();
+    let mut applier = load(&db, Settings::default());
+    let apply = |applier: &mut Applier, index: u64, cmd: Command| {
+        applier
+            .apply(&db, index, &cmd, state(index))
+            .unwrap()
+            .response
+            .result
+    };
+    let nospace = Alarm {
+        member: 3,
+        kind: AlarmKind::NoSpace,
+    };
+    let alarm = |active| {
+        Command::new(Op::Alarm {
+            active,
+            alarm: nospace,
+        })
+    };
+    assert_eq!(
+        apply(&mut applier, 1, Command::new(Op::Put(put(1)))),
+        OpResult::Put { prev: None }
+    );
+    assert_eq!(apply(&mut applier, 2, alarm(true)), OpResult::None);
+    assert_eq!(
+        apply(&mut applier, 3, Command::new(Op::Put(put(2)))),
+        OpResult::Alarmed { alarm: nospace }
+    );
+    let mut applier = load(&db, Settings::default());
+    assert!(applier.alarms().contains(&nospace));
+    assert_eq!(
+        apply(&mut applier, 4, Command::new(Op::OpenSession)),
+        OpResult::None
+    );
+    let retried = with_id(Op::Put(put(3)), 4, 1, 0, false);
+    assert_eq!(
+        apply(&mut applier, 5, retried.clone()),
+        OpResult::Alarmed { alarm: nospace }
+    );
+    let deleted = apply(
+        &mut applier,
+        6,
+        Command::new(Op::Delete(DeleteOp {
+            key: put(1).key,
+            prefix: false,
+            prev_kv: false,
+        })),
+    );
+    assert!(
+        matches!(deleted, OpResult::Delete { deleted: 1, .. }),
+        "{deleted:?}"
+    );
+    assert_eq!(apply(&mut applier, 7, alarm(false)), OpResult::None);
+    assert!(matches!(
+        apply(&mut applier, 8, retried),
+        OpResult::Put { .. }
+    ));
+    assert!(db.get(data_key(&put(2).key)).unwrap().is_none());
+    assert!(db.get(data_key(&put(3).key)).unwrap().is_some());
+    assert!(load(&db, Settings::default()).alarms().is_empty());
+}
+
 /// A database of the format before revision records is converted
 /// when loaded: its history reads the same, a duplicate of a request
 /// it remembered is answered, the applied position is kept.

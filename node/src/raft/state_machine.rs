@@ -29,6 +29,7 @@ use tokio::sync::broadcast;
 
 use super::snapshot::{self, remove_dir, replace_current, SnapshotDir};
 use super::{LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::kv::alarms::Alarms;
 use crate::kv::command::OpResult;
 use crate::kv::{Applier, CommandResponse, Settings, WatchEvent};
 use cairn_io::executor::Executor;
@@ -100,6 +101,7 @@ pub struct SmShared {
     cluster_id: AtomicU64,
     events: broadcast::Sender<Arc<RevisionEvents>>,
     sessions: Mutex<SessionsView>,
+    alarms: Mutex<Arc<Alarms>>,
 }
 
 /// What the leader's session expiry and `cairnctl` read of the sessions
@@ -148,6 +150,10 @@ impl SmShared {
     /// The sessions and the settings, as of the last applied entry.
     pub fn sessions(&self) -> SessionsView {
         *self.sessions.lock()
+    }
+    /// The raised alarms, as of the last applied entry.
+    pub fn alarms(&self) -> Arc<Alarms> {
+        self.alarms.lock().clone()
     }
     /// Subscribes to the events of every revision applied from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<RevisionEvents>> {
@@ -255,6 +261,7 @@ impl StateMachine {
             db: RwLock::new(Arc::new(db)),
             events,
             sessions: Mutex::new(SessionsView::of(&applier)),
+            alarms: Mutex::new(Arc::new(applier.alarms().clone())),
         });
         Ok(StateMachine {
             env,
@@ -284,9 +291,15 @@ impl StateMachine {
             .cluster_id
             .store(self.state.cluster_id, Ordering::Release);
         let view = SessionsView::of(&self.applier);
-        let mut shared = self.shared.sessions.lock();
-        if *shared != view {
-            *shared = view;
+        {
+            let mut shared = self.shared.sessions.lock();
+            if *shared != view {
+                *shared = view;
+            }
+        }
+        let mut alarms = self.shared.alarms.lock();
+        if **alarms != *self.applier.alarms() {
+            *alarms = Arc::new(self.applier.alarms().clone());
         }
     }
 }

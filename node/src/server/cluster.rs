@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status};
 use super::errors;
 use super::http::observe;
 use super::NodeCore;
+use crate::kv::alarms::{Alarm, AlarmKind};
 use crate::kv::command::{Op, OpResult};
 use crate::kv::{check_settings, Command, Settings};
 use crate::raft::Member;
@@ -388,6 +389,69 @@ impl pb::cluster_server::Cluster for ClusterService {
         Ok(Response::new(settings_pb(&settings, true)))
     }
 
+    async fn alarm(
+        &self,
+        req: Request<pb::AlarmRequest>,
+    ) -> Result<Response<pb::AlarmResponse>, Status> {
+        use pb::alarm_request::AlarmAction;
+        let req = req.into_inner();
+        let action = AlarmAction::try_from(req.action).map_err(|_| {
+            Status::invalid_argument(format!("unknown alarm action {}", req.action))
+        })?;
+        let kind = pb::AlarmType::try_from(req.alarm)
+            .map_err(|_| Status::invalid_argument(format!("unknown alarm type {}", req.alarm)))?;
+        let raised = self.core.sm.alarms();
+        let matching: Vec<Alarm> = raised
+            .iter()
+            .filter(|a| req.member_id == 0 || a.member == req.member_id)
+            .filter(|a| kind == pb::AlarmType::None || alarm_type(a.kind) == kind)
+            .copied()
+            .collect();
+        let changed = match action {
+            AlarmAction::Get => matching,
+            AlarmAction::Activate => {
+                let kind = alarm_kind(kind).ok_or_else(|| {
+                    Status::invalid_argument("ACTIVATE needs an alarm type (NOSPACE or CORRUPT)")
+                })?;
+                if req.member_id == 0 {
+                    return Err(Status::invalid_argument("ACTIVATE needs a member id"));
+                }
+                self.leader_only()?;
+                let alarm = Alarm {
+                    member: req.member_id,
+                    kind,
+                };
+                raise(&self.core, alarm).await?;
+                vec![alarm]
+            }
+            AlarmAction::Deactivate => {
+                self.leader_only()?;
+                for a in &matching {
+                    let op = Op::Alarm {
+                        active: false,
+                        alarm: *a,
+                    };
+                    self.core
+                        .scope
+                        .run(self.core.raft.client_write(Command::new(op)))
+                        .await
+                        .map_err(errors::write_error)?;
+                    tracing::warn!(alarm = %a, "alarm disarmed");
+                }
+                matching
+            }
+        };
+        Ok(Response::new(pb::AlarmResponse {
+            alarms: changed
+                .iter()
+                .map(|a| pb::AlarmMember {
+                    member_id: a.member,
+                    alarm: alarm_type(a.kind) as i32,
+                })
+                .collect(),
+        }))
+    }
+
     async fn snapshot(
         &self,
         _req: Request<pb::SnapshotRequest>,
@@ -427,5 +491,37 @@ fn settings_pb(s: &Settings, set: bool) -> pb::Settings {
         history_revisions: s.history_revisions,
         session_ttl_secs: s.session_ttl_secs,
         set,
+    }
+}
+
+/// Raises `alarm` through the leader this node is (replicated like a
+/// write; raising a raised alarm changes nothing).
+pub async fn raise(core: &NodeCore, alarm: Alarm) -> Result<(), Status> {
+    let op = Op::Alarm {
+        active: true,
+        alarm,
+    };
+    core.scope
+        .run(core.raft.client_write(Command::new(op)))
+        .await
+        .map_err(errors::write_error)?;
+    tracing::warn!(%alarm, "alarm raised");
+    Ok(())
+}
+
+/// The protocol's name of an alarm kind.
+pub fn alarm_type(kind: AlarmKind) -> pb::AlarmType {
+    match kind {
+        AlarmKind::NoSpace => pb::AlarmType::Nospace,
+        AlarmKind::Corrupt => pb::AlarmType::Corrupt,
+    }
+}
+
+/// The alarm kind a protocol alarm type names (None for NONE).
+fn alarm_kind(t: pb::AlarmType) -> Option<AlarmKind> {
+    match t {
+        pb::AlarmType::None => None,
+        pb::AlarmType::Nospace => Some(AlarmKind::NoSpace),
+        pb::AlarmType::Corrupt => Some(AlarmKind::Corrupt),
     }
 }

@@ -234,12 +234,20 @@ pub struct NodeArgs {
     /// Block cache size in MiB.
     #[arg(long, env = "CAIRN_BLOCK_CACHE_MIB")]
     pub block_cache_mib: Option<usize>,
+    /// Storage quota in bytes (tables and Raft log); past it the node
+    /// raises the NOSPACE alarm, which refuses writes that add data on
+    /// the whole cluster. Default 8 GiB; 0 turns the quota off.
+    #[arg(long, env = "CAIRN_QUOTA_BYTES")]
+    pub quota_bytes: Option<u64>,
     /// CPU priority (nice, 0-19; 19 the lowest) of the engine's flush and
     /// compaction threads, so they use idle CPU before the cores the log
     /// and apply paths need (default 19; 0: the node's own priority).
     #[arg(long, env = "CAIRN_BACKGROUND_NICE")]
     pub background_nice: Option<i32>,
 }
+
+/// The default storage quota: 8 GiB (etcd's largest recommended).
+pub const DEFAULT_QUOTA_BYTES: u64 = 8 << 30;
 
 /// A complete, checked node configuration.
 #[derive(Debug, Clone)]
@@ -277,6 +285,8 @@ pub struct NodeConfig {
     pub memtable_bytes: usize,
     /// Block cache bytes.
     pub block_cache_bytes: usize,
+    /// Storage quota in bytes (0: none).
+    pub quota_bytes: u64,
     /// Nice value of the engine's flush and compaction threads.
     pub background_nice: i32,
 }
@@ -377,6 +387,7 @@ impl NodeArgs {
             session_ttl_secs,
             memtable_mib,
             block_cache_mib,
+            quota_bytes,
             background_nice
         )
     }
@@ -493,6 +504,7 @@ impl NodeArgs {
             session_ttl_secs: settings.session_ttl_secs,
             memtable_bytes: args.memtable_mib.unwrap_or(64) << 20,
             block_cache_bytes: args.block_cache_mib.unwrap_or(256) << 20,
+            quota_bytes: args.quota_bytes.unwrap_or(DEFAULT_QUOTA_BYTES),
             background_nice,
         })
     }

@@ -1,16 +1,18 @@
 //! How failures become gRPC statuses. Deliberate codes: INVALID_ARGUMENT
 //! for bad input (naming the limit), UNAVAILABLE with the leader hint for
 //! a call that must go to the leader, UNAVAILABLE for an unknown outcome
-//! (retry with the same request id), INTERNAL for storage failures.
+//! (retry with the same request id), INTERNAL for storage failures,
+//! RESOURCE_EXHAUSTED naming the alarm for a write an alarm refuses.
 
 use openraft::error::{ClientWriteError, ForwardToLeader, LinearizableReadError, RaftError};
 use tonic::metadata::MetadataValue;
 use tonic::Status;
 
+use crate::kv::alarms::{Alarm, AlarmKind};
 use crate::kv::StoreError;
 use crate::raft::TypeConfig;
 
-pub use cairn_proto::{COMPACT_REVISION, LEADER_ADDR, LEADER_ID};
+pub use cairn_proto::{ALARM, COMPACT_REVISION, LEADER_ADDR, LEADER_ID};
 
 /// UNAVAILABLE naming the leader, so the caller redirects in one hop.
 pub fn not_leader(f: &ForwardToLeader<TypeConfig>) -> Status {
@@ -79,4 +81,23 @@ pub fn read_error(e: RaftError<TypeConfig, LinearizableReadError<TypeConfig>>) -
 pub fn store_error(e: StoreError) -> Status {
     tracing::error!(error = %e, "state machine read failed");
     Status::internal(format!("storage error: {e}"))
+}
+
+/// RESOURCE_EXHAUSTED naming the alarm that refuses a write (nothing was
+/// written), with the `cairn-alarm` trailer.
+pub fn alarmed(alarm: Alarm) -> Status {
+    let what = match alarm.kind {
+        AlarmKind::NoSpace => {
+            "writes that add data are refused (deletes go through); free space or raise \
+             --quota-bytes on that node, then disarm it (cairnctl alarm disarm)"
+        }
+        AlarmKind::Corrupt => {
+            "replicas differ: every write is refused until the diverging member is \
+             replaced and the alarm disarmed (cairnctl alarm disarm)"
+        }
+    };
+    let mut s = Status::resource_exhausted(format!("alarm {alarm} is raised: {what}"));
+    s.metadata_mut()
+        .insert(ALARM, MetadataValue::from_static(alarm.kind.name()));
+    s
 }

@@ -95,6 +95,11 @@ impl KvService {
 
     async fn propose(&self, cmd: Command) -> Result<command::CommandResponse, Status> {
         self.core.check_accepting()?;
+        // Refused here without a log entry; the state machine refuses
+        // the same way a write proposed before the alarm was applied.
+        if let Some(alarm) = store::alarms::blocking(&self.core.sm.alarms(), &cmd.op) {
+            return Err(errors::alarmed(alarm));
+        }
         let r = self.core.scope.run(self.core.raft.client_write(cmd)).await;
         match r {
             Ok(resp) => {
@@ -102,6 +107,7 @@ impl KvService {
                 match resp.data.result {
                     // Applied as a refusal, on every replica alike.
                     OpResult::Refused { limit, detail } => Err(invalid(&limit, detail)),
+                    OpResult::Alarmed { alarm } => Err(errors::alarmed(alarm)),
                     OpResult::AnswerNotKept { bytes } => Err(Status::failed_precondition(format!(
                         "this request was already applied at revision {}; its answer ({bytes} \
                          bytes of pairs) is larger than what is kept for a retry ({} bytes)",
@@ -282,7 +288,8 @@ fn result_to_pb(core: &NodeCore, r: OpResult, revision: u64) -> pb::ResponseOp {
         | OpResult::Refused { .. }
         | OpResult::AnswerNotKept { .. }
         | OpResult::SessionUnknown
-        | OpResult::Settled { .. } => {
+        | OpResult::Settled { .. }
+        | OpResult::Alarmed { .. } => {
             return pb::ResponseOp { response: None };
         }
     };

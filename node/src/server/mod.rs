@@ -19,6 +19,7 @@ pub mod http;
 pub mod identity;
 pub mod kv;
 pub mod peer;
+mod quota;
 pub mod reads;
 pub mod restore;
 mod sessions;
@@ -477,6 +478,7 @@ impl RunningNode {
             stop_rx.clone(),
         )));
         tasks.push(tokio::spawn(sessions::keep(core.clone(), stop_rx.clone())));
+        tasks.push(tokio::spawn(quota::watch(core.clone(), stop_rx.clone())));
         tracing::info!(
             id = core.config.id,
             client = %client_addr,

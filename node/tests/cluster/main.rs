@@ -3,6 +3,7 @@
 //! `cairn-testing`; `raft_storage` and `disk_failure` drive the Raft
 //! storage and a whole node in-process on a simulated disk.
 
+mod alarms;
 mod bad_input;
 mod batch;
 mod bounded_apply;
