@@ -273,6 +273,21 @@ impl Client {
         .await
     }
 
+    /// Asks the leader to compare every member's hash of the whole state
+    /// at one new entry (members that differ from the majority get a
+    /// CORRUPT alarm). Hashing a large state takes a while: the call's
+    /// deadline is at least 130 s.
+    pub async fn check_hash(&self) -> Result<pb::CheckHashResponse> {
+        let t = self.config().timeout.max(Duration::from_secs(130));
+        self.call(Route::Leader, |up, _| async move {
+            Ok(cluster(up.ch)
+                .check_hash(request(pb::CheckHashRequest {}, t))
+                .await?
+                .into_inner())
+        })
+        .await
+    }
+
     /// Builds a snapshot on the node at `addr` now; returns the last log
     /// index it covers.
     pub async fn snapshot_on(&self, addr: &str) -> Result<u64> {

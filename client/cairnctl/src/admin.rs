@@ -172,6 +172,54 @@ pub(crate) async fn alarm(c: &Client, cmd: AlarmCmd, fmt: Format, out: &mut impl
     Ok(())
 }
 
+/// `cairnctl check hash`: one row per member; exit 1 when one differs.
+pub(crate) async fn check_hash(c: &Client, fmt: Format, out: &mut impl Write) -> Outcome {
+    let r = c.check_hash().await?;
+    let mut t = Table::new(&["ID", "REVISION", "HASH", "KEYS", "STATUS"]);
+    let mut js = Vec::new();
+    for m in &r.members {
+        let status = if !m.error.is_empty() {
+            format!("no hash: {}", m.error)
+        } else if m.corrupt {
+            "MISMATCH (CORRUPT alarm raised)".to_string()
+        } else {
+            "ok".to_string()
+        };
+        let hash = format!("{:016x}", m.hash);
+        if fmt == Format::Simple {
+            writeln!(
+                out,
+                "{}, {}, {hash}, {}, {status}",
+                m.member_id, r.revision, m.keys
+            )?;
+        }
+        js.push(
+            json!({"id": m.member_id, "revision": r.revision, "hash": hash,
+                       "keys": m.keys, "error": m.error, "corrupt": m.corrupt}),
+        );
+        t.row(vec![
+            m.member_id.to_string(),
+            r.revision.to_string(),
+            hash,
+            m.keys.to_string(),
+            status,
+        ]);
+    }
+    match fmt {
+        Format::Table => write!(out, "{}", t.render())?,
+        Format::Json => writeln!(out, "{}", json!(js))?,
+        Format::Simple => {}
+    }
+    let corrupt = r.members.iter().filter(|m| m.corrupt).count();
+    if corrupt > 0 {
+        return Err(Failed(format!(
+            "{corrupt} member(s) differ from the majority at revision {}: CORRUPT raised",
+            r.revision
+        )));
+    }
+    Ok(())
+}
+
 /// `cairnctl snapshot`: on every member.
 pub(crate) async fn snapshot(c: &Client, fmt: Format, out: &mut impl Write) -> Outcome {
     let members = c.members().await?;

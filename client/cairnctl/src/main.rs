@@ -115,6 +115,11 @@ enum Cmd {
     /// Builds a snapshot on every member now (the log behind it can then
     /// be purged).
     Snapshot,
+    /// Consistency checks: `check hash` compares every member's hash of
+    /// the whole state at one entry (exit 1 on a mismatch, which raises
+    /// CORRUPT for the members that differ).
+    #[command(subcommand)]
+    Check(CheckCmd),
     /// Alarms (NOSPACE, CORRUPT): list, or disarm every raised one.
     #[command(subcommand)]
     Alarm(AlarmCmd),
@@ -173,6 +178,12 @@ struct TxnArgs {
     /// An operation run otherwise, e.g. 'get k' (repeatable).
     #[arg(long = "else")]
     failure: Vec<String>,
+}
+
+#[derive(Subcommand, Debug, Clone, Copy)]
+enum CheckCmd {
+    /// Every member's hash of the replicated state at one new entry.
+    Hash,
 }
 
 #[derive(Subcommand, Debug, Clone, Copy)]
@@ -335,6 +346,7 @@ async fn run(cli: Cli) -> Outcome {
         Cmd::TransferLeader { to } => admin::transfer_leader(&c, to, fmt, out).await,
         Cmd::Snapshot => admin::snapshot(&c, fmt, out).await,
         Cmd::Alarm(a) => admin::alarm(&c, a, fmt, out).await,
+        Cmd::Check(CheckCmd::Hash) => admin::check_hash(&c, fmt, out).await,
         Cmd::Settings {
             history_revisions,
             session_ttl_secs,

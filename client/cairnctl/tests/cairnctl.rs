@@ -585,4 +585,19 @@ async fn alarm_commands() {
     let disarmed = ctl.ok(&["alarm", "disarm"]);
     assert_eq!(disarmed.lines().count(), 3, "{disarmed}");
     eventually(|| (ctl.ok(&["alarm", "list"]).lines().count() == 3).then_some(()));
+
+    // check hash: the replicas agree (alarms do not stop the check).
+    let t = ctl.ok(&["check", "hash"]);
+    assert!(
+        t.contains("| HASH") && t.matches("| ok").count() == 3,
+        "{t}"
+    );
+    let j = ctl.json(&["check", "hash"]);
+    let rows = j.as_array().unwrap();
+    assert_eq!(rows.len(), 3, "{j}");
+    assert!(
+        rows.iter()
+            .all(|r| r["hash"] == rows[0]["hash"] && r["corrupt"] == false),
+        "{j}"
+    );
 }

@@ -321,6 +321,20 @@ impl Cluster for Proxy {
         Err(read_only())
     }
 
+    async fn hash_kv(
+        &self,
+        _: Request<cpb::HashKvRequest>,
+    ) -> Result<Response<cpb::HashKvResponse>, Status> {
+        Err(read_only())
+    }
+
+    async fn check_hash(
+        &self,
+        _: Request<cpb::CheckHashRequest>,
+    ) -> Result<Response<cpb::CheckHashResponse>, Status> {
+        Err(read_only())
+    }
+
     /// Lists alarms; raising or disarming one is an administrator's call
     /// to a node.
     async fn alarm(

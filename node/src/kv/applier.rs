@@ -128,9 +128,11 @@ fn run(
         Op::Delete(d) => tx.delete(d)?,
         Op::Txn(t) => tx.txn(t)?,
         // Applied by the applier itself, never run as a write.
-        Op::ExpireSessions { .. } | Op::Settings { .. } | Op::OpenSession | Op::Alarm { .. } => {
-            OpResult::None
-        }
+        Op::ExpireSessions { .. }
+        | Op::Settings { .. }
+        | Op::OpenSession
+        | Op::Alarm { .. }
+        | Op::HashCheck => OpResult::None,
     };
     Ok(Ran {
         result,
@@ -351,6 +353,7 @@ impl Applier {
                 let result = self.set_settings(settings, *if_unset, &mut batch);
                 Outcome::answer(index, result)
             }
+            Op::HashCheck => Outcome::answer(index, OpResult::None),
             Op::Alarm { active, alarm } => {
                 let changed = if *active {
                     self.alarms.insert(*alarm)

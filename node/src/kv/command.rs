@@ -179,6 +179,9 @@ pub enum Op {
         /// The alarm.
         alarm: Alarm,
     },
+    /// Changes nothing: every replica hashes its state as of this entry
+    /// (`kv::hash`), and the leader compares the hashes.
+    HashCheck,
 }
 
 /// A transaction: all compares hold -> `success`, else `failure`.
@@ -430,6 +433,7 @@ impl fmt::Display for Command {
             }
             Op::OpenSession => write!(f, "open-session"),
             Op::Alarm { active, alarm } => write!(f, "alarm({alarm}, active={active})"),
+            Op::HashCheck => write!(f, "hash-check"),
         }
     }
 }

@@ -35,6 +35,8 @@
 //!   when the applier loads.
 //! - [`alarms`]: replicated alarms (NOSPACE, CORRUPT) and the writes
 //!   they refuse.
+//! - [`hash`]: a hash of the whole state at one index, to compare
+//!   replicas.
 //! - [`limits`]: what one entry may cost when applied; past it a command
 //!   is refused the same way on every replica, never an apply error.
 //!
@@ -45,6 +47,7 @@ mod applier;
 pub mod command;
 mod error;
 mod format;
+pub mod hash;
 mod key_meta;
 mod layout;
 pub mod limits;

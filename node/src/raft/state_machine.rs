@@ -14,10 +14,12 @@
 //! flush), so everything it covers is durable, and the log is purged only
 //! behind a snapshot.
 
+use std::collections::VecDeque;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -30,7 +32,8 @@ use tokio::sync::broadcast;
 use super::snapshot::{self, remove_dir, replace_current, SnapshotDir};
 use super::{LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::kv::alarms::Alarms;
-use crate::kv::command::OpResult;
+use crate::kv::command::{Op, OpResult};
+use crate::kv::hash::StateHash;
 use crate::kv::{Applier, CommandResponse, Settings, WatchEvent};
 use cairn_io::executor::Executor;
 use cairn_io::fs::FileSystem;
@@ -102,7 +105,16 @@ pub struct SmShared {
     events: broadcast::Sender<Arc<RevisionEvents>>,
     sessions: Mutex<SessionsView>,
     alarms: Mutex<Arc<Alarms>>,
+    /// Hashes of the state at the newest hash-check entries, oldest first:
+    /// (index, None while it is computed).
+    hashes: Mutex<VecDeque<(u64, Option<HashResult>)>>,
 }
+
+/// A member's hash of its state, or why it has none.
+type HashResult = Result<StateHash, String>;
+
+/// Hash-check results kept (older ones are forgotten).
+const HASHES_KEPT: usize = 8;
 
 /// What the leader's session expiry and `cairnctl` read of the sessions
 /// and the replicated settings.
@@ -154,6 +166,46 @@ impl SmShared {
     /// The raised alarms, as of the last applied entry.
     pub fn alarms(&self) -> Arc<Alarms> {
         self.alarms.lock().clone()
+    }
+    /// The hash of the state as of the hash-check entry at `index`,
+    /// waiting up to `wait` for the entry to be applied and hashed.
+    pub async fn hash_at(&self, index: u64, wait: Duration) -> HashResult {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let applied = self.applied();
+            {
+                let hashes = self.hashes.lock();
+                match hashes.iter().find(|(i, _)| *i == index) {
+                    Some((_, Some(r))) => return r.clone(),
+                    Some((_, None)) => {}
+                    None if applied >= index => {
+                        return Err(format!(
+                            "no hash at index {index}: not a hash-check entry, or one of more \
+                             than {HASHES_KEPT} ago"
+                        ))
+                    }
+                    None => {}
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!(
+                    "the hash at index {index} is not ready after {wait:?} (applied {applied})"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    fn hash_started(&self, index: u64) {
+        let mut hashes = self.hashes.lock();
+        if hashes.len() >= HASHES_KEPT {
+            hashes.pop_front();
+        }
+        hashes.push_back((index, None));
+    }
+    fn hash_done(&self, index: u64, result: HashResult) {
+        if let Some(slot) = self.hashes.lock().iter_mut().find(|(i, _)| *i == index) {
+            slot.1 = Some(result);
+        }
     }
     /// Subscribes to the events of every revision applied from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<RevisionEvents>> {
@@ -262,6 +314,7 @@ impl StateMachine {
             events,
             sessions: Mutex::new(SessionsView::of(&applier)),
             alarms: Mutex::new(Arc::new(applier.alarms().clone())),
+            hashes: Mutex::new(VecDeque::new()),
         });
         Ok(StateMachine {
             env,
@@ -280,6 +333,21 @@ impl StateMachine {
 }
 
 impl StateMachine {
+    /// Hashes the state as of the entry at `index` (just applied) on the
+    /// executor, from a snapshot of the database: applying goes on.
+    fn hash_in_background(&self, db: &Db, index: u64) {
+        let snapshot = db.snapshot();
+        let shared = self.shared.clone();
+        shared.hash_started(index);
+        self.env.executor.spawn(
+            "state-hash",
+            Box::new(move || {
+                let r = crate::kv::hash::state_hash(&snapshot).map_err(|e| e.to_string());
+                shared.hash_done(index, r);
+            }),
+        );
+    }
+
     /// Makes the applied position visible to readers.
     fn publish(&self) {
         let applied = self.state.applied_index();
@@ -427,6 +495,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         .applier
                         .apply(&db, index, &cmd, self.state.encode()?)
                         .map_err(io_err)?;
+                    if matches!(cmd.op, Op::HashCheck) {
+                        self.hash_in_background(&db, index);
+                    }
                     (Some(applied.response), applied.events)
                 }
             };

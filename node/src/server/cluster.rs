@@ -452,6 +452,36 @@ impl pb::cluster_server::Cluster for ClusterService {
         }))
     }
 
+    async fn hash_kv(
+        &self,
+        req: Request<pb::HashKvRequest>,
+    ) -> Result<Response<pb::HashKvResponse>, Status> {
+        let revision = req.into_inner().revision;
+        let h = self
+            .core
+            .sm
+            .hash_at(revision, Duration::from_secs(120))
+            .await
+            .map_err(Status::failed_precondition)?;
+        Ok(Response::new(pb::HashKvResponse {
+            member_id: self.core.config.id,
+            revision,
+            hash: h.hash,
+            keys: h.keys,
+            bytes: h.bytes,
+        }))
+    }
+
+    async fn check_hash(
+        &self,
+        _req: Request<pb::CheckHashRequest>,
+    ) -> Result<Response<pb::CheckHashResponse>, Status> {
+        self.leader_only()?;
+        super::corruption::check(&self.core)
+            .await
+            .map(Response::new)
+    }
+
     async fn snapshot(
         &self,
         _req: Request<pb::SnapshotRequest>,

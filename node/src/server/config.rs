@@ -239,6 +239,16 @@ pub struct NodeArgs {
     /// the whole cluster. Default 8 GiB; 0 turns the quota off.
     #[arg(long, env = "CAIRN_QUOTA_BYTES")]
     pub quota_bytes: Option<u64>,
+    /// Seconds between the leader's corruption checks (every member
+    /// hashes its state at one entry, and they are compared); default
+    /// 3600, 0: only on demand (`cairnctl check hash`).
+    #[arg(long, env = "CAIRN_CORRUPTION_CHECK_SECS")]
+    pub corruption_check_secs: Option<u64>,
+    /// Read every table of the state machine at start (verifying every
+    /// block's checksum) before serving; a damaged one stops the start,
+    /// naming the file. `--check-tables-at-start` or `=true|false`.
+    #[arg(long, env = "CAIRN_CHECK_TABLES_AT_START", num_args = 0..=1, default_missing_value = "true")]
+    pub check_tables_at_start: Option<bool>,
     /// CPU priority (nice, 0-19; 19 the lowest) of the engine's flush and
     /// compaction threads, so they use idle CPU before the cores the log
     /// and apply paths need (default 19; 0: the node's own priority).
@@ -287,6 +297,10 @@ pub struct NodeConfig {
     pub block_cache_bytes: usize,
     /// Storage quota in bytes (0: none).
     pub quota_bytes: u64,
+    /// Seconds between corruption checks (0: none).
+    pub corruption_check_secs: u64,
+    /// Whether every table is read and verified at start.
+    pub check_tables_at_start: bool,
     /// Nice value of the engine's flush and compaction threads.
     pub background_nice: i32,
 }
@@ -388,6 +402,8 @@ impl NodeArgs {
             memtable_mib,
             block_cache_mib,
             quota_bytes,
+            corruption_check_secs,
+            check_tables_at_start,
             background_nice
         )
     }
@@ -505,6 +521,8 @@ impl NodeArgs {
             memtable_bytes: args.memtable_mib.unwrap_or(64) << 20,
             block_cache_bytes: args.block_cache_mib.unwrap_or(256) << 20,
             quota_bytes: args.quota_bytes.unwrap_or(DEFAULT_QUOTA_BYTES),
+            corruption_check_secs: args.corruption_check_secs.unwrap_or(3600),
+            check_tables_at_start: args.check_tables_at_start.unwrap_or(false),
             background_nice,
         })
     }

@@ -18,8 +18,8 @@ use crate::kv::alarms::{Alarm, AlarmKind};
 /// How often storage is measured.
 const TICK: Duration = Duration::from_secs(1);
 
-/// Bytes this node's storage holds: the state machine's tables, its
-/// memtables (as much is in its write-ahead log) and the Raft log's
+/// Bytes this node's storage holds, or is about to: the state machine's
+/// tables, its memtables (flushed to tables soon) and the Raft log's
 /// segments. Snapshots are checkpoints that share the tables' files.
 pub fn storage_bytes(core: &NodeCore) -> u64 {
     let s = core.sm.db().stats();

@@ -10,7 +10,7 @@ use cairn_testing::*;
 
 /// Runs `action` on every alarm at `addr`; the alarms listed or changed,
 /// as (member, type).
-async fn alarm_call(
+pub async fn alarm_call(
     addr: &str,
     action: AlarmAction,
 ) -> Result<Vec<(u64, AlarmType)>, tonic::Status> {
@@ -27,7 +27,7 @@ async fn alarm_call(
 }
 
 /// The alarms `addr` has applied.
-async fn alarms(addr: &str) -> Result<Vec<(u64, AlarmType)>, tonic::Status> {
+pub async fn alarms(addr: &str) -> Result<Vec<(u64, AlarmType)>, tonic::Status> {
     alarm_call(addr, AlarmAction::Get).await
 }
 

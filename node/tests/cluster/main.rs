@@ -10,6 +10,7 @@ mod bounded_apply;
 mod catch_up;
 mod cluster_basics;
 mod cluster_restart;
+mod corruption_checks;
 mod disk_failure;
 mod gateway;
 mod leader_crash;
