@@ -59,8 +59,6 @@ pub struct LogMetrics {
     pub fsync_micros: AtomicU64,
     /// Appended batches.
     pub appends: AtomicU64,
-    /// Bytes of all live segments.
-    pub bytes: AtomicU64,
 }
 
 /// Where an entry lives.
@@ -320,9 +318,6 @@ impl LogStore {
         mem.committed = committed.filter(|c| mem.last_log_id().is_some_and(|l| c.index <= l.index));
         let next = mem.next_index();
         let metrics = Arc::new(LogMetrics::default());
-        metrics
-            .bytes
-            .store(mem.segments.values().sum(), Ordering::Relaxed);
         let mark = Arc::new(Mutex::new(WrittenMark {
             epoch: 0,
             below: next,
@@ -360,6 +355,11 @@ impl LogStore {
     /// The log's counters.
     pub fn metrics(&self) -> Arc<LogMetrics> {
         self.shared.metrics.clone()
+    }
+
+    /// Bytes of the live segments (with appends still being written).
+    pub fn live_bytes(&self) -> u64 {
+        self.shared.mem.lock().segments.values().sum()
     }
 
     /// Number of segment files.
@@ -1018,9 +1018,6 @@ impl Writer {
             }
             f.append(&bytes)?;
             self.unsynced = true;
-            self.metrics
-                .bytes
-                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
         }
         Ok(())
     }

@@ -185,12 +185,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         let db = self.core.sm.db();
         let st = db.stats();
         let (_, last, purged) = self.core.log.bounds();
-        let log_bytes = self
-            .core
-            .log
-            .metrics()
-            .bytes
-            .load(std::sync::atomic::Ordering::Relaxed);
+        let log_bytes = self.core.log.live_bytes();
         let leader = m.current_leader.unwrap_or(0);
         let leader_addr = self.core.leader().map(|(_, a)| a).unwrap_or_default();
         let sessions = self.core.sm.sessions();

@@ -219,6 +219,11 @@ pub struct NodeArgs {
     /// entries.
     #[arg(long, env = "CAIRN_SNAPSHOT_ENTRIES")]
     pub snapshot_entries: Option<u64>,
+    /// Build a snapshot (and purge the log behind it) also once the Raft
+    /// log's segments hold this many bytes (default 512 MiB; 0: by
+    /// entries only).
+    #[arg(long, env = "CAIRN_SNAPSHOT_LOG_BYTES")]
+    pub snapshot_log_bytes: Option<u64>,
     /// Revisions of watch history kept. A cluster-wide setting: the
     /// first leader of a new cluster proposes its own value; later ones
     /// do not change it.
@@ -286,6 +291,8 @@ pub struct NodeConfig {
     pub election_timeout_ms: u64,
     /// Snapshot every this many entries.
     pub snapshot_entries: u64,
+    /// Raft log bytes that also trigger a snapshot (0: none).
+    pub snapshot_log_bytes: u64,
     /// Watch history kept, in revisions (the value a new cluster starts
     /// with).
     pub history_revisions: u64,
@@ -397,6 +404,7 @@ impl NodeArgs {
             heartbeat_ms,
             election_timeout_ms,
             snapshot_entries,
+            snapshot_log_bytes,
             history_revisions,
             session_ttl_secs,
             memtable_mib,
@@ -516,6 +524,7 @@ impl NodeArgs {
             heartbeat_ms,
             election_timeout_ms,
             snapshot_entries: args.snapshot_entries.unwrap_or(20_000),
+            snapshot_log_bytes: args.snapshot_log_bytes.unwrap_or(512 << 20),
             history_revisions: settings.history_revisions,
             session_ttl_secs: settings.session_ttl_secs,
             memtable_bytes: args.memtable_mib.unwrap_or(64) << 20,

@@ -166,7 +166,6 @@ pub async fn export_raft_metrics(core: Arc<NodeCore>, mut stop: watch::Receiver<
     let mut server = core.raft.server_metrics();
     let mut last_leader = None;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let log_metrics = core.log.metrics();
     loop {
         {
             // Role, leader and term from the server metrics that woke
@@ -214,7 +213,7 @@ pub async fn export_raft_metrics(core: Arc<NodeCore>, mut stop: watch::Receiver<
                 metrics::gauge!("cairn_lsm_write_stalls").set(st.write_stalls as f64);
                 metrics::gauge!("cairn_lsm_cache_hits").set(st.cache_hits as f64);
                 metrics::gauge!("cairn_lsm_cache_misses").set(st.cache_misses as f64);
-                metrics::gauge!("cairn_raft_log_bytes").set(log_metrics.bytes.load(std::sync::atomic::Ordering::Relaxed) as f64);
+                metrics::gauge!("cairn_raft_log_bytes").set(core.log.live_bytes() as f64);
             }
             _ = stop.wait_for(|s| *s) => break,
         }

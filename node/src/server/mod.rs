@@ -656,7 +656,18 @@ fn open_storage(
     fs: &Arc<dyn FileSystem>,
     executor: &Arc<dyn Executor>,
 ) -> std::io::Result<(LogStore, StateMachine)> {
-    let log = LogStore::open(fs.clone(), executor.clone(), config.data_dir.join("raft"))?;
+    // Segments small enough that purging whole ones keeps the log near
+    // `--snapshot-log-bytes`.
+    let segment_bytes = match config.snapshot_log_bytes {
+        0 => crate::raft::log_store::SEGMENT_BYTES,
+        b => (b / 4).clamp(1 << 20, crate::raft::log_store::SEGMENT_BYTES),
+    };
+    let log = LogStore::open_with(
+        fs.clone(),
+        executor.clone(),
+        config.data_dir.join("raft"),
+        segment_bytes,
+    )?;
     let lsm = cairn_lsm::Options {
         memtable_bytes: config.memtable_bytes,
         block_cache_bytes: config.block_cache_bytes,

@@ -5,11 +5,17 @@
 //! since replicas fill at the same rate. Reads and deletes go on; the
 //! alarm stays until an operator disarms it (if the node is still past
 //! its quota then, it raises the alarm again).
+//!
+//! The same tick builds a snapshot once the Raft log holds
+//! `--snapshot-log-bytes` (openraft's own policy counts entries only, and
+//! a few large entries can fill a disk before the count is reached): the
+//! log is then purged behind the snapshot.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_proto::cluster::{alarm_request::AlarmAction, cluster_client::ClusterClient};
+use openraft_rt::WatchReceiver;
 use tokio::sync::watch;
 
 use super::NodeCore;
@@ -18,6 +24,10 @@ use crate::kv::alarms::{Alarm, AlarmKind};
 /// How often storage is measured.
 const TICK: Duration = Duration::from_secs(1);
 
+/// The least time between two snapshots triggered by the log's bytes
+/// (building one of a large state takes a while).
+const SNAPSHOT_EVERY: Duration = Duration::from_secs(10);
+
 /// Bytes this node's storage holds, or is about to: the state machine's
 /// tables, its memtables (flushed to tables soon) and the Raft log's
 /// segments. Snapshots are checkpoints that share the tables' files.
@@ -25,15 +35,56 @@ pub fn storage_bytes(core: &NodeCore) -> u64 {
     let s = core.sm.db().stats();
     let tables: u64 =
         s.level_bytes.iter().sum::<u64>() + s.memtable_bytes + s.immutable_memtable_bytes;
-    let log = core
-        .log
-        .metrics()
-        .bytes
-        .load(std::sync::atomic::Ordering::Relaxed);
-    tables + log
+    tables + log_bytes(core)
 }
 
-/// Runs until `stop`: measures storage and raises NOSPACE past the quota.
+/// Bytes of the Raft log's live segments.
+fn log_bytes(core: &NodeCore) -> u64 {
+    core.log.live_bytes()
+}
+
+/// Keeps the Raft log under `--snapshot-log-bytes`: past it, purges the
+/// log up to the newest snapshot (all of it, not openraft's usual
+/// 1,000-entry tail: a member that lags is sent the snapshot), or when
+/// the snapshot covers nothing more to purge, triggers a new one (at most
+/// every [`SNAPSHOT_EVERY`]).
+async fn snapshot_on_bytes(core: &NodeCore, last: &mut Option<tokio::time::Instant>) {
+    let limit = core.config.snapshot_log_bytes;
+    let bytes = log_bytes(core);
+    if limit == 0 || bytes <= limit {
+        return;
+    }
+    let (snapshot, purged) = {
+        let m = core.raft.metrics().borrow_watched().clone();
+        (m.snapshot.map(|l| l.index), m.purged.map(|l| l.index))
+    };
+    if let Some(s) = snapshot.filter(|s| Some(*s) > purged) {
+        tracing::info!(
+            log_bytes = bytes,
+            upto = s,
+            "the Raft log passed its bytes: purging"
+        );
+        if let Err(e) = core.scope.run(core.raft.trigger().purge_log(s)).await {
+            tracing::info!(error = %e, "purge not triggered");
+        }
+        return;
+    }
+    if last.is_some_and(|t| t.elapsed() < SNAPSHOT_EVERY) {
+        return;
+    }
+    *last = Some(tokio::time::Instant::now());
+    tracing::info!(
+        log_bytes = bytes,
+        snapshot_log_bytes = limit,
+        "the Raft log passed its bytes: building a snapshot"
+    );
+    if let Err(e) = core.scope.run(core.raft.trigger().snapshot()).await {
+        tracing::info!(error = %e, "snapshot not triggered");
+    }
+}
+
+/// Runs until `stop`: measures storage, raises NOSPACE past the quota and
+/// snapshots a log past its bytes.
 pub async fn watch(core: Arc<NodeCore>, mut stop: watch::Receiver<bool>) {
     let quota = core.config.quota_bytes;
     metrics::gauge!("cairn_quota_bytes").set(quota as f64);
@@ -43,11 +94,13 @@ pub async fn watch(core: Arc<NodeCore>, mut stop: watch::Receiver<bool>) {
         member: core.config.id,
         kind: AlarmKind::NoSpace,
     };
+    let mut snapshot_triggered = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
+        snapshot_on_bytes(&core, &mut snapshot_triggered).await;
         let bytes = storage_bytes(&core);
         metrics::gauge!("cairn_storage_bytes").set(bytes as f64);
         if quota == 0 || bytes <= quota || core.sm.alarms().contains(&alarm) {
