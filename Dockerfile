@@ -25,7 +25,8 @@ COPY client/Cargo.toml client/Cargo.toml
 COPY client/cairnctl/Cargo.toml client/cairnctl/Cargo.toml
 COPY client/testing/Cargo.toml client/testing/Cargo.toml
 COPY sim-tests/Cargo.toml sim-tests/Cargo.toml
-RUN for c in node node/io node/lsm client client/testing sim-tests; do \
+COPY fuzz-targets/Cargo.toml fuzz-targets/Cargo.toml
+RUN for c in node node/io node/lsm client client/testing sim-tests fuzz-targets; do \
       mkdir -p $c/src $c/benches && echo '//! stub' > $c/src/lib.rs; \
       for b in $(sed -n '/^\[\[bench\]\]/{n;s/^name = "\(.*\)"/\1/p}' $c/Cargo.toml); do \
         echo 'fn main() {}' > $c/benches/$b.rs; \
@@ -35,12 +36,13 @@ RUN for c in node node/io node/lsm client client/testing sim-tests; do \
  && echo 'fn main() {}' > node/src/bin/cairn.rs \
  && echo 'fn main() {}' > client/cairnctl/src/main.rs \
  && cargo build --release --locked -p cairn-node -p cairnctl --bins \
- && rm -rf node client sim-tests
+ && rm -rf node client sim-tests fuzz-targets
 # The sources; only cairn's own crates are compiled here (touched: the
 # copies may be older than the stubs' build).
 COPY node node
 COPY client client
 COPY sim-tests sim-tests
+COPY fuzz-targets fuzz-targets
 RUN touch node/src/lib.rs node/src/bin/cairn.rs node/io/src/lib.rs node/lsm/src/lib.rs \
       client/src/lib.rs client/cairnctl/src/main.rs \
  && cargo build --release --locked -p cairn-node -p cairnctl --bins \

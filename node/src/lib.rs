@@ -7,6 +7,9 @@
 //! the gateway sits on the client library and the shared RPC layer.
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzz_entry;
 pub mod gateway;
 pub mod kv;
 #[cfg(feature = "planted-bugs")]

@@ -31,6 +31,9 @@ mod coding;
 mod compaction;
 mod db;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzz_entry;
 mod iterator;
 mod key;
 mod manifest;
