@@ -54,6 +54,10 @@ pub const TARGETS: &[Target] = &[
         name: "snapshot_stream",
         run: cairn_node::fuzz_entry::snapshot_stream,
     },
+    Target {
+        name: "small_files",
+        run: cairn_node::fuzz_entry::small_files,
+    },
 ];
 
 /// The record framing of every log and manifest, in both sync modes.

@@ -178,9 +178,24 @@ fn snapshot_stream() {
     write("snapshot_stream", "seed-two-files", &pieces(&encoded));
 }
 
+fn small_files() {
+    let fs = MemFs::new();
+    let meta = openraft::SnapshotMeta::<_, u64, cairn_node::raft::Member> {
+        last_log_id: Some(openraft::testing::log_id::<TypeConfig>(2, 1, 40)),
+        last_membership: Default::default(),
+    };
+    cairn_io::small_file::write(&fs, Path::new("/meta"), &meta, true).unwrap();
+    write(
+        "small_files",
+        "seed-snapshot-meta",
+        &fs.read_all(Path::new("/meta")).unwrap(),
+    );
+}
+
 #[test]
 #[ignore]
 fn write_seed_corpus() {
+    small_files();
     snapshot_stream();
     lsm_files();
     raft_log();

@@ -133,3 +133,21 @@ pub fn snapshot_stream(data: &[u8]) {
         let _ = snapshot::receive(&fs, root, &header, futures::stream::iter(rest), || {}).await;
     });
 }
+
+/// `data` as each small state file a node reads at start: a snapshot's
+/// `meta`, the state machine's `CURRENT`, the node's `identity`, the Raft
+/// log's `vote`, `purged` and `committed`.
+pub fn small_files(data: &[u8]) {
+    use cairn_io::small_file;
+    let fs = MemFs::new();
+    let path = Path::new("/state");
+    let written = fs.create(path).and_then(|mut f| f.append(data));
+    if written.is_err() {
+        return;
+    }
+    let _ = small_file::read::<crate::raft::SnapshotMeta>(&fs, path);
+    let _ = small_file::read::<u64>(&fs, path);
+    let _ = small_file::read::<crate::server::identity::Identity>(&fs, path);
+    let _ = small_file::read::<crate::raft::Vote>(&fs, path);
+    let _ = small_file::read::<Option<crate::raft::LogId>>(&fs, path);
+}
