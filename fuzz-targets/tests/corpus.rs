@@ -8,6 +8,8 @@
 use std::path::PathBuf;
 
 use cairn_fuzz_targets::TARGETS;
+use rand::rngs::StdRng;
+use rand::{Rng as _, SeedableRng};
 
 fn corpus_dir(target: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -24,21 +26,18 @@ fn corpus(target: &str) -> Vec<Vec<u8>> {
     files.iter().map(|p| std::fs::read(p).unwrap()).collect()
 }
 
-/// xorshift64*: fixed seed, so a run is reproducible.
-struct Rng(u64);
+/// A seeded generator, so a run is reproducible.
+struct Rng(StdRng);
 
 impl Rng {
     fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        self.0.random()
     }
     fn below(&mut self, n: usize) -> usize {
         if n == 0 {
             0
         } else {
-            (self.next() % n as u64) as usize
+            self.0.random_range(0..n)
         }
     }
 }
@@ -113,7 +112,7 @@ fn every_target_survives_its_corpus_and_mutations_of_it() {
         if inputs.is_empty() {
             inputs.push(Vec::new());
         }
-        let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ xxh(t.name.as_bytes()));
+        let mut rng = Rng(StdRng::seed_from_u64(xxh(t.name.as_bytes())));
         for _ in 0..cases {
             let base = &inputs[rng.below(inputs.len())];
             let other = &inputs[rng.below(inputs.len())];
