@@ -28,7 +28,18 @@ pub(crate) async fn converge(seed: u64) -> Result<(u64, State), Box<dyn std::err
     // past whatever the faults left behind.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let mut last = String::new();
-    while c.put("liveness", "ok").await.is_err() {
+    loop {
+        match c.put("liveness", "ok").await {
+            Ok(_) => break,
+            // Space was freed when the faults healed: the operator
+            // disarms the NOSPACE alarms the full disks raised.
+            Err(cairn_client::Error::Alarmed { .. }) => {
+                let what = crate::workload::disarm_all(&c).await;
+                tracing::info!("liveness: {what}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(_) => {}
+        }
         if tokio::time::Instant::now() > deadline {
             return Err("no write succeeded in the liveness phase".into());
         }

@@ -143,6 +143,9 @@ pub fn add_node(
                 listen_metrics: Some(String::new()),
                 initial_cluster: (id <= FOUNDERS).then(initial_cluster),
                 heartbeat_ms: Some(100),
+                // Room for a disk that fills up (the simulated disks fill
+                // within 256 KiB and hold values of up to 1 MiB).
+                reserve_bytes: Some(4 << 20),
                 election_timeout_ms: Some(500),
                 ..NodeArgs::default()
             }
@@ -169,9 +172,15 @@ pub fn add_node(
                     return Ok(());
                 }
             };
-            // Returns when this boot's Raft has stopped.
-            crate::invariants::watch(&node, invariants).await;
-            let why = node.failed().await;
+            // Until this boot's Raft stops, or the node stops serving on
+            // corruption a read found (the `cairn` process exits then).
+            let why = tokio::select! {
+                () = crate::invariants::watch(&node, invariants.clone()) => node.failed().await,
+                why = node.failed() => {
+                    invariants.lock().map_err(|e| e.to_string())?.down(id);
+                    why
+                }
+            };
             node.abort().await;
             stops
                 .lock()
@@ -349,7 +358,7 @@ fn run_nemesis(w: &mut World<'_>, opts: &Options) -> Result<(), String> {
         if done {
             break;
         }
-        if let Some((Fault::Disk(h, _), _)) = &active {
+        if let Some((Fault::Disk(h, None), _)) = &active {
             if log_failed_at.is_none() && raft_log_failed(&w.disks, h) {
                 log_failed_at = Some(w.sim.elapsed());
             }
@@ -361,8 +370,8 @@ fn run_nemesis(w: &mut World<'_>, opts: &Options) -> Result<(), String> {
         next_at = t + Duration::from_millis(rng.random_range(500..2500));
         match active.take() {
             Some((fault, stops_before)) => {
-                if let (Fault::Disk(h, _), Some(at)) = (&fault, log_failed_at.take()) {
-                    // A node must stop at its first failed log write: it
+                if let (Fault::Disk(h, None), Some(at)) = (&fault, log_failed_at.take()) {
+                    // A node must stop at its first failed log fsync: it
                     // cannot know what reached the disk.
                     if t - at >= Duration::from_millis(500) && !stopped(&w.stops, h, stops_before)?
                     {
@@ -372,23 +381,42 @@ fn run_nemesis(w: &mut World<'_>, opts: &Options) -> Result<(), String> {
                         ));
                     }
                 }
-                fault.heal(&mut w.sim, &all, &w.disks, rng.random());
+                let inv = w.invariants.clone();
+                let may_lose_disk = |h: &str| may_lose_disk(&inv, h);
+                let next = fault.heal(&mut w.sim, &all, &w.disks, rng.random(), &may_lose_disk);
                 w.faults.push(format!("{t:?} heal {}", fault.describe()));
+                if let Some(next) = next {
+                    note_lost_disk(w, &next)?;
+                    w.faults.push(format!("{t:?} {}", next.describe()));
+                    let n = w.stops.lock().map_err(|e| e.to_string())?.len();
+                    active = Some((next, n));
+                }
             }
             None => {
-                // The leader as the invariant checker last saw it: the
-                // run is deterministic, so this is the same in a replay.
-                let leader = w
-                    .invariants
-                    .lock()
-                    .map_err(|e| e.to_string())?
-                    .latest_leader()
-                    .map(|id| format!("n{id}"));
+                // The leader as the invariant checker last saw it, and its
+                // voters: the run is deterministic, so this is the same in
+                // a replay.
+                let (leader, voters) = {
+                    let inv = w.invariants.lock().map_err(|e| e.to_string())?;
+                    let leader = inv.latest_leader();
+                    let voters = leader.map_or_else(Vec::new, |l| inv.voters_seen_by(l));
+                    (
+                        leader.map(|id| format!("n{id}")),
+                        voters.iter().map(|id| format!("n{id}")).collect::<Vec<_>>(),
+                    )
+                };
                 let inv = w.invariants.clone();
                 let may_lose_disk = |h: &str| may_lose_disk(&inv, h);
                 let fault = match replacement(w)? {
                     Some(h) => Some(Fault::Replace(h)),
-                    None => next_fault(&mut rng, opts, &all, leader.as_ref(), &may_lose_disk),
+                    None => next_fault(
+                        &mut rng,
+                        opts,
+                        &all,
+                        leader.as_ref(),
+                        &voters,
+                        &may_lose_disk,
+                    ),
                 };
                 if let Some(fault) = fault {
                     let what = fault.apply(&mut w.sim, &all, &w.disks, rng.random());
@@ -400,8 +428,10 @@ fn run_nemesis(w: &mut World<'_>, opts: &Options) -> Result<(), String> {
             }
         }
     }
-    if let Some((fault, _)) = active.take() {
-        fault.heal(&mut w.sim, &all, &w.disks, rng.random());
+    let mut last = active.take().map(|(f, _)| f);
+    while let Some(fault) = last {
+        // The last fault ends here, and its second step at once.
+        last = fault.heal(&mut w.sim, &all, &w.disks, rng.random(), &|_| false);
         w.faults.push(format!("{:?} heal all", w.sim.elapsed()));
     }
     replace_the_rest(w, &all)

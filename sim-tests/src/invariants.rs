@@ -147,6 +147,13 @@ impl Invariants {
         self.leaders.keys().next_back().map(|&(_, node)| node)
     }
 
+    /// The voters `node` was last seen knowing.
+    pub fn voters_seen_by(&self, node: u64) -> Vec<u64> {
+        self.voting
+            .get(&node)
+            .map_or_else(Vec::new, |(v, _)| v.clone())
+    }
+
     /// Leaders seen and entries seen applied, for the report.
     pub fn counts(&self) -> (usize, usize) {
         (self.leaders.len(), self.applied.len())

@@ -29,15 +29,31 @@ pub(crate) enum Fault {
     /// up to this many milliseconds (instead of the usual 100), around
     /// and past the election timeout.
     Slow(String, u64),
-    /// A node's disk fails: every fsync fails (`None`), or it is full
-    /// after this many more bytes. The heal restarts the node (if it is
-    /// still up) from what it had synced.
+    /// A node's disk fails: every fsync fails (`None`; the node must
+    /// stop, and the heal gives the disk back and restarts it from what
+    /// it had synced), or it is full after this many more bytes (the node
+    /// gives up its reserve, goes on and raises NOSPACE; the heal restarts
+    /// it on the disk still full: the follow-up `FullDisk`).
     Disk(String, Option<u64>),
+    /// A node restarted on a disk that is still full; the heal frees
+    /// space (the operator disarms the alarm later).
+    FullDisk(String),
     /// A voter loses its disk (restarted at once on an empty one), and,
     /// when a leader is named, that leader is cut off from everyone at the
     /// same time: the wiped node must not help elect a leader that lacks
     /// what it had acknowledged.
     Wipe(String, Option<String>),
+    /// A voter is cut off from every host (it falls behind) while the
+    /// others go on; at the heal it is reconnected and, at that moment,
+    /// a second voter loses its disk and the leader is cut off: the
+    /// follow-up `Wipe(wiped, Some(leader))`. The lagging voter must not
+    /// win an election with the wiped one's vote, or what only the leader
+    /// and the wiped voter held is lost.
+    LagThenWipe {
+        lagging: String,
+        wiped: String,
+        leader: String,
+    },
     /// A bit flips in synced data of a node (its Raft log, a table or a
     /// manifest, by the number), and the node restarts and reads it; when
     /// a leader is named, it is cut off at the same time (as for `Wipe`).
@@ -47,15 +63,28 @@ pub(crate) enum Fault {
     Replace(String),
 }
 
-/// What a bit flip may hit: (name, whether a path of a node's data is one).
-type FlipTarget = (&'static str, fn(&str) -> bool);
-pub(crate) const FLIP_TARGETS: [FlipTarget; 3] = [
-    ("Raft log", |p| p.contains("/raft/") && p.ends_with(".log")),
-    ("tables", |p| p.contains("/sm/") && p.ends_with(".sst")),
-    ("manifest", |p| {
-        p.contains("/sm/") && p.contains("MANIFEST-")
-    }),
+/// What a bit flip may hit: its name, whether a path of a node's data is
+/// one, and whether the flip aims at the last bytes of the last such file
+/// (the newest record, which a careless reader takes for a torn write).
+type FlipTarget = (&'static str, fn(&str) -> bool, Option<u64>);
+pub(crate) const FLIP_TARGETS: [FlipTarget; 4] = [
+    ("Raft log", is_raft_log, None),
+    ("Raft log's last record", is_raft_log, Some(64)),
+    (
+        "tables",
+        |p| p.contains("/sm/") && p.ends_with(".sst"),
+        None,
+    ),
+    (
+        "manifest",
+        |p| p.contains("/sm/") && p.contains("MANIFEST-"),
+        None,
+    ),
 ];
+
+fn is_raft_log(p: &str) -> bool {
+    p.contains("/raft/") && p.ends_with(".log")
+}
 
 /// The most a message takes on a healthy link (turmoil's default).
 pub(crate) const NORMAL_LATENCY: Duration = Duration::from_millis(100);
@@ -76,8 +105,14 @@ impl Fault {
             Fault::Slow(h, ms) => format!("slow {h} (latency up to {ms} ms)"),
             Fault::Disk(h, None) => format!("disk {h}: fsync fails"),
             Fault::Disk(h, Some(n)) => format!("disk {h}: full after {n} bytes"),
+            Fault::FullDisk(h) => format!("disk {h}: restarted still full"),
             Fault::Wipe(h, None) => format!("wipe {h}"),
             Fault::Wipe(h, Some(l)) => format!("wipe {h}, isolate leader {l}"),
+            Fault::LagThenWipe {
+                lagging,
+                wiped,
+                leader,
+            } => format!("lag {lagging}, then wipe {wiped} and isolate leader {leader}"),
             Fault::Flip(h, what, leader) => format!(
                 "flip a bit in {h}'s {}{}",
                 FLIP_TARGETS[*what as usize].0,
@@ -147,17 +182,30 @@ impl Fault {
                 isolate(sim, all, leader.as_ref());
                 lose_disk(sim, disks, h);
             }
+            Fault::FullDisk(h) => {
+                sim.crash(h.as_str());
+                if let Some(d) = disk_of(disks, h) {
+                    d.crash(true, seed);
+                }
+                sim.bounce(h.as_str());
+            }
+            Fault::LagThenWipe { lagging, .. } => isolate(sim, all, Some(lagging)),
             Fault::Flip(h, target, leader) => {
                 isolate(sim, all, leader.as_ref());
                 sim.crash(h.as_str());
                 if let Some(d) = disk_of(disks, h) {
                     d.crash(true, seed);
                     let prefix = format!("/data/{h}/");
-                    let pick = FLIP_TARGETS[*target as usize].1;
-                    match d.flip_bit(seed, |p| {
+                    let (_, pick, window) = FLIP_TARGETS[*target as usize];
+                    let pick = |p: &std::path::Path| {
                         p.to_str()
                             .is_some_and(|p| p.starts_with(&prefix) && pick(p))
-                    }) {
+                    };
+                    let flipped = match window {
+                        Some(w) => d.flip_bit_near_end(seed, w, pick),
+                        None => d.flip_bit(seed, pick),
+                    };
+                    match flipped {
                         Some((path, offset)) => {
                             what = format!("{what}: {} at offset {offset}", path.display());
                         }
@@ -173,15 +221,30 @@ impl Fault {
 
     /// Ends the fault: restarts crashed hosts, reconnects cut links,
     /// releases held messages, gives a failed disk back (its node
-    /// restarted from what it had synced).
+    /// restarted from what it had synced). A fault in two steps returns
+    /// its second, applied (or `None` when `may_lose_disk` forbids it).
     pub(crate) fn heal(
         &self,
         sim: &mut turmoil::Sim<'_>,
         all: &[String],
         disks: &[Arc<MemFs>],
         seed: u64,
-    ) {
+        may_lose_disk: &dyn Fn(&str) -> bool,
+    ) -> Option<Fault> {
         match self {
+            Fault::LagThenWipe {
+                lagging,
+                wiped,
+                leader,
+            } => {
+                reconnect(sim, all, lagging);
+                if !may_lose_disk(wiped) {
+                    return None;
+                }
+                let next = Fault::Wipe(wiped.clone(), Some(leader.clone()));
+                next.apply(sim, all, disks, seed);
+                return Some(next);
+            }
             Fault::Crash(hosts) => {
                 for h in hosts {
                     sim.bounce(h.as_str());
@@ -209,22 +272,33 @@ impl Fault {
                     sim.set_link_max_message_latency(h.as_str(), o.as_str(), NORMAL_LATENCY);
                 }
             }
-            Fault::Disk(h, _) => {
+            Fault::Disk(h, Some(_)) => {
+                let next = Fault::FullDisk(h.clone());
+                next.apply(sim, all, disks, seed);
+                return Some(next);
+            }
+            Fault::Disk(h, None) => {
                 sim.crash(h.as_str());
                 if let Some(d) = disk_of(disks, h) {
-                    // Space is freed: a full disk stays full until then.
                     d.set_faults(Faults::default());
                     d.crash(true, seed);
                 }
                 sim.bounce(h.as_str());
             }
-            Fault::Wipe(_, Some(l)) | Fault::Flip(_, _, Some(l)) => {
-                for o in all.iter().filter(|o| *o != l) {
-                    sim.repair(l.as_str(), o.as_str());
+            Fault::FullDisk(h) => {
+                // Space is freed (a full disk stays full until then), and
+                // the node restarted in case its reserve ran out too.
+                sim.crash(h.as_str());
+                if let Some(d) = disk_of(disks, h) {
+                    d.set_faults(Faults::default());
+                    d.crash(true, seed);
                 }
+                sim.bounce(h.as_str());
             }
+            Fault::Wipe(_, Some(l)) | Fault::Flip(_, _, Some(l)) => reconnect(sim, all, l),
             Fault::Wipe(_, None) | Fault::Flip(_, _, None) | Fault::Replace(_) => {}
         }
+        None
     }
 }
 
@@ -234,6 +308,13 @@ fn isolate(sim: &mut turmoil::Sim<'_>, all: &[String], leader: Option<&String>) 
         for o in all.iter().filter(|o| *o != l) {
             sim.partition(l.as_str(), o.as_str());
         }
+    }
+}
+
+/// Repairs every link of `h` that `isolate` cut.
+fn reconnect(sim: &mut turmoil::Sim<'_>, all: &[String], h: &str) {
+    for o in all.iter().filter(|o| *o != h) {
+        sim.repair(h, o.as_str());
     }
 }
 
@@ -275,13 +356,15 @@ fn network_fault(rng: &mut impl Rng, all: &[String], leader: Option<&String>) ->
     }
 }
 
-/// The next fault, chosen by `rng` among the kinds `opts` allows. A disk
-/// is wiped only when `may_lose_disk` says the others can do without it.
+/// The next fault, chosen by `rng` among the kinds `opts` allows, given
+/// the leader and the voters it was last seen with. A disk is wiped only
+/// when `may_lose_disk` says the others can do without it.
 pub(crate) fn next_fault(
     rng: &mut impl Rng,
     opts: &Options,
     nodes: &[String],
     leader: Option<&String>,
+    voters: &[String],
     may_lose_disk: &dyn Fn(&str) -> bool,
 ) -> Option<Fault> {
     let mut kinds = Vec::new();
@@ -319,6 +402,7 @@ pub(crate) fn next_fault(
             node,
             rng.random_bool(0.5).then(|| rng.random_range(0..256 << 10)),
         ),
+        3 if rng.random_bool(0.5) => lag_then_wipe(rng, voters, leader?)?,
         3 => {
             let (target, isolate) = follower_and_leader(rng, nodes, leader, node);
             if !may_lose_disk(&target) {
@@ -339,6 +423,23 @@ pub(crate) fn next_fault(
                 isolate,
             )
         }
+    })
+}
+
+/// Two followers among `voters`: one to lag, one to wipe.
+fn lag_then_wipe(rng: &mut impl Rng, voters: &[String], leader: &String) -> Option<Fault> {
+    let mut followers: Vec<&String> = voters.iter().filter(|v| *v != leader).collect();
+    if followers.len() < 2 {
+        return None;
+    }
+    let lagging = followers
+        .remove(rng.random_range(0..followers.len()))
+        .clone();
+    let wiped = followers[rng.random_range(0..followers.len())].clone();
+    Some(Fault::LagThenWipe {
+        lagging,
+        wiped,
+        leader: leader.clone(),
     })
 }
 

@@ -25,14 +25,12 @@ pub struct Options {
     /// from what it had synced.
     pub disk_faults: bool,
     /// Whether the nemesis wipes a voter's disk (when every other voter
-    /// can vote) and restarts it empty. Off by default: in some runs the
-    /// leader's re-replication to the wiped node stalls (a liveness
-    /// failure, see docs/simulation.md); `SIM_WIPES=1` turns it on.
+    /// can vote) and restarts it empty, sometimes right after another
+    /// voter fell behind and with the leader cut off.
     pub wipes: bool,
-    /// Whether the nemesis flips bits in synced data (Raft log, tables,
-    /// manifests); a node that then refuses to start, or stops on
-    /// corruption, is replaced by the operator (which wipes it). Off by
-    /// default for the same reason; `SIM_FLIPS=1` turns it on.
+    /// Whether the nemesis flips bits in synced data (Raft log, its last
+    /// record, tables, manifests); a node that then refuses to start, or
+    /// stops on corruption, is replaced by the operator (which wipes it).
     pub bit_flips: bool,
     /// Whether a gateway runs: even-numbered clients and a second watcher
     /// go through it (and the nemesis may crash it).
@@ -60,8 +58,8 @@ impl Options {
             crashes: true,
             partitions: true,
             disk_faults: true,
-            wipes: false,
-            bit_flips: false,
+            wipes: true,
+            bit_flips: true,
             gateway: true,
             admin: true,
             transfers: true,
@@ -74,17 +72,15 @@ impl Options {
     /// The default run for `seed`, with parts switched off by environment
     /// variables (set to anything): SIM_NO_TRANSFERS, SIM_NO_ADMIN,
     /// SIM_NO_DISK_FAULTS, SIM_NO_GATEWAY, SIM_NO_CRASHES,
-    /// SIM_NO_PARTITIONS, SIM_NO_BULK; and the wipe and bit-flip nemeses
-    /// switched on by SIM_WIPES and SIM_FLIPS.
+    /// SIM_NO_PARTITIONS, SIM_NO_BULK, SIM_NO_WIPES, SIM_NO_FLIPS.
     pub fn from_env(seed: u64) -> Options {
         let off = |name: &str| std::env::var_os(name).is_some();
-        let on = off;
         Options {
             transfers: !off("SIM_NO_TRANSFERS"),
             admin: !off("SIM_NO_ADMIN"),
             disk_faults: !off("SIM_NO_DISK_FAULTS"),
-            wipes: on("SIM_WIPES"),
-            bit_flips: on("SIM_FLIPS"),
+            wipes: !off("SIM_NO_WIPES"),
+            bit_flips: !off("SIM_NO_FLIPS"),
             gateway: !off("SIM_NO_GATEWAY"),
             crashes: !off("SIM_NO_CRASHES"),
             partitions: !off("SIM_NO_PARTITIONS"),

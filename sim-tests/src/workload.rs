@@ -166,10 +166,13 @@ pub(crate) fn decode(b: &[u8]) -> Result<Value, String> {
 
 /// Whether an error leaves the operation's outcome unknown (a client
 /// gave up) rather than being a bug.
+/// Whether `e` leaves the operation's outcome unknown. A write refused by
+/// an alarm is one too: the refusal may answer a retry whose first
+/// attempt is still in the log.
 pub(crate) fn unknown(e: &Error) -> bool {
     matches!(
         e,
-        Error::Unavailable { .. } | Error::DeadlineExceeded { .. }
+        Error::Unavailable { .. } | Error::DeadlineExceeded { .. } | Error::Alarmed { .. }
     )
 }
 
@@ -293,11 +296,12 @@ pub(crate) async fn admin_loop(opts: Options, log: Arc<Mutex<Vec<String>>>) -> R
     let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed ^ 0xad);
     for _ in 0..8 {
         tokio::time::sleep(Duration::from_millis(rng.random_range(800..3000))).await;
-        let mut action = rng.random_range(0..4);
+        let mut action = rng.random_range(0..5);
         if action == 0 && !opts.transfers {
             action = 1;
         }
         let what = match action {
+            4 => disarm_all(&c).await,
             0 => match c.transfer_leader(0).await {
                 Ok(to) => format!("transfer leader: now {to}"),
                 Err(e) => format!("transfer leader: {e}"),
@@ -348,6 +352,20 @@ pub(crate) async fn admin_loop(opts: Options, log: Arc<Mutex<Vec<String>>>) -> R
         push(&log, what)?;
     }
     Ok(())
+}
+
+/// The operator disarms every alarm (a node whose disk is still full
+/// raises NOSPACE again); what it disarmed, for the log.
+pub(crate) async fn disarm_all(c: &Client) -> String {
+    use cairn_client::proto::cluster::{alarm_request::AlarmAction, AlarmType};
+    match c.alarm(AlarmAction::Get, 0, AlarmType::None).await {
+        Ok(alarms) if alarms.is_empty() => "alarms: none".into(),
+        Ok(alarms) => match c.alarm(AlarmAction::Deactivate, 0, AlarmType::None).await {
+            Ok(_) => format!("alarms: disarmed {alarms:?}"),
+            Err(e) => format!("alarms: disarm: {e}"),
+        },
+        Err(e) => format!("alarms: {e}"),
+    }
 }
 
 pub(crate) fn push(log: &Arc<Mutex<Vec<String>>>, what: String) -> Result<(), String> {

@@ -96,6 +96,8 @@ pub struct Options {
     /// Where the cluster's temporary directory is made (None: the
     /// system's temporary directory).
     pub dir_in: Option<PathBuf>,
+    /// Where the nodes' logs go (None: beside their data directories).
+    pub log_dir: Option<PathBuf>,
 }
 
 impl Options {
@@ -105,6 +107,7 @@ impl Options {
             fast_elections: true,
             log_filter: "info,openraft=warn".into(),
             dir_in: None,
+            log_dir: None,
         }
     }
 
@@ -114,6 +117,7 @@ impl Options {
             fast_elections: false,
             log_filter: "warn".into(),
             dir_in: None,
+            log_dir: None,
         }
     }
 }
@@ -130,7 +134,7 @@ impl NodeProc {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.data.with_extension("log"))
+            .open(self.log_path())
             .unwrap();
         let mut cmd = Command::new(cairn_binary());
         cmd.arg("node")
@@ -185,7 +189,14 @@ impl NodeProc {
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.data.with_extension("log")).unwrap_or_default()
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn log_path(&self) -> PathBuf {
+        match &self.options.log_dir {
+            Some(d) => d.join(format!("node-{}.log", self.id)),
+            None => self.data.with_extension("log"),
+        }
     }
 }
 

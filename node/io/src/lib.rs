@@ -8,6 +8,8 @@
 //! - [`executor`]: where background work runs ([`ThreadExecutor`]);
 //! - [`frame`]: length + CRC32C record framing (WAL, manifest, Raft log);
 //! - [`small_file`]: small state files replaced atomically;
+//! - [`reserve`]: room kept for a full disk, and the filesystem that
+//!   falls back on it;
 //! - [`codec`]: the postcard encoding of durable and peer records.
 //!
 //! With the `sim` feature, `MemFs` (a disk that loses unsynced data when
@@ -21,6 +23,7 @@ pub mod frame;
 pub mod fs;
 #[cfg(feature = "sim")]
 pub mod mem_fs;
+pub mod reserve;
 pub mod small_file;
 
 #[cfg(feature = "sim")]

@@ -164,6 +164,27 @@ impl MemFs {
     /// `pick` accepts (a latent sector error: the damage is durable).
     /// Returns the file and offset, or `None` when no file qualifies.
     pub fn flip_bit(&self, seed: u64, pick: impl Fn(&Path) -> bool) -> Option<(PathBuf, u64)> {
+        self.flip(seed, pick, None)
+    }
+
+    /// Flips one random bit among the last `window` synced bytes of the
+    /// last file (in path order) that `pick` accepts: damage to the newest
+    /// record of a log, the one a reader could mistake for a torn write.
+    pub fn flip_bit_near_end(
+        &self,
+        seed: u64,
+        window: u64,
+        pick: impl Fn(&Path) -> bool,
+    ) -> Option<(PathBuf, u64)> {
+        self.flip(seed, pick, Some(window.max(1) as usize))
+    }
+
+    fn flip(
+        &self,
+        seed: u64,
+        pick: impl Fn(&Path) -> bool,
+        window: Option<usize>,
+    ) -> Option<(PathBuf, u64)> {
         let st = self.state.lock();
         let files: Vec<(&PathBuf, &InodeRef)> = st
             .live
@@ -171,9 +192,14 @@ impl MemFs {
             .filter(|(p, i)| pick(p) && i.lock().synced > 0)
             .collect();
         let x = Rng::new(seed).next();
-        let (path, inode) = files.get((x % files.len().max(1) as u64) as usize)?;
+        let (path, inode) = match window {
+            None => files.get((x % files.len().max(1) as u64) as usize)?,
+            Some(_) => files.iter().max_by_key(|(p, _)| *p)?,
+        };
         let mut inode = inode.lock();
-        let offset = ((x >> 20) % inode.synced as u64) as usize;
+        let synced = inode.synced;
+        let from = window.map_or(0, |w| synced.saturating_sub(w));
+        let offset = from + ((x >> 20) % (synced - from) as u64) as usize;
         inode.data[offset] ^= 1 << ((x >> 8) % 8);
         Some(((*path).clone(), offset as u64))
     }
@@ -389,12 +415,18 @@ impl FileSystem for MemFs {
         Ok(())
     }
     fn remove(&self, path: &Path) -> io::Result<()> {
-        self.state
-            .lock()
-            .live
-            .remove(path)
-            .map(|_| ())
-            .ok_or_else(|| not_found(path))
+        let mut st = self.state.lock();
+        let inode = st.live.remove(path).ok_or_else(|| not_found(path))?;
+        // The last name of a file gives its space back (another name, or
+        // the durable image of the directory, may still hold the inode;
+        // only live names count, as a running system sees it).
+        if !st.live.values().any(|i| Arc::ptr_eq(i, &inode)) {
+            let freed = inode.lock().data.len() as u64;
+            if let Some(left) = st.space_left.as_mut() {
+                *left += freed;
+            }
+        }
+        Ok(())
     }
     fn remove_dir(&self, dir: &Path) -> io::Result<()> {
         let mut st = self.state.lock();
@@ -422,9 +454,14 @@ impl FileSystem for MemFs {
         Ok(())
     }
     fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
-        let inode = self.inode(path)?;
+        let mut st = self.state.lock();
+        let inode = st.live.get(path).cloned().ok_or_else(|| not_found(path))?;
         let mut inode = inode.lock();
         let len = usize::try_from(len).map_err(|_| eof())?;
+        let freed = inode.data.len().saturating_sub(len) as u64;
+        if let Some(left) = st.space_left.as_mut() {
+            *left += freed;
+        }
         inode.data.truncate(len);
         inode.synced = inode.synced.min(len);
         Ok(())

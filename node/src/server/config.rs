@@ -244,6 +244,13 @@ pub struct NodeArgs {
     /// the whole cluster. Default 8 GiB; 0 turns the quota off.
     #[arg(long, env = "CAIRN_QUOTA_BYTES")]
     pub quota_bytes: Option<u64>,
+    /// Bytes of the reserve file kept in the data directory: when a write
+    /// finds the disk full, the reserve is deleted, the write is made in
+    /// the room it gives back and the node raises NOSPACE instead of
+    /// stopping; it is written again once the alarm is disarmed. Default
+    /// 64 MiB; 0: no reserve (a full disk stops the node).
+    #[arg(long, env = "CAIRN_RESERVE_BYTES")]
+    pub reserve_bytes: Option<u64>,
     /// Seconds between the leader's corruption checks (every member
     /// hashes its state at one entry, and they are compared); default
     /// 3600, 0: only on demand (`cairnctl check hash`).
@@ -263,6 +270,10 @@ pub struct NodeArgs {
 
 /// The default storage quota: 8 GiB (etcd's largest recommended).
 pub const DEFAULT_QUOTA_BYTES: u64 = 8 << 30;
+
+/// The default reserve: 64 MiB of room for a node whose disk filled up
+/// to raise its alarm and go on serving.
+pub const DEFAULT_RESERVE_BYTES: u64 = 64 << 20;
 
 /// A complete, checked node configuration.
 #[derive(Debug, Clone)]
@@ -304,6 +315,8 @@ pub struct NodeConfig {
     pub block_cache_bytes: usize,
     /// Storage quota in bytes (0: none).
     pub quota_bytes: u64,
+    /// Bytes of the reserve file (0: none).
+    pub reserve_bytes: u64,
     /// Seconds between corruption checks (0: none).
     pub corruption_check_secs: u64,
     /// Whether every table is read and verified at start.
@@ -410,6 +423,7 @@ impl NodeArgs {
             memtable_mib,
             block_cache_mib,
             quota_bytes,
+            reserve_bytes,
             corruption_check_secs,
             check_tables_at_start,
             background_nice
@@ -530,6 +544,7 @@ impl NodeArgs {
             memtable_bytes: args.memtable_mib.unwrap_or(64) << 20,
             block_cache_bytes: args.block_cache_mib.unwrap_or(256) << 20,
             quota_bytes: args.quota_bytes.unwrap_or(DEFAULT_QUOTA_BYTES),
+            reserve_bytes: args.reserve_bytes.unwrap_or(DEFAULT_RESERVE_BYTES),
             corruption_check_secs: args.corruption_check_secs.unwrap_or(3600),
             check_tables_at_start: args.check_tables_at_start.unwrap_or(false),
             background_nice,

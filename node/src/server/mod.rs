@@ -42,6 +42,7 @@ use crate::raft::log_store::LogStore;
 use crate::raft::network::Network;
 use crate::raft::state_machine::{SmEnv, SmShared, StateMachine};
 use crate::raft::{NodeId, Raft};
+use cairn_io::reserve::{Reserve, ReservedFs};
 use cairn_io::{Executor, FileSystem, StdFs, ThreadExecutor};
 pub use config::{Limits, NodeArgs, NodeConfig};
 
@@ -92,6 +93,8 @@ pub struct NodeCore {
     pub scope: RaftScope,
     /// The filesystem seam.
     pub fs: Arc<dyn FileSystem>,
+    /// Room kept for a full disk.
+    pub reserve: Arc<Reserve>,
     /// The network peers and joins are reached through.
     pub net: Arc<dyn Net>,
     /// Set while shutting down: new requests are refused.
@@ -399,6 +402,13 @@ impl RunningNode {
             fs.create_dir_all(&config.data_dir).map_err(&storage)?;
         }
         cairn_io::fs::create_dir_durable(&*fs, &config.data_dir).map_err(&storage)?;
+        let reserve = Reserve::new(fs.clone(), &config.data_dir, config.reserve_bytes);
+        if !reserve.fill().map_err(&storage)? {
+            tracing::warn!(
+                "the disk is full: no room for the reserve; the node starts and raises NOSPACE"
+            );
+        }
+        let fs: Arc<dyn FileSystem> = Arc::new(ReservedFs::new(fs, reserve.clone()));
         let (log, sm) = open_storage(&config, &fs, &executor).map_err(&storage)?;
         let shared = sm.shared();
         if config.check_tables_at_start {
@@ -448,6 +458,7 @@ impl RunningNode {
             log,
             scope,
             fs: fs.clone(),
+            reserve,
             net,
             draining: AtomicBool::new(false),
             reads: reads::ReadRounds::default(),

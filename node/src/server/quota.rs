@@ -1,10 +1,14 @@
-//! The storage quota: every node measures what its storage holds (the
+//! The storage quota and a full disk: every node measures what its storage holds (the
 //! state machine's data and the Raft log) once a second, and past
 //! `--quota-bytes` raises the NOSPACE alarm for itself through the leader
 //! (`kv::alarms`): the whole cluster then refuses writes that add data,
 //! since replicas fill at the same rate. Reads and deletes go on; the
 //! alarm stays until an operator disarms it (if the node is still past
-//! its quota then, it raises the alarm again).
+//! its quota then, it raises the alarm again). A write that found the
+//! disk full (`cairn_io::reserve`: the node's reserve file was given up to
+//! finish it) raises the same alarm; while the alarm stands the reserve
+//! stays given up, and once it is disarmed the reserve is written again,
+//! or, on a disk still full, the alarm is raised again.
 //!
 //! The same tick builds a snapshot once the Raft log holds
 //! `--snapshot-log-bytes` (openraft's own policy counts entries only, and
@@ -94,25 +98,68 @@ pub async fn watch(core: Arc<NodeCore>, mut stop: watch::Receiver<bool>) {
         member: core.config.id,
         kind: AlarmKind::NoSpace,
     };
+    // A write that finds the disk full wakes this at once: the alarm must
+    // stop writes before they use up the room the reserve gave back.
+    let full = Arc::new(tokio::sync::Notify::new());
+    let wake = full.clone();
+    core.reserve.on_full(move || wake.notify_one());
     let mut snapshot_triggered = None;
+    // This node's NOSPACE alarm was raised or seen standing since the disk
+    // was last found full (so a missing one now means an operator
+    // disarmed it).
+    let mut alarm_seen = false;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
+            () = full.notified() => {}
             _ = stop.changed() => return,
         }
         snapshot_on_bytes(&core, &mut snapshot_triggered).await;
         let bytes = storage_bytes(&core);
         metrics::gauge!("cairn_storage_bytes").set(bytes as f64);
-        if quota == 0 || bytes <= quota || core.sm.alarms().contains(&alarm) {
+        if core.sm.alarms().contains(&alarm) {
+            alarm_seen = true;
             continue;
         }
-        tracing::warn!(
-            bytes,
-            quota_bytes = quota,
-            "storage is past its quota: raising NOSPACE"
-        );
-        if let Err(e) = raise(&core, alarm).await {
-            tracing::info!(error = %e.message(), "NOSPACE not raised yet: retrying");
+        let why = if disk_full(&core, &mut alarm_seen) {
+            "the disk is full"
+        } else if quota != 0 && bytes > quota {
+            "storage is past its quota"
+        } else {
+            continue;
+        };
+        tracing::warn!(bytes, quota_bytes = quota, "{why}: raising NOSPACE");
+        match raise(&core, alarm).await {
+            // Raised: if it is missing later, an operator disarmed it.
+            Ok(()) => alarm_seen = true,
+            Err(e) => tracing::info!(error = %e.message(), "NOSPACE not raised yet: retrying"),
+        }
+    }
+}
+
+/// Whether this node's disk is full, called while no NOSPACE alarm of
+/// this node stands. A write that found it full raises the alarm first;
+/// once the alarm was seen and then disarmed (`alarm_seen`), or when the
+/// reserve is missing, the reserve is written again, and the disk is full
+/// if that fails.
+fn disk_full(core: &NodeCore, alarm_seen: &mut bool) -> bool {
+    let reserve = &core.reserve;
+    let was_full = reserve.disk_was_full();
+    if !was_full && reserve.is_filled() {
+        return false;
+    }
+    if was_full && !*alarm_seen {
+        return true;
+    }
+    match reserve.fill() {
+        Ok(true) => {
+            *alarm_seen = false;
+            false
+        }
+        Ok(false) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "the reserve could not be written");
+            true
         }
     }
 }

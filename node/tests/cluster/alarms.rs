@@ -191,3 +191,174 @@ async fn the_log_is_snapshotted_and_purged_by_its_bytes() {
         }
     }
 }
+
+/// A tmpfs of `mib` MiB mounted on a new directory, unmounted when
+/// dropped; `None` when this process may not mount (not root).
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(mib: u64) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().ok()?;
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(SmallDisk { dir })
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// Fills the disk at `dir` with a file, then gives `leave` bytes back;
+/// the file's path.
+fn fill_disk(dir: &std::path::Path, leave: u64) -> std::io::Result<std::path::PathBuf> {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut f = std::fs::File::create(&path)?;
+    let chunk = vec![0x5au8; 1 << 20];
+    let mut written = 0u64;
+    loop {
+        match f.write(&chunk) {
+            Ok(0) => break,
+            Ok(n) => written += n as u64,
+            Err(e) if e.raw_os_error() == Some(28) => break,
+            Err(e) => return Err(e),
+        }
+    }
+    f.set_len(written.saturating_sub(leave))?;
+    f.sync_all()?;
+    Ok(path)
+}
+
+/// A real full disk (a tmpfs the nodes share, filled by another file):
+/// the nodes give up their reserves, raise NOSPACE and go on serving
+/// reads instead of stopping; a node restarts on the disk still full;
+/// once space is freed and the alarm disarmed, writes work and the
+/// reserves are written again. Needs root (it mounts the tmpfs): as
+/// another user it says so and checks nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_raises_nospace_and_the_nodes_go_on() {
+    let Some(disk) = SmallDisk::mount(96) else {
+        eprintln!("SKIPPED: mounting a tmpfs needs root");
+        return;
+    };
+    let reserve = 4u64 << 20;
+    // The logs stay off the full disk.
+    let logs = tempfile::tempdir().unwrap();
+    let options = Options {
+        dir_in: Some(disk.path().to_path_buf()),
+        log_dir: Some(logs.path().to_path_buf()),
+        ..Options::test()
+    };
+    let mut c = TestCluster::start_with(
+        3,
+        &[
+            "--reserve-bytes",
+            &reserve.to_string(),
+            "--quota-bytes",
+            "0",
+        ],
+        options,
+    )
+    .await;
+    let leader = c.wait_leader(Duration::from_secs(10)).await;
+    let data: Vec<_> = (1..=3).map(|id| c.nodes[&id].data.clone()).collect();
+    for d in &data {
+        assert_eq!(std::fs::metadata(d.join("reserve")).unwrap().len(), reserve);
+    }
+    put_on_leader(
+        &c.addr(leader),
+        put_req("before", "v"),
+        Duration::from_secs(10),
+    )
+    .await;
+    let filler = fill_disk(disk.path(), 1 << 20).unwrap();
+
+    // Values go in until the disk is full; then puts are refused with the
+    // alarm (bounded: 200 puts of 64 KB are 12.8 MB, far past the room).
+    let value = "x".repeat(64 << 10);
+    let mut k = kv(&c.addr(leader)).await;
+    let mut refused = None;
+    for i in 0..200 {
+        if let Err(e) = k.put(put_req(&format!("k{i:03}"), &value)).await {
+            refused = Some(e);
+            break;
+        }
+    }
+    let e = refused.expect("no put was refused on a full disk");
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("NOSPACE"), "{e:?}");
+    for id in 1..=3 {
+        let n = c.nodes.get_mut(&id).unwrap();
+        assert!(
+            n.child.as_mut().unwrap().try_wait().unwrap().is_none(),
+            "node {id} stopped on the full disk: {}",
+            n.log()
+        );
+    }
+    let a = alarms(&c.addr(leader)).await.unwrap();
+    assert!(a.iter().any(|(_, t)| *t == AlarmType::Nospace), "{a:?}");
+    assert!(get_kv(&mut k, "before").await.is_some());
+
+    // A node restarts on the disk still full, and serves reads of its own
+    // state.
+    let other = (1..=3).find(|id| *id != leader).unwrap();
+    c.nodes.get_mut(&other).unwrap().sigterm_and_wait();
+    c.restart(other);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut k2 = kv(&c.addr(other)).await;
+        let got = k2.get(get_req("before", true)).await;
+        if let Ok(r) = &got {
+            assert!(r.get_ref().kv.is_some());
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node {other} did not serve after a restart on a full disk: {got:?}; {:?}\n{}",
+            status(&c.addr(other)).await,
+            c.nodes[&other].log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Space freed and the alarm disarmed: writes work, reserves are back.
+    std::fs::remove_file(&filler).unwrap();
+    let leader = c.wait_leader(Duration::from_secs(10)).await;
+    alarm_call(&c.addr(leader), AlarmAction::Deactivate)
+        .await
+        .unwrap();
+    put_on_leader(
+        &c.addr(leader),
+        put_req("after", "v"),
+        Duration::from_secs(10),
+    )
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    for d in &data {
+        while std::fs::metadata(d.join("reserve")).map_or(0, |m| m.len()) < reserve {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no reserve in {}",
+                d.display()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert!(alarms(&c.addr(leader)).await.unwrap().is_empty());
+    drop(c);
+}
