@@ -26,6 +26,13 @@ pub trait WritableFile: Send {
         let _ = len;
         Ok(())
     }
+    /// Allocates `len` bytes of disk space for the file, from its start,
+    /// without writing them (fallocate), growing it to `len`. `Ok(false)`:
+    /// the filesystem cannot, and the caller writes zeros instead.
+    fn allocate(&mut self, len: u64) -> io::Result<bool> {
+        let _ = len;
+        Ok(false)
+    }
     /// True when nothing was appended.
     fn is_empty(&self) -> bool {
         self.len() == 0
@@ -130,6 +137,19 @@ impl WritableFile for StdWritable {
     }
     fn len(&self) -> u64 {
         self.len
+    }
+    #[cfg(target_os = "linux")]
+    fn allocate(&mut self, len: u64) -> io::Result<bool> {
+        self.file.flush()?;
+        let mode = rustix::fs::FallocateFlags::empty();
+        match rustix::fs::fallocate(self.file.get_ref(), mode, 0, len) {
+            Ok(()) => {
+                self.len = self.len.max(len);
+                Ok(true)
+            }
+            Err(rustix::io::Errno::OPNOTSUPP) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
     fn preallocate(&mut self, len: u64) -> io::Result<()> {
         self.file.flush()?;

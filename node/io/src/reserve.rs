@@ -1,7 +1,8 @@
 //! Room kept for a full disk.
 //!
-//! A node keeps a reserve file of zeros (`<data>/reserve`) that holds some
-//! of the disk's space. When a write fails because the disk is full, the
+//! A node keeps a reserve file (`<data>/reserve`, its blocks allocated
+//! with fallocate, or written with zeros where that is not supported)
+//! that holds some of the disk's space. When a write fails because the disk is full, the
 //! reserve is deleted and the write is made again in the room that gives
 //! back, so the node goes on (it raises a NOSPACE alarm and refuses
 //! writes that add data) instead of stopping with half a record on disk.
@@ -126,16 +127,20 @@ impl Reserve {
         }
     }
 
+    /// Allocates the reserve's blocks (fallocate), or, on a filesystem
+    /// that cannot, writes zeros; then syncs it and its directory.
     fn write_zeros(&self) -> io::Result<()> {
         let mut f = self.fs.create(&self.path)?;
-        let zeros = vec![0u8; FILL_CHUNK];
-        let mut left = self.bytes;
-        while left > 0 {
-            let n = left.min(FILL_CHUNK as u64) as usize;
-            f.append(&zeros[..n])?;
-            left -= n as u64;
+        if !f.allocate(self.bytes)? {
+            let zeros = vec![0u8; FILL_CHUNK];
+            let mut left = self.bytes;
+            while left > 0 {
+                let n = left.min(FILL_CHUNK as u64) as usize;
+                f.append(&zeros[..n])?;
+                left -= n as u64;
+            }
+            f.flush()?;
         }
-        f.flush()?;
         f.sync()?;
         if let Some(dir) = self.path.parent() {
             self.fs.sync_dir(dir)?;
@@ -290,6 +295,14 @@ impl WritableFile for ReservedFile {
     fn preallocate(&mut self, len: u64) -> io::Result<()> {
         self.flush_buf()?;
         self.inner()?.preallocate(len)
+    }
+    fn allocate(&mut self, len: u64) -> io::Result<bool> {
+        self.flush_buf()?;
+        let done = self.inner()?.allocate(len)?;
+        if done {
+            self.written = self.written.max(len);
+        }
+        Ok(done)
     }
 }
 

@@ -200,18 +200,10 @@ fn a_seed_replays_identically() {
     }
 }
 
-/// Each planted bug is caught within 200 seeds. `cut-corrupt-tail` and
-/// `vote-when-wiped` need the bit-flip and wipe nemeses, which are off by
-/// default (docs/simulation.md); what they break is tested by the node's
-/// `raft_storage::a_flipped_bit_in_the_last_synced_entry_is_refused_not_cut`
-/// and `node_identity::a_wiped_voter_does_not_vote_until_caught_up`.
+/// Each planted bug is caught within 200 seeds.
 #[test]
 fn planted_bugs_are_caught() {
-    let needs_off_nemeses = [Bug::CutCorruptTail, Bug::VoteWhenWiped];
-    for bug in Bug::ALL
-        .into_iter()
-        .filter(|b| !needs_off_nemeses.contains(b))
-    {
+    for bug in Bug::ALL {
         let caught =
             (1..=200u64).find_map(|seed| run_fresh_with(seed, Some(bug)).err().map(|e| (seed, e)));
         if let Some((seed, e)) = &caught {
