@@ -55,8 +55,13 @@ pub(crate) async fn converge(seed: u64) -> Result<(u64, State), Box<dyn std::err
             for n in &nodes {
                 dumps.push(dump(n, &cfg).await?);
             }
-            if dumps.iter().any(|d| *d != dumps[0]) {
-                last = format!("members {nodes:?} differ at applied {index}");
+            if let Some(i) = dumps.iter().position(|d| *d != dumps[0]) {
+                last = format!(
+                    "members {nodes:?} differ at applied {index}: {} and {}: {}",
+                    nodes[0],
+                    nodes[i],
+                    first_difference(&dumps[0], &dumps[i])
+                );
             } else if caught_up(&c, &nodes, &mut last).await == Some(index) {
                 // Their watch histories must agree too.
                 let mut histories = Vec::new();
@@ -204,4 +209,26 @@ pub(crate) async fn end_watches(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The first key at which two states differ, with both sides.
+fn first_difference(a: &State, b: &State) -> String {
+    let keys: std::collections::BTreeSet<&Vec<u8>> = a.keys().chain(b.keys()).collect();
+    for k in keys {
+        let (x, y) = (a.get(k), b.get(k));
+        if x != y {
+            let show = |v: Option<&(Vec<u8>, u64, u64, u64)>| {
+                v.map_or("absent".to_string(), |(val, c, m, ver)| {
+                    format!("{} bytes, create {c} mod {m} version {ver}", val.len())
+                })
+            };
+            return format!(
+                "key {:?}: {} | {}",
+                String::from_utf8_lossy(k),
+                show(x),
+                show(y)
+            );
+        }
+    }
+    "no difference".into()
 }
