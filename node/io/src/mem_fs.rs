@@ -41,6 +41,10 @@ struct Inode {
     /// Ranges whose fsync failed: lost in a crash whatever later syncs
     /// said.
     lost: Vec<(usize, usize)>,
+    /// Bytes appended to it and counted against a full disk's space: what
+    /// removing or truncating it gives back (zeros a preallocation added
+    /// were never counted).
+    charged: u64,
 }
 
 type InodeRef = Arc<Mutex<Inode>>;
@@ -284,6 +288,7 @@ impl WritableFile for MemWritable {
         }
         st.bytes_written += accepted as u64;
         let mut inode = self.inode.lock();
+        inode.charged += accepted as u64;
         let end = self.pos + accepted;
         if inode.data.len() < end {
             inode.data.resize(end, 0);
@@ -421,7 +426,7 @@ impl FileSystem for MemFs {
         // the durable image of the directory, may still hold the inode;
         // only live names count, as a running system sees it).
         if !st.live.values().any(|i| Arc::ptr_eq(i, &inode)) {
-            let freed = inode.lock().data.len() as u64;
+            let freed = inode.lock().charged;
             if let Some(left) = st.space_left.as_mut() {
                 *left += freed;
             }
@@ -458,10 +463,11 @@ impl FileSystem for MemFs {
         let inode = st.live.get(path).cloned().ok_or_else(|| not_found(path))?;
         let mut inode = inode.lock();
         let len = usize::try_from(len).map_err(|_| eof())?;
-        let freed = inode.data.len().saturating_sub(len) as u64;
+        let kept = inode.charged.min(len as u64);
         if let Some(left) = st.space_left.as_mut() {
-            *left += freed;
+            *left += inode.charged - kept;
         }
+        inode.charged = kept;
         inode.data.truncate(len);
         inode.synced = inode.synced.min(len);
         Ok(())
