@@ -386,10 +386,8 @@ fn run_nemesis(w: &mut World<'_>, opts: &Options) -> Result<(), String> {
                 let next = fault.heal(&mut w.sim, &all, &w.disks, rng.random(), &may_lose_disk);
                 w.faults.push(format!("{t:?} heal {}", fault.describe()));
                 if let Some(next) = next {
-                    note_lost_disk(w, &next)?;
-                    w.faults.push(format!("{t:?} {}", next.describe()));
-                    let n = w.stops.lock().map_err(|e| e.to_string())?.len();
-                    active = Some((next, n));
+                    let what = next.describe();
+                    active = Some(started(w, next, what, t)?);
                 }
             }
             None => {
@@ -420,10 +418,7 @@ fn run_nemesis(w: &mut World<'_>, opts: &Options) -> Result<(), String> {
                 };
                 if let Some(fault) = fault {
                     let what = fault.apply(&mut w.sim, &all, &w.disks, rng.random());
-                    note_lost_disk(w, &fault)?;
-                    w.faults.push(format!("{t:?} {what}"));
-                    let n = w.stops.lock().map_err(|e| e.to_string())?.len();
-                    active = Some((fault, n));
+                    active = Some(started(w, fault, what, t)?);
                 }
             }
         }
@@ -435,6 +430,20 @@ fn run_nemesis(w: &mut World<'_>, opts: &Options) -> Result<(), String> {
         w.faults.push(format!("{:?} heal all", w.sim.elapsed()));
     }
     replace_the_rest(w, &all)
+}
+
+/// Records `fault`, applied at `t` (`what` it did): the active fault,
+/// with the count of stops before it.
+fn started(
+    w: &mut World<'_>,
+    fault: Fault,
+    what: String,
+    t: Duration,
+) -> Result<(Fault, usize), String> {
+    note_lost_disk(w, &fault)?;
+    w.faults.push(format!("{t:?} {what}"));
+    let n = w.stops.lock().map_err(|e| e.to_string())?.len();
+    Ok((fault, n))
 }
 
 /// Whether host `h` may lose its disk: every other voter can vote.

@@ -182,13 +182,7 @@ impl Fault {
                 isolate(sim, all, leader.as_ref());
                 lose_disk(sim, disks, h);
             }
-            Fault::FullDisk(h) => {
-                sim.crash(h.as_str());
-                if let Some(d) = disk_of(disks, h) {
-                    d.crash(true, seed);
-                }
-                sim.bounce(h.as_str());
-            }
+            Fault::FullDisk(h) => power_cycle(sim, disks, h, seed, false),
             Fault::LagThenWipe { lagging, .. } => isolate(sim, all, Some(lagging)),
             Fault::Flip(h, target, leader) => {
                 isolate(sim, all, leader.as_ref());
@@ -277,24 +271,10 @@ impl Fault {
                 next.apply(sim, all, disks, seed);
                 return Some(next);
             }
-            Fault::Disk(h, None) => {
-                sim.crash(h.as_str());
-                if let Some(d) = disk_of(disks, h) {
-                    d.set_faults(Faults::default());
-                    d.crash(true, seed);
-                }
-                sim.bounce(h.as_str());
-            }
-            Fault::FullDisk(h) => {
-                // Space is freed (a full disk stays full until then), and
-                // the node restarted in case its reserve ran out too.
-                sim.crash(h.as_str());
-                if let Some(d) = disk_of(disks, h) {
-                    d.set_faults(Faults::default());
-                    d.crash(true, seed);
-                }
-                sim.bounce(h.as_str());
-            }
+            // The disk is given back (a full one stays full until then),
+            // and the node restarted from what it synced (in case a full
+            // disk used up its reserve too).
+            Fault::Disk(h, None) | Fault::FullDisk(h) => power_cycle(sim, disks, h, seed, true),
             Fault::Wipe(_, Some(l)) | Fault::Flip(_, _, Some(l)) => reconnect(sim, all, l),
             Fault::Wipe(_, None) | Fault::Flip(_, _, None) | Fault::Replace(_) => {}
         }
@@ -309,6 +289,26 @@ fn isolate(sim: &mut turmoil::Sim<'_>, all: &[String], leader: Option<&String>) 
             sim.partition(l.as_str(), o.as_str());
         }
     }
+}
+
+/// Host `h` loses power (its disk keeps what it synced, torn as `seed`
+/// says) and starts again; with `heal_disk`, its disk's faults are
+/// cleared first.
+fn power_cycle(
+    sim: &mut turmoil::Sim<'_>,
+    disks: &[Arc<MemFs>],
+    h: &str,
+    seed: u64,
+    heal_disk: bool,
+) {
+    sim.crash(h);
+    if let Some(d) = disk_of(disks, h) {
+        if heal_disk {
+            d.set_faults(Faults::default());
+        }
+        d.crash(true, seed);
+    }
+    sim.bounce(h);
 }
 
 /// Repairs every link of `h` that `isolate` cut.
